@@ -1,0 +1,51 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "LoadProcessManager",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "LPMReactor", targets: ["LPMReactor"]),
+        .library(name: "LoadProcessManager", targets: ["LoadProcessManager"]),
+        .library(name: "LoadProcessManagerWorker", targets: ["LoadProcessManagerWorker"]),
+        .executable(name: "lpm-demo", targets: ["lpm-demo"]),
+        .executable(name: "lpm-demo-worker", targets: ["lpm-demo-worker"]),
+    ],
+    targets: [
+        // Kernel interfaces: a header-only module map over epoll, liburing, signalfd, timerfd,
+        // eventfd, pidfd, spawn and sockets.
+        .systemLibrary(
+            name: "CLoop",
+            path: "CShims",
+            pkgConfig: "liburing",
+            providers: [.apt(["liburing-dev"])]
+        ),
+        // The one-thread event loop: fds, timers, signals, child processes, cross-thread jobs.
+        .target(name: "LPMReactor", dependencies: ["CLoop"], swiftSettings: strict),
+        // Framing and message codec shared by the supervisor and the worker runtime.
+        .target(name: "LPMWire", dependencies: ["LPMReactor", "CLoop"], swiftSettings: strict),
+        // The parent side: Supervisor.
+        .target(name: "LoadProcessManager", dependencies: ["LPMReactor", "LPMWire"], swiftSettings: strict),
+        // The child side: the Worker runtime (no Foundation, starts fast).
+        .target(name: "LoadProcessManagerWorker", dependencies: ["LPMReactor", "LPMWire"], swiftSettings: strict),
+
+        .executableTarget(name: "lpm-demo", dependencies: ["LoadProcessManager"], path: "Examples/Demo", swiftSettings: strict),
+        .executableTarget(name: "lpm-demo-worker", dependencies: ["LoadProcessManagerWorker"], path: "Examples/DemoWorker", swiftSettings: strict),
+        .executableTarget(name: "reactor-example", dependencies: ["LPMReactor"], path: "Examples/ReactorExample", swiftSettings: strict),
+
+        // Helper executable for the tests: a worker whose behaviour the test picks.
+        .executableTarget(name: "lpm-test-worker", dependencies: ["LoadProcessManagerWorker"], path: "Tests/Helpers/TestWorker", swiftSettings: strict),
+
+        .testTarget(name: "LPMReactorTests", dependencies: ["LPMReactor", "CLoop"], swiftSettings: strict),
+        .testTarget(name: "LPMWireTests", dependencies: ["LPMWire"], swiftSettings: strict),
+        .testTarget(
+            name: "LoadProcessManagerTests",
+            dependencies: ["LoadProcessManager", "LoadProcessManagerWorker", "LPMWire", "lpm-test-worker", "lpm-demo-worker"],
+            swiftSettings: strict
+        ),
+    ]
+)

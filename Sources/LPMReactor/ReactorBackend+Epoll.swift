@@ -1,0 +1,91 @@
+import CLoop
+
+/// The epoll backend: `epoll_ctl` per change, `epoll_pwait2` (nanosecond timeout, kernel 5.11+)
+/// to wait. The token is stored in `epoll_event.data.u64`.
+final class EpollBackend: ReactorBackend {
+    let kind = Reactor.Backend.epoll
+    private let epfd: CInt
+    private var buffer: UnsafeMutablePointer<epoll_event>
+    private var capacity: Int
+
+    init() throws(SyscallError) {
+        epfd = try syscallValue("epoll_create1") { epoll_create1(CInt(EPOLL_CLOEXEC)) }
+        capacity = 64
+        buffer = .allocate(capacity: capacity)
+    }
+
+    private static func mask(_ interest: Reactor.Interest, edge: Bool) -> UInt32 {
+        var m: UInt32 = EPOLLRDHUP.rawValue
+        if interest.contains(.readable) { m |= EPOLLIN.rawValue }
+        if interest.contains(.writable) { m |= EPOLLOUT.rawValue }
+        if edge { m |= EPOLLET.rawValue }
+        return m
+    }
+
+    private func ctl(_ op: CInt, _ fd: CInt, _ token: UInt64, _ mask: UInt32) throws(SyscallError) {
+        var ev = epoll_event()
+        ev.events = mask
+        ev.data.u64 = token
+        _ = try syscallValue("epoll_ctl") { epoll_ctl(epfd, op, fd, &ev) }
+    }
+
+    func register(fd: CInt, token: UInt64, interest: Reactor.Interest, edge: Bool) throws(SyscallError) {
+        do {
+            try ctl(EPOLL_CTL_ADD, fd, token, Self.mask(interest, edge: edge))
+        } catch where error.errno == .fileExists {
+            // The number was registered before and its file is still open elsewhere (closed
+            // without deregistering, then reused): take the entry over.
+            try ctl(EPOLL_CTL_MOD, fd, token, Self.mask(interest, edge: edge))
+        }
+    }
+
+    func modify(fd: CInt, oldToken: UInt64, newToken: UInt64, interest: Reactor.Interest, edge: Bool) throws(SyscallError) {
+        try ctl(EPOLL_CTL_MOD, fd, newToken, Self.mask(interest, edge: edge))
+    }
+
+    func deregister(fd: CInt, token: UInt64) throws(SyscallError) {
+        do {
+            try ctl(EPOLL_CTL_DEL, fd, 0, 0)
+        } catch where error.errno == .noSuchFileOrDirectory || error.errno == .badFileDescriptor {
+            // Closing the last reference to a file removes it from the epoll set (epoll(7)):
+            // a descriptor closed before it was deregistered is already gone.
+        }
+    }
+
+    func wait(timeoutNanoseconds: Int64?, into events: inout [BackendEvent]) throws(SyscallError) {
+        var ts = timespec()
+        let n: CInt
+        if let t = timeoutNanoseconds {
+            ts.tv_sec = Int(t / 1_000_000_000)
+            ts.tv_nsec = Int(t % 1_000_000_000)
+            n = epoll_pwait2(epfd, buffer, CInt(capacity), &ts, nil)
+        } else {
+            n = epoll_pwait2(epfd, buffer, CInt(capacity), nil, nil)
+        }
+        if n < 0 {
+            let e = Errno.current
+            if e == .interrupted { return }
+            throw SyscallError("epoll_pwait2", e)
+        }
+        for i in 0..<Int(n) {
+            let ev = buffer[i]
+            var r: Reactor.Readiness = []
+            if ev.events & (EPOLLIN.rawValue | EPOLLPRI.rawValue) != 0 { r.insert(.readable) }
+            if ev.events & EPOLLOUT.rawValue != 0 { r.insert(.writable) }
+            if ev.events & (EPOLLHUP.rawValue | EPOLLRDHUP.rawValue) != 0 { r.insert(.hangup) }
+            if ev.events & EPOLLERR.rawValue != 0 { r.insert(.error) }
+            events.append(BackendEvent(token: ev.data.u64, readiness: r))
+        }
+        if Int(n) == capacity && capacity < 4096 {
+            // A full buffer means more may be ready: grow for the next wait.
+            buffer.deallocate()
+            capacity *= 2
+            buffer = .allocate(capacity: capacity)
+        }
+    }
+
+    func close() {
+        FileDescriptor.closeRaw(epfd)
+        buffer.deallocate()
+    }
+}

@@ -1,0 +1,224 @@
+import LPMReactor
+import CLoop
+
+/// Why a channel stopped.
+public enum ChannelEnd: Sendable, Hashable, CustomStringConvertible {
+    /// The peer closed its end (end of file).
+    case endOfFile
+    /// The peer sent bytes that are not a valid frame stream.
+    case violation(ProtocolViolation)
+    /// A read or write failed.
+    case failed(SyscallError)
+    /// This side closed it.
+    case closedLocally
+
+    public var description: String {
+        switch self {
+        case .endOfFile: return "the peer closed the channel"
+        case .violation(let v): return v.description
+        case .failed(let e): return e.description
+        case .closedLocally: return "closed"
+        }
+    }
+}
+
+/// Collects the channels that have frames to write and flushes them all once per reactor
+/// iteration: every frame due for a peer in one iteration goes out in one `send`.
+public final class ChannelFlusher {
+    private let reactor: Reactor
+    private var dirty: [Channel] = []
+    private var scheduled = false
+    private var flushJob: ((Reactor) -> Void)?
+
+    /// Creates a flusher for channels on `reactor`.
+    public init(reactor: Reactor) { self.reactor = reactor }
+
+    func markDirty(_ channel: Channel) {
+        dirty.append(channel)
+        if !scheduled {
+            scheduled = true
+            // Submitting from the reactor thread costs no system call; the job runs after this
+            // iteration's callbacks and timers.
+            reactor.execute { [unowned self] _ in self.flushAll() }
+        }
+    }
+
+    /// Flushes every dirty channel now.
+    public func flushAll() {
+        scheduled = false
+        var i = 0
+        while i < dirty.count {
+            dirty[i].flush()
+            i += 1
+        }
+        dirty.removeAll(keepingCapacity: true)
+    }
+}
+
+/// One end of a supervisor–worker socketpair, on a reactor: reads and decodes frames, and
+/// buffers frames to write until the end of the reactor iteration.
+public final class Channel {
+    /// The socket. Owned by the channel; closed by ``close()``.
+    public let fd: CInt
+    private let reactor: Reactor
+    private let flusher: ChannelFlusher
+    private var registration: Reactor.Registration?
+    private var out: [UInt8] = []
+    private var outStart = 0
+    private var isDirty = false
+    private var waitingForWritable = false
+    private let decoder: FrameDecoder
+    /// Whether the channel has been closed or has failed.
+    public private(set) var isClosed = false
+    /// Called for each frame received; the payload is valid only during the call.
+    public var onFrame: (FrameHeader, UnsafeRawBufferPointer) -> Void = { _, _ in }
+    /// Called once when the channel stops for any reason other than ``close()``.
+    public var onEnd: (ChannelEnd) -> Void = { _ in }
+
+    /// Takes ownership of `fd` (a non-blocking stream socket).
+    public init(fd: CInt, reactor: Reactor, flusher: ChannelFlusher, maxPayload: Int) {
+        self.fd = fd
+        self.reactor = reactor
+        self.flusher = flusher
+        decoder = FrameDecoder(maxPayload: maxPayload)
+        out.reserveCapacity(16 * 1024)
+    }
+
+    /// The largest payload accepted in either direction.
+    public var maxPayload: Int { decoder.maxPayload }
+
+    /// Starts reading.
+    public func start() throws(ReactorError) {
+        registration = try reactor.register(fd, interest: .readable) { [unowned self] ready in
+            self.handle(ready)
+        }
+    }
+
+    /// Bytes queued and not yet written.
+    public var pendingOutput: Int { out.count - outStart }
+
+    /// Queues a frame with no payload.
+    public func send(_ type: FrameType, id: UInt64 = 0) {
+        guard !isClosed else { return }
+        out.appendFrameHeader(type, length: 0, id: id)
+        markDirty()
+    }
+
+    /// Queues a frame; `write` appends exactly `length` payload bytes to the buffer it is given.
+    public func send(_ type: FrameType, id: UInt64, flags: FrameFlags = [], length: Int, _ write: (inout [UInt8]) -> Void) {
+        guard !isClosed else { return }
+        out.appendFrameHeader(type, flags: flags, length: length, id: id)
+        let before = out.count
+        write(&out)
+        precondition(out.count - before == length, "frame payload length mismatch")
+        markDirty()
+    }
+
+    /// Queues a frame whose payload is `payload`.
+    public func send(_ type: FrameType, id: UInt64, payload: some Collection<UInt8>) {
+        guard !isClosed else { return }
+        out.appendFrame(type, id: id, payload: payload)
+        markDirty()
+    }
+
+    @inline(__always)
+    private func markDirty() {
+        if !isDirty && !waitingForWritable {
+            isDirty = true
+            flusher.markDirty(self)
+        }
+    }
+
+    /// Writes what is queued, as far as the socket takes it; waits for writability for the rest.
+    func flush() {
+        isDirty = false
+        guard !isClosed, outStart < out.count else { return }
+        let start = outStart, fd = self.fd
+        let result = out.withUnsafeBytes { raw in
+            Result { () throws(SyscallError) in try Sys.send(fd, UnsafeRawBufferPointer(rebasing: raw[start...])) }
+        }
+        switch result {
+        case .failure(let error):
+            end(.failed(error))
+            return
+        case .success(.processed(let n)):
+            outStart += n
+        case .success(.wouldBlock):
+            break
+        }
+        if outStart == out.count {
+            out.removeAll(keepingCapacity: true)
+            outStart = 0
+            if waitingForWritable {
+                waitingForWritable = false
+                if let r = registration { try? reactor.modify(r, interest: .readable) }
+            }
+        } else if !waitingForWritable {
+            waitingForWritable = true
+            if let r = registration { try? reactor.modify(r, interest: [.readable, .writable]) }
+        }
+    }
+
+    private func handle(_ ready: Reactor.Readiness) {
+        if ready.contains(.writable) { flush() }
+        guard !isClosed, ready.contains(.readable) || ready.contains(.hangup) || ready.contains(.error) else { return }
+        do {
+            guard let n = try decoder.read(from: fd) else { return }
+            if n == 0 {
+                deliver()
+                if !isClosed { end(.endOfFile) }
+                return
+            }
+        } catch {
+            end(.failed(error))
+            return
+        }
+        deliver()
+    }
+
+    private struct Stop: Error {}
+
+    private func deliver() {
+        do {
+            try decoder.decode { header, payload in
+                if self.isClosed { throw Stop() }
+                self.onFrame(header, payload)
+            }
+        } catch let v as ProtocolViolation {
+            end(.violation(v))
+        } catch {}
+    }
+
+    private func end(_ reason: ChannelEnd) {
+        guard !isClosed else { return }
+        close()
+        onEnd(reason)
+    }
+
+    /// Writes everything queued, blocking until the socket takes it (used just before a worker
+    /// exits, so that no answer is lost).
+    public func flushBlocking() {
+        guard !isClosed else { return }
+        while outStart < out.count {
+            var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            flush()
+            if isClosed || outStart == out.count { return }
+            _ = poll(&p, 1, 1000)
+        }
+    }
+
+    /// Deregisters and closes the socket. Frames still queued are written first if the socket
+    /// takes them without blocking.
+    public func close() {
+        guard !isClosed else { return }
+        isClosed = true
+        if outStart < out.count {
+            // Best effort: whatever the socket takes without blocking.
+            _ = out.withUnsafeBytes { raw in try? Sys.send(fd, UnsafeRawBufferPointer(rebasing: raw[outStart...])) }
+        }
+        if let r = registration { try? reactor.deregister(r) }
+        registration = nil
+        FileDescriptor.closeRaw(fd)
+        out = []
+    }
+}

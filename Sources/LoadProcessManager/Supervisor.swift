@@ -1,0 +1,175 @@
+import LPMReactor
+import LPMWire
+
+/// Runs a pool of worker processes and hands them requests.
+///
+/// ```swift
+/// let supervisor = try Supervisor(SupervisorConfiguration(workerPath: "/usr/local/bin/my-worker", count: 2))
+/// supervisor.onEvent { event in if case .online = event { print("All workers are online") } }
+/// supervisor.start()
+/// let response = try await supervisor.enqueue(Array("hello".utf8))
+/// ```
+///
+/// All of the pool's work runs on one reactor thread: a thread the supervisor starts (with
+/// ``init(_:)``), or a reactor you run yourself (``init(_:reactor:)``). No other thread is
+/// created: no thread per worker, none for waiting on children, none for timers. Every method
+/// here may be called from any thread; they hop onto the reactor thread. Handlers you register
+/// run on the reactor thread and must not block it.
+///
+/// Every request is answered exactly once: with a ``Response``, or a ``SupervisorError``
+/// (timed out, worker exited, protocol violation, queue full, shut down, no workers...).
+public final class Supervisor: Sendable {
+    /// The reactor the pool runs on.
+    public let reactor: Reactor.Handle
+    private let box: CoreBox
+    private let ownThread: ReactorThread?
+
+    /// Holds the core; `@unchecked Sendable` because `core` is read and written only on the
+    /// reactor thread.
+    final class CoreBox: @unchecked Sendable {
+        var core: Core?
+    }
+
+    /// Creates a supervisor on a reactor thread of its own (started now, ended when the pool
+    /// is killed).
+    /// - Throws: ``ReactorError`` if the thread's reactor cannot be created.
+    public init(_ configuration: SupervisorConfiguration) throws(ReactorError) {
+        let thread = try ReactorThread(backend: configuration.backend)
+        ownThread = thread
+        reactor = thread.handle
+        let box = CoreBox()
+        self.box = box
+        thread.handle.execute { reactor in
+            let core = Core(reactor: reactor, config: configuration)
+            core.onStopped = { thread.handle.stop() }
+            box.core = core
+        }
+    }
+
+    /// Creates a supervisor on `reactor`, which you run (``Reactor/run()``). Call on its thread.
+    public init(_ configuration: SupervisorConfiguration, reactor: Reactor) {
+        precondition(reactor.isOnReactorThread, "Supervisor(_:reactor:) must be called on the reactor's thread")
+        ownThread = nil
+        self.reactor = reactor.handle
+        box = CoreBox()
+        box.core = Core(reactor: reactor, config: configuration)
+    }
+
+    /// Runs `body` with the core on the reactor thread; `false` when the reactor is gone.
+    @discardableResult
+    private func onLoop(_ body: sending @escaping (Core) -> Void) -> Bool {
+        let box = self.box
+        return reactor.execute { _ in
+            if let core = box.core { body(core) }
+        }
+    }
+
+    // MARK: Lifecycle
+
+    /// Spawns the workers. Requests enqueued before are queued until workers are ready.
+    /// Errors (no worker could be spawned) arrive through `completion`, on the reactor thread.
+    public func start(_ completion: (@Sendable (SupervisorError?) -> Void)? = nil) {
+        let ok = onLoop { core in
+            do throws(SupervisorError) { try core.start(); completion?(nil) } catch { completion?(error) }
+        }
+        if !ok { completion?(SupervisorError(.shutDown, "the supervisor's reactor is stopped")) }
+    }
+
+    /// Spawns the workers and returns once they are spawned (not yet ready: see
+    /// ``SupervisorEvent/online``).
+    /// - Throws: ``SupervisorError`` `.spawnFailed` when no worker could be started.
+    public func start() async throws(SupervisorError) {
+        let error: SupervisorError? = await withUnsafeContinuation { c in
+            start { c.resume(returning: $0) }
+        }
+        if let error { throw error }
+    }
+
+    /// Sets the handler for pool events (online, exits, restarts...). Runs on the reactor thread.
+    public func onEvent(_ handler: @escaping @Sendable (SupervisorEvent) -> Void) {
+        onLoop { $0.eventHandler = handler }
+    }
+
+    /// Sets the handler for custom events named `name` emitted by workers.
+    public func on(_ name: String, _ handler: @escaping @Sendable (WorkerEvent) -> Void) {
+        onLoop { $0.workerEventHandlers[name] = handler }
+    }
+
+    /// Sets a handler for every custom event that has no handler of its own.
+    public func onAnyWorkerEvent(_ handler: @escaping @Sendable (WorkerEvent) -> Void) {
+        onLoop { $0.anyWorkerEventHandler = handler }
+    }
+
+    /// Replaces the default SIGINT behaviour (hard kill, then exit 130) with `handler`.
+    /// Needs ``SupervisorConfiguration/handleSIGINT`` (the default).
+    public func onSIGINT(_ handler: @escaping @Sendable () -> Void) {
+        onLoop { $0.sigintHandler = handler }
+    }
+
+    // MARK: Requests
+
+    /// Queues a request; `completion` is called exactly once, on the reactor thread.
+    public func enqueue(_ payload: [UInt8], options: RequestOptions = RequestOptions(),
+                        completion: @escaping @Sendable (Result<Response, SupervisorError>) -> Void) {
+        let ok = onLoop { core in core.enqueue(payload, options, .handler(completion)) }
+        if !ok { completion(.failure(SupervisorError(.shutDown, "the pool is stopped"))) }
+    }
+
+    /// Queues a request and waits for its answer.
+    /// - Throws: ``SupervisorError``: `.timedOut`, `.workerExited`, `.protocolViolation`,
+    ///   `.queueFull`, `.shutDown`, `.noWorkers`, `.payloadTooLarge`, `.workerError`.
+    public func enqueue(_ payload: [UInt8], options: RequestOptions = RequestOptions()) async throws(SupervisorError) -> Response {
+        let result: Result<Response, SupervisorError> = await withUnsafeContinuation { c in
+            let ok = onLoop { core in core.enqueue(payload, options, .continuation(c)) }
+            if !ok { c.resume(returning: .failure(SupervisorError(.shutDown, "the pool is stopped"))) }
+        }
+        return try result.get()
+    }
+
+    /// Queues a UTF-8 string payload and waits for the answer.
+    public func enqueue(_ text: String, options: RequestOptions = RequestOptions()) async throws(SupervisorError) -> Response {
+        try await enqueue(Array(text.utf8), options: options)
+    }
+
+    /// Sends a custom event to every worker.
+    public func broadcast(_ name: String, _ payload: [UInt8] = []) {
+        onLoop { $0.broadcast(name, payload) }
+    }
+
+    // MARK: Health
+
+    /// Per-worker figures; `completion` runs on the reactor thread.
+    public func health(_ completion: @escaping @Sendable ([WorkerHealth]) -> Void) {
+        if !onLoop({ completion($0.health()) }) { completion([]) }
+    }
+
+    /// Per-worker figures: pid, RSS, heap, requests, restarts, state.
+    public func health() async -> [WorkerHealth] {
+        await withUnsafeContinuation { c in health { c.resume(returning: $0) } }
+    }
+
+    // MARK: Kill
+
+    /// Stops taking requests, lets every accepted request finish, lets each worker run its
+    /// soft-kill handler (or exit when idle), reaps them all, then calls `completion` (on the
+    /// reactor thread). Does not exit the process.
+    public func softKill(_ completion: @escaping @Sendable () -> Void = {}) {
+        if !onLoop({ $0.softKill(completion) }) { completion() }
+    }
+
+    /// ``softKill(_:)``, waiting until it is done.
+    public func softKill() async {
+        await withUnsafeContinuation { (c: UnsafeContinuation<Void, Never>) in softKill { c.resume() } }
+    }
+
+    /// Kills every worker now (SIGKILL); every pending request fails with `shutDown`.
+    /// `completion` runs once every worker is reaped. Does not exit the process.
+    public func hardKill(_ completion: @escaping @Sendable () -> Void = {}) {
+        if !onLoop({ $0.hardKill(completion) }) { completion() }
+    }
+
+    /// ``hardKill(_:)``, waiting until every worker is reaped.
+    public func hardKill() async {
+        await withUnsafeContinuation { (c: UnsafeContinuation<Void, Never>) in hardKill { c.resume() } }
+    }
+}

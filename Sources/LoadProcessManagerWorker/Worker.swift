@@ -1,0 +1,289 @@
+import LPMReactor
+import LPMWire
+import CLoop
+
+/// The runtime of a worker process: reads requests from the supervisor's channel, runs your
+/// handlers, and sends the answers.
+///
+/// ```swift
+/// let worker = try Worker()
+/// worker.onRequest { request in request.respond(request.data) }
+/// worker.ready()
+/// worker.run()
+/// ```
+///
+/// Everything runs on one thread, the worker's reactor thread (``reactor``). Call
+/// ``Request/respond(_:)`` and the other methods from that thread; from another thread, hop with
+/// `worker.reactor.handle.execute { _ in ... }`.
+///
+/// The worker exits cleanly when its channel reaches end of file (the supervisor is gone), and
+/// asks the kernel to kill it if the supervisor thread that spawned it dies
+/// (`PR_SET_PDEATHSIG`), so it never outlives its parent.
+public final class Worker {
+    /// The reactor the worker runs on: use it for timers and your own descriptors.
+    public let reactor: Reactor
+    private let channel: Channel
+    private let flusher: ChannelFlusher
+    private var requestHandler: (Request) -> Void = { $0.fail("this worker has no request handler") }
+    private var eventHandlers: [String: (Event) -> Void] = [:]
+    private var softKillHandler: ((_ done: @escaping () -> Void) -> Void)?
+    private var hardKillHandler: (() -> Void)?
+    private var inFlight: [UInt64: Request] = [:]
+    private var pendingReplies: [UInt64: ([UInt8]) -> Void] = [:]
+    private var nextEventID: UInt64 = 0
+    private var state: ReadyState = .starting
+    private var softKillRequested = false
+    private var softKillRunning = false
+    private var exiting = false
+
+    private enum ReadyState { case starting, ready, busy }
+
+    /// Connects to the supervisor through the descriptor named by `LPM_CHANNEL_FD`.
+    /// - Throws: ``WorkerError`` when the process was not started by a supervisor.
+    public init(backend: Reactor.BackendChoice = .automatic) throws {
+        guard let raw = getenv(Wire.channelEnvironmentKey), let fd = CInt(String(cString: raw)), Sys.isValid(fd) else {
+            throw WorkerError("this process was not started by a Supervisor (\(Wire.channelEnvironmentKey) is not set to an open descriptor)")
+        }
+        let maxPayload = getenv(Wire.maxPayloadEnvironmentKey).flatMap { Int(String(cString: $0)) } ?? Wire.defaultMaxPayload
+        // Die with the supervisor; then check it did not die before the call took effect.
+        _ = cloop_prctl1(PR_SET_PDEATHSIG, UInt(SIGKILL))
+        if let parent = getenv("LPM_PARENT_PID").flatMap({ pid_t(String(cString: $0)) }), getppid() != parent { _exit(0) }
+        try Sys.setNonBlocking(fd)
+        reactor = try Reactor(backend: backend)
+        flusher = ChannelFlusher(reactor: reactor)
+        channel = Channel(fd: fd, reactor: reactor, flusher: flusher, maxPayload: maxPayload)
+        channel.onFrame = { [unowned self] header, payload in self.frame(header, payload) }
+        channel.onEnd = { [unowned self] _ in self.exit(code: 0) }
+        try channel.start()
+    }
+
+    /// Sets the handler for requests. Runs on the reactor thread for each request; answer with
+    /// ``Request/respond(_:)``, ``Request/ack()`` or ``Request/fail(_:)``, now or later.
+    public func onRequest(_ handler: @escaping (Request) -> Void) {
+        requestHandler = handler
+    }
+
+    /// Sets the handler for a custom event or broadcast named `name` from the supervisor.
+    public func on(_ name: String, _ handler: @escaping (Event) -> Void) {
+        eventHandlers[name] = handler
+    }
+
+    /// Sets the soft-kill handler. When the supervisor soft-kills the pool, the handler runs
+    /// once no request is in flight; call `done` when finished and the worker exits. Without a
+    /// handler the worker exits as soon as it is idle (and not busy).
+    public func onSoftKill(_ handler: @escaping (_ done: @escaping () -> Void) -> Void) {
+        softKillHandler = handler
+    }
+
+    /// Sets the hard-kill handler: runs if the hard-kill notice arrives before the SIGKILL that
+    /// follows it. Best effort by nature.
+    public func onHardKill(_ handler: @escaping () -> Void) {
+        hardKillHandler = handler
+    }
+
+    /// Tells the supervisor this worker takes requests. Idempotent: calling it again while
+    /// ready sends nothing.
+    public func ready() {
+        guard state != .ready else { return }
+        state = .ready
+        channel.send(.ready)
+        if softKillRequested { maybeFinishSoftKill() }
+    }
+
+    /// Tells the supervisor to send no new requests until the next ``ready()``. Requests already
+    /// sent may still arrive and should be handled.
+    public func busy() {
+        guard state != .busy else { return }
+        state = .busy
+        channel.send(.busy)
+    }
+
+    /// The requests received and not yet answered.
+    public func requests() -> [Request] {
+        Array(inFlight.values)
+    }
+
+    /// Emits a custom event to the supervisor.
+    /// - Parameters:
+    ///   - name: the event's name.
+    ///   - data: its payload.
+    ///   - reply: called with the supervisor's reply, if the supervisor replies.
+    public func emit(_ name: String, _ data: [UInt8] = [], reply: (([UInt8]) -> Void)? = nil) {
+        var id: UInt64 = 0
+        if let reply {
+            nextEventID &+= 1
+            id = nextEventID
+            pendingReplies[id] = reply
+        }
+        Worker.sendEvent(channel, .event, id: id, name: name, data: data)
+    }
+
+    static func sendEvent(_ channel: Channel, _ type: FrameType, id: UInt64, name: String, data: [UInt8]) {
+        var name = name
+        name.withUTF8 { n in
+            channel.send(type, id: id, length: 2 + n.count + data.count) { out in
+                out.appendLittleEndian(UInt16(n.count))
+                out.append(contentsOf: n)
+                out.append(contentsOf: data)
+            }
+        }
+    }
+
+    /// Runs the worker until the supervisor closes the channel or a kill ends it. Never returns.
+    public func run() -> Never {
+        while true {
+            do { try reactor.run() } catch { exit(code: 70) }
+        }
+    }
+
+    // MARK: Frames
+
+    private func frame(_ h: FrameHeader, _ payload: UnsafeRawBufferPointer) {
+        switch h.type {
+        case .request:
+            guard payload.count >= 24 else { return violation("request frame shorter than its 24-byte prefix") }
+            var uuid = RequestID.zero
+            withUnsafeMutableBytes(of: &uuid.bytes) { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: payload[0..<16])) }
+            let createdAt = payload.readLittleEndian(at: 16, as: UInt64.self)
+            let request = Request(worker: self, wireID: h.id, id: uuid, createdAt: createdAt,
+                                  data: Array(UnsafeRawBufferPointer(rebasing: payload[24...])))
+            inFlight[h.id] = request
+            requestHandler(request)
+        case .event, .broadcast:
+            guard let (name, data) = Worker.decodeEvent(payload) else { return violation("malformed event frame") }
+            let event = Event(name: name, data: data, replyID: h.type == .event ? h.id : 0, channel: channel)
+            eventHandlers[name]?(event)
+        case .eventReply:
+            pendingReplies.removeValue(forKey: h.id)?(Array(payload))
+        case .healthRequest:
+            let m = mallinfo2()
+            channel.send(.healthReport, id: h.id, length: 16) { out in
+                out.appendLittleEndian(UInt64(m.arena + m.hblkhd))
+                out.appendLittleEndian(UInt64(m.uordblks + m.hblkhd))
+            }
+        case .softKill:
+            softKillRequested = true
+            maybeFinishSoftKill()
+        case .hardKill:
+            hardKillHandler?()
+            exit(code: 0)
+        case .cancel:
+            if let r = inFlight.removeValue(forKey: h.id) {
+                r.isCancelled = true
+                r.onCancel?()
+            }
+        case .ping:
+            channel.send(.pong, id: h.id)
+        case .pong:
+            break
+        case .ready, .busy, .response, .ack, .error, .healthReport:
+            violation("unexpected frame \(h.type) from the supervisor")
+        }
+    }
+
+    static func decodeEvent(_ payload: UnsafeRawBufferPointer) -> (String, [UInt8])? {
+        guard payload.count >= 2 else { return nil }
+        let n = Int(payload.readLittleEndian(at: 0, as: UInt16.self))
+        guard payload.count >= 2 + n else { return nil }
+        let name = String(decoding: UnsafeRawBufferPointer(rebasing: payload[2..<2 + n]), as: UTF8.self)
+        return (name, Array(UnsafeRawBufferPointer(rebasing: payload[(2 + n)...])))
+    }
+
+    private func violation(_ reason: String) {
+        let text = "worker \(getpid()): protocol violation from the supervisor: \(reason)\n"
+        _ = text.withCString { CLoop.write(2, $0, strlen($0)) }
+        exit(code: 76)
+    }
+
+    fileprivate func finish(_ request: Request, _ type: FrameType, _ data: [UInt8]) {
+        guard inFlight.removeValue(forKey: request.wireID) != nil else { return }
+        channel.send(type, id: request.wireID, payload: data)
+        if softKillRequested { maybeFinishSoftKill() }
+    }
+
+    private func maybeFinishSoftKill() {
+        guard inFlight.isEmpty, !softKillRunning, state != .busy else { return }
+        if let handler = softKillHandler {
+            softKillRunning = true
+            handler { [unowned self] in self.exit(code: 0) }
+        } else {
+            exit(code: 0)
+        }
+    }
+
+    private func exit(code: CInt) {
+        guard !exiting else { return }
+        exiting = true
+        flusher.flushAll()
+        channel.flushBlocking()
+        channel.close()
+        fflush(nil)  // the handlers' buffered output (print) must not be lost
+        _exit(code)
+    }
+}
+
+/// A worker-side failure to start.
+public struct WorkerError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    init(_ d: String) { description = d }
+}
+
+/// A request received from the supervisor. Answer it exactly once; later answers are ignored.
+public final class Request {
+    private unowned let worker: Worker
+    let wireID: UInt64
+    /// The request's id, a UUID (version 4) assigned by the supervisor.
+    public let id: RequestID
+    /// When the supervisor accepted it: nanoseconds on the supervisor's monotonic clock
+    /// (`CLOCK_MONOTONIC`, shared by all processes of the machine).
+    public let createdAt: UInt64
+    /// The request's payload.
+    public let data: [UInt8]
+    /// Whether the supervisor cancelled it (it timed out there); answers are then dropped.
+    public fileprivate(set) var isCancelled = false
+    /// Called if the supervisor cancels the request.
+    public var onCancel: (() -> Void)?
+    /// Whether a stream accompanies the request (streams are not carried by this version).
+    public var hasStream: Bool { false }
+    /// Whether a socket accompanies the request (sockets are not carried by this version).
+    public var hasSocket: Bool { false }
+
+    init(worker: Worker, wireID: UInt64, id: RequestID, createdAt: UInt64, data: [UInt8]) {
+        self.worker = worker
+        self.wireID = wireID
+        self.id = id
+        self.createdAt = createdAt
+        self.data = data
+    }
+
+    /// Answers with `data`.
+    public func respond(_ data: [UInt8]) { worker.finish(self, .response, data) }
+
+    /// Answers with a UTF-8 string.
+    public func respond(_ text: String) { worker.finish(self, .response, Array(text.utf8)) }
+
+    /// Acknowledges the request without data: the caller gets an empty response.
+    public func ack() { worker.finish(self, .ack, []) }
+
+    /// Fails the request: the caller gets a `workerError` with this message.
+    public func fail(_ message: String) { worker.finish(self, .error, Array(message.utf8)) }
+}
+
+/// A custom event or broadcast from the supervisor.
+public struct Event {
+    /// The event's name.
+    public let name: String
+    /// Its payload.
+    public let data: [UInt8]
+    let replyID: UInt64
+    let channel: Channel
+
+    /// Whether the supervisor waits for a reply.
+    public var wantsReply: Bool { replyID != 0 }
+
+    /// Replies to the supervisor (ignored unless it asked for a reply).
+    public func reply(_ data: [UInt8]) {
+        guard replyID != 0 else { return }
+        channel.send(.eventReply, id: replyID, payload: data)
+    }
+}

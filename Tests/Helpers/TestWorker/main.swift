@@ -1,0 +1,68 @@
+// A worker for the tests; its behaviour is picked with LPM_TEST_MODE:
+//   echo (default)  answers each request with its payload
+//   slow            waits LPM_TEST_DELAY_MS (default 100) before answering
+//   never           never answers
+//   crash-on-start  exits with code 3 at once
+//   exit-on-request exits with code 7 on the first request
+//   garbage         writes bytes that are not a frame on the first request
+//   lie             answers a request id it never received
+//   busy            says ready then busy at once
+//   ready-twice     calls ready() twice
+//   events          emits "hello" with a reply wanted on each request; answers with the reply
+//   softkill-handler runs a soft-kill handler that waits 100 ms then calls done
+//   late            answers after LPM_TEST_DELAY_MS, even when cancelled
+//   pid             answers with its pid
+//   big             answers with LPM_TEST_SIZE bytes
+import LoadProcessManagerWorker
+import Glibc
+
+let mode = getenv("LPM_TEST_MODE").map { String(cString: $0) } ?? "echo"
+let delay = getenv("LPM_TEST_DELAY_MS").flatMap { Int(String(cString: $0)) } ?? 100
+if mode == "crash-on-start" { exit(3) }
+
+let worker = try Worker()
+worker.on("ping-event") { event in event.reply(Array("pong:".utf8) + event.data) }
+worker.on("record") { event in
+    // Echo a broadcast back as an event so the test can see it arrived.
+    worker.emit("recorded", event.data)
+}
+
+worker.onRequest { request in
+    switch mode {
+    case "slow", "late":
+        _ = try? worker.reactor.schedule(after: .milliseconds(delay)) { request.respond(request.data) }
+    case "never":
+        break
+    case "exit-on-request":
+        exit(7)
+    case "garbage":
+        var junk: [UInt8] = [0xDE, 0xAD, 0xBE, 0xEF, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
+        _ = write(3, &junk, junk.count)
+    case "lie":
+        request.respond(request.data)
+        // A response to an id that was never sent (a different slot and generation).
+        var frame: [UInt8] = [0x4C, 1, 4, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0, 0, 0x77, 0, 0, 0]
+        _ = write(3, &frame, frame.count)
+    case "events":
+        worker.emit("hello", request.data) { reply in request.respond(reply) }
+    case "pid":
+        request.respond(String(getpid()))
+    case "big":
+        let size = getenv("LPM_TEST_SIZE").flatMap { Int(String(cString: $0)) } ?? 1024
+        request.respond([UInt8](repeating: 0x5A, count: size))
+    case "fail":
+        request.fail("handler failed on purpose")
+    default:
+        request.respond(request.data)
+    }
+}
+
+if mode == "softkill-handler" {
+    worker.onSoftKill { done in
+        _ = try? worker.reactor.schedule(after: .milliseconds(100)) { done() }
+    }
+}
+worker.ready()
+if mode == "ready-twice" { worker.ready() }
+if mode == "busy" { worker.busy() }
+worker.run()

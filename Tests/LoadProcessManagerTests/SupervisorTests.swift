@@ -1,0 +1,337 @@
+import Glibc
+import LoadProcessManager
+import LPMReactor
+import LPMWire
+import Synchronization
+import Testing
+
+@Suite("Supervisor and Worker", .serialized, .timeLimit(.minutes(2)))
+struct SupervisorTests {
+    @Test("two echo workers answer requests; ids are UUIDs; nothing is left behind")
+    func echo() async throws {
+        let fds = openFDCount()
+        let (s, log) = try await startOnline(testConfig())
+        var ids = Set<RequestID>()
+        for i in 0..<10 {
+            let r = try await s.enqueue("hello \(i)")
+            #expect(r.text == "hello \(i)")
+            #expect(!r.hasStream)
+            #expect(r.attempts == 1)
+            ids.insert(r.id)
+        }
+        #expect(ids.count == 10)
+        let health = await s.health()
+        #expect(health.count == 2)
+        #expect(health.allSatisfy { $0.pid > 0 && $0.state == .ready })
+        #expect(health.map(\.completed).reduce(0, +) == 10)
+        await s.softKill()
+        #expect(log.count(isExit) == 2)
+        #expect(hasNoChildren())
+        try await Task.sleep(for: .milliseconds(50))  // the reactor thread closes its descriptors as it ends
+        #expect(openFDCount() == fds)
+    }
+
+    @Test("a burst of 10,000 requests spreads across both workers")
+    func burstSpreads() async throws {
+        var c = testConfig("pid")
+        c.maxConcurrentRequestsPerWorker = 64
+        let (s, _) = try await startOnline(c)
+        let counts = Mutex<[String: Int]>([:])
+        let done = Atomic<Int>(0)
+        for _ in 0..<10_000 {
+            s.enqueue([1]) { result in
+                if case .success(let r) = result { counts.withLock { $0[r.text, default: 0] += 1 } }
+                done.add(1, ordering: .relaxed)
+            }
+        }
+        let deadline = ContinuousClock.now + .seconds(60)
+        while done.load(ordering: .relaxed) < 10_000 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        let final = counts.withLock { $0 }
+        #expect(final.values.reduce(0, +) == 10_000)
+        #expect(final.count == 2)
+        #expect(final.values.allSatisfy { $0 >= 2_000 }, "each worker took a fair share: \(final)")
+        await s.hardKill()
+        #expect(hasNoChildren())
+    }
+
+    @Test("a worker SIGKILLed with requests in flight: retried when attempts are left")
+    func killedRetried() async throws {
+        var c = testConfig("slow", env: ["LPM_TEST_DELAY_MS": "300"])
+        c.retries = 2
+        let (s, log) = try await startOnline(c)
+        let victim = await s.health()[0].pid
+        let results = Mutex<[Result<Response, SupervisorError>]>([])
+        for i in 0..<8 { s.enqueue([UInt8(i)]) { r in results.withLock { $0.append(r) } } }
+        try await Task.sleep(for: .milliseconds(100))
+        kill(victim, SIGKILL)
+        let deadline = ContinuousClock.now + .seconds(20)
+        while results.withLock({ $0.count }) < 8 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        let all = results.withLock { $0 }
+        #expect(all.count == 8)
+        #expect(all.allSatisfy { if case .success = $0 { return true }; return false })
+        #expect(all.contains { (try? $0.get().attempts) == 2 }, "some were retried")
+        #expect(await log.wait(isRestart))
+        await s.hardKill()
+    }
+
+    @Test("a worker SIGKILLed with requests in flight and no retries: failed, naming pid and signal")
+    func killedFailed() async throws {
+        let (s, _) = try await startOnline(testConfig("never", count: 1))
+        let victim = await s.health()[0].pid
+        async let answer = s.enqueue("x")
+        try await Task.sleep(for: .milliseconds(100))
+        kill(victim, SIGKILL)
+        do {
+            _ = try await answer
+            Issue.record("no error")
+        } catch {
+            #expect(error.code == .workerExited)
+            #expect(error.workerPID == victim)
+            #expect(error.exitStatus == .signaled(SIGKILL))
+            #expect(error.attempts == 1)
+            #expect(error.message.contains("\(victim)"))
+            #expect(error.message.contains("SIGKILL"))
+        }
+        await s.hardKill()
+    }
+
+    @Test("a crash loop stops after exactly the restart budget; requests then fail at once")
+    func crashLoop() async throws {
+        var c = testConfig("crash-on-start", count: 1)
+        c.restarts = 3
+        let s = try Supervisor(c)
+        let log = EventLog(s)
+        async let queued = s.enqueue("queued before the budget ran out")
+        try await s.start()
+        #expect(await log.wait { if case .noWorkersLeft = $0 { return true }; return false })
+        #expect(log.count(isRestart) == 3)
+        #expect(log.count(isExhausted) == 1)
+        #expect(log.count(isExit) == 4)
+        do { _ = try await queued; Issue.record("answered") } catch { #expect(error.code == .noWorkers) }
+        do { _ = try await s.enqueue("late"); Issue.record("answered") } catch { #expect(error.code == .noWorkers) }
+        await s.hardKill()
+        #expect(hasNoChildren())
+    }
+
+    @Test("busy workers get nothing; the queue limit is enforced")
+    func busyGetsNothing() async throws {
+        var c = testConfig("busy")
+        c.maxQueueLength = 3
+        let s = try Supervisor(c)
+        try await s.start()
+        try await Task.sleep(for: .milliseconds(300))
+        let results = Mutex<[Result<Response, SupervisorError>]>([])
+        for _ in 0..<4 { s.enqueue([1]) { r in results.withLock { $0.append(r) } } }
+        try await Task.sleep(for: .milliseconds(300))
+        let health = await s.health()
+        #expect(health.allSatisfy { $0.state == .busy && $0.inFlight == 0 && $0.completed == 0 })
+        let early = results.withLock { $0 }
+        #expect(early.count == 1 && early.first?.error?.code == .queueFull)
+        await s.hardKill()
+        let all = results.withLock { $0 }
+        #expect(all.count == 4)
+        #expect(all.filter { $0.error?.code == .shutDown }.count == 3)
+    }
+
+    @Test("ready() twice is harmless")
+    func readyTwice() async throws {
+        let (s, log) = try await startOnline(testConfig("ready-twice"))
+        #expect(try await s.enqueue("a").text == "a")
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(log.count(isOnline) == 1)
+        await s.softKill()
+    }
+
+    @Test("a timeout fires once; the worker is told to cancel; a late answer is dropped")
+    func timeouts() async throws {
+        var c = testConfig("late", count: 1, env: ["LPM_TEST_DELAY_MS": "300"])
+        c.requestTimeout = .milliseconds(100)
+        let (s, log) = try await startOnline(c)
+        let calls = Atomic<Int>(0)
+        let first = Mutex<SupervisorError?>(nil)
+        s.enqueue([1]) { r in calls.add(1, ordering: .relaxed); first.withLock { $0 = r.error } }
+        try await Task.sleep(for: .milliseconds(600))
+        #expect(calls.load(ordering: .relaxed) == 1)
+        #expect(first.withLock { $0?.code } == .timedOut)
+        // The late answer did not hurt the worker: it still serves, within a longer timeout.
+        let r = try await s.enqueue([2], options: RequestOptions(timeout: .seconds(5)))
+        #expect(r.data == [2])
+        #expect(log.count(isViolation) == 0)
+        #expect(log.count(isExit) == 0)
+        await s.hardKill()
+    }
+
+    @Test("garbage on a worker's channel kills only that worker", arguments: ["garbage", "lie"])
+    func garbage(_ mode: String) async throws {
+        var c = testConfig(mode, count: 1)
+        c.restarts = 5
+        let (s, log) = try await startOnline(c)
+        let pid = await s.health()[0].pid
+        do {
+            _ = try await s.enqueue("x", options: RequestOptions(timeout: .seconds(5)))
+            if mode == "garbage" { Issue.record("answered") }
+        } catch {
+            #expect(error.code == .protocolViolation)
+        }
+        #expect(await log.wait(isViolation))
+        #expect(await log.wait(isRestart))
+        let after = await s.health()
+        #expect(after[0].pid != pid && after[0].pid > 0)
+        #expect(after[0].restarts == 1)
+        await s.hardKill()
+        #expect(hasNoChildren())
+    }
+
+    @Test("softKill with requests in flight answers every one, then refuses new ones")
+    func softKillDrains() async throws {
+        let (s, _) = try await startOnline(testConfig("slow", env: ["LPM_TEST_DELAY_MS": "200"]))
+        let results = Mutex<[Result<Response, SupervisorError>]>([])
+        for i in 0..<200 { s.enqueue([UInt8(i)]) { r in results.withLock { $0.append(r) } } }
+        await s.softKill()
+        let all = results.withLock { $0 }
+        #expect(all.count == 200)
+        #expect(all.allSatisfy { if case .success = $0 { return true }; return false })
+        do { _ = try await s.enqueue("after"); Issue.record("accepted") } catch { #expect(error.code == .shutDown) }
+        #expect(hasNoChildren())
+    }
+
+    @Test("soft-kill handlers run and the pool completes")
+    func softKillHandler() async throws {
+        let (s, log) = try await startOnline(testConfig("softkill-handler"))
+        _ = try await s.enqueue("x")
+        await s.softKill()
+        #expect(log.all.allSatisfy { if case .workerExited(_, _, let status, let expected) = $0 { return status == .exited(0) && expected }; return true })
+        #expect(hasNoChildren())
+    }
+
+    @Test("hardKill fails every pending request with shutDown")
+    func hardKillFails() async throws {
+        let (s, _) = try await startOnline(testConfig("never"))
+        let results = Mutex<[SupervisorError?]>([])
+        for _ in 0..<50 { s.enqueue([1]) { r in results.withLock { $0.append(r.error) } } }
+        try await Task.sleep(for: .milliseconds(100))
+        await s.hardKill()
+        let all = results.withLock { $0 }
+        #expect(all.count == 50)
+        #expect(all.allSatisfy { $0?.code == .shutDown })
+        #expect(hasNoChildren())
+    }
+
+    @Test("custom events both ways, with replies; broadcasts reach every worker")
+    func events() async throws {
+        let (s, _) = try await startOnline(testConfig("events"))
+        s.on("hello") { e in e.reply(Array("reply to ".utf8) + e.data) }
+        let recorded = Mutex<[pid_t]>([])
+        s.on("recorded") { e in recorded.withLock { $0.append(e.pid) } }
+        let r = try await s.enqueue("you")
+        #expect(r.text == "reply to you")
+        s.broadcast("record", Array("b".utf8))
+        let deadline = ContinuousClock.now + .seconds(10)
+        while recorded.withLock({ $0.count }) < 2 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(Set(recorded.withLock { $0 }).count == 2)
+        await s.softKill()
+    }
+
+    @Test("health reports pid, RSS and heap per worker")
+    func health() async throws {
+        var c = testConfig()
+        c.healthInterval = .milliseconds(50)
+        let (s, _) = try await startOnline(c)
+        try await Task.sleep(for: .milliseconds(300))
+        let h = await s.health()
+        #expect(h.count == 2)
+        for w in h {
+            #expect(w.pid > 0)
+            #expect(kill(w.pid, 0) == 0)
+            #expect(w.rss > 100_000)
+            #expect(w.heapTotal > 0 && w.heapUsed > 0 && w.heapUsed <= w.heapTotal)
+        }
+        await s.softKill()
+    }
+
+    @Test("oversized payloads: refused at enqueue; a worker sending one is a violation")
+    func oversized() async throws {
+        var c = testConfig("big", count: 1, env: ["LPM_TEST_SIZE": "5000"])
+        c.maxPayload = 4096
+        let (s, log) = try await startOnline(c)
+        do { _ = try await s.enqueue([UInt8](repeating: 1, count: 5000)); Issue.record("accepted") } catch {
+            #expect(error.code == .payloadTooLarge)
+        }
+        do { _ = try await s.enqueue("small"); Issue.record("answered") } catch {
+            #expect(error.code == .protocolViolation)
+        }
+        #expect(log.count(isViolation) == 1)
+        await s.hardKill()
+    }
+
+    @Test("a handler failure reaches the caller as workerError")
+    func workerError() async throws {
+        let (s, _) = try await startOnline(testConfig("fail", count: 1))
+        do { _ = try await s.enqueue("x"); Issue.record("answered") } catch {
+            #expect(error.code == .workerError)
+            #expect(error.message == "handler failed on purpose")
+        }
+        await s.softKill()
+    }
+
+    @Test("a missing worker executable is a spawnFailed error")
+    func missingExecutable() async throws {
+        let s = try Supervisor(SupervisorConfiguration(workerPath: "/nonexistent/worker"))
+        do { try await s.start(); Issue.record("started") } catch {
+            #expect(error.code == .spawnFailed)
+        }
+        do { _ = try await s.enqueue("x"); Issue.record("answered") } catch {
+            #expect(error.code == .noWorkers)
+        }
+        await s.hardKill()
+    }
+
+    @Test("1,000,000 requests queued before start are all answered")
+    func millionQueued() async throws {
+        var c = testConfig()
+        c.maxConcurrentRequestsPerWorker = 256
+        let s = try Supervisor(c)
+        let n = 1_000_000
+        let ok = Atomic<Int>(0)
+        let failed = Atomic<Int>(0)
+        let payload: [UInt8] = [1, 2, 3, 4]
+        for _ in 0..<n {
+            s.enqueue(payload) { r in
+                if case .success = r { ok.add(1, ordering: .relaxed) } else { failed.add(1, ordering: .relaxed) }
+            }
+        }
+        try await s.start()
+        let deadline = ContinuousClock.now + .seconds(90)
+        while ok.load(ordering: .relaxed) + failed.load(ordering: .relaxed) < n && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(ok.load(ordering: .relaxed) == n)
+        #expect(failed.load(ordering: .relaxed) == 0)
+        await s.hardKill()
+    }
+}
+
+@Suite("Supervisor threads", .serialized)
+struct SupervisorThreadTests {
+    @Test("the whole pool runs on the caller's reactor thread: no thread is created")
+    func noThreads() throws {
+        let reactor = try Reactor()
+        let before = threadCount()
+        var c = testConfig()
+        c.healthInterval = .milliseconds(20)
+        let s = Supervisor(c, reactor: reactor)
+        final class Box: @unchecked Sendable { var answered = 0; var stopped = false }  // reactor thread only
+        let box = Box()
+        s.start()
+        for i in 0..<1000 { s.enqueue([UInt8(i & 0xFF)]) { r in if case .success = r { box.answered += 1 } } }
+        let deadline = ContinuousClock.now + .seconds(30)
+        while box.answered < 1000 && ContinuousClock.now < deadline { try reactor.runOnce(timeout: .milliseconds(10)) }
+        #expect(box.answered == 1000)
+        #expect(threadCount() == before)
+        s.softKill { box.stopped = true }
+        while !box.stopped && ContinuousClock.now < deadline { try reactor.runOnce(timeout: .milliseconds(10)) }
+        #expect(box.stopped)
+        #expect(threadCount() == before)
+        reactor.close()
+    }
+}

@@ -1,0 +1,86 @@
+import Glibc
+import LoadProcessManager
+import LPMReactor
+import Synchronization
+import Testing
+
+/// An executable built next to the test binary.
+func sibling(_ name: String) -> String {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    let me = String(decoding: buffer[..<max(0, n)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    return String(me[..<(me.lastIndex(of: "/") ?? me.startIndex)]) + "/" + name
+}
+
+func testConfig(_ mode: String = "echo", count: Int = 2, env: [String: String] = [:]) -> SupervisorConfiguration {
+    var environment = env
+    environment["LPM_TEST_MODE"] = mode
+    var c = SupervisorConfiguration(executable: .init(path: sibling("lpm-test-worker"), environment: environment))
+    c.count = count
+    c.handleSIGINT = false
+    return c
+}
+
+func openFDCount() -> Int {
+    guard let dir = opendir("/proc/self/fd") else { return -1 }
+    var n = 0
+    while readdir(dir) != nil { n += 1 }
+    closedir(dir)
+    return n - 3
+}
+
+func threadCount() -> Int {
+    guard let dir = opendir("/proc/self/task") else { return -1 }
+    var n = 0
+    while readdir(dir) != nil { n += 1 }
+    closedir(dir)
+    return n - 2
+}
+
+/// True when this process has no child at all, live or zombie.
+func hasNoChildren() -> Bool {
+    var info = siginfo_t()
+    return waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) == -1 && errno == ECHILD
+}
+
+/// Records a supervisor's events and lets a test wait for one.
+final class EventLog: Sendable {
+    private let events = Mutex<[SupervisorEvent]>([])
+
+    init(_ s: Supervisor) {
+        s.onEvent { [self] e in events.withLock { $0.append($0.isEmpty ? e : e) } }
+    }
+
+    var all: [SupervisorEvent] { events.withLock { $0 } }
+
+    func count(_ match: (SupervisorEvent) -> Bool) -> Int { all.filter(match).count }
+
+    /// Waits (polling, with a generous hang guard) until `match` has been seen `n` times.
+    func wait(for n: Int = 1, seconds: Double = 20, _ match: (SupervisorEvent) -> Bool) async -> Bool {
+        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        while ContinuousClock.now < deadline {
+            if count(match) >= n { return true }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        return false
+    }
+}
+
+func isOnline(_ e: SupervisorEvent) -> Bool { if case .online = e { return true }; return false }
+func isRestart(_ e: SupervisorEvent) -> Bool { if case .workerRestarted = e { return true }; return false }
+func isExhausted(_ e: SupervisorEvent) -> Bool { if case .restartBudgetExhausted = e { return true }; return false }
+func isViolation(_ e: SupervisorEvent) -> Bool { if case .protocolViolation = e { return true }; return false }
+func isExit(_ e: SupervisorEvent) -> Bool { if case .workerExited = e { return true }; return false }
+
+/// Starts a supervisor and waits until it is online.
+func startOnline(_ config: SupervisorConfiguration) async throws -> (Supervisor, EventLog) {
+    let s = try Supervisor(config)
+    let log = EventLog(s)
+    try await s.start()
+    #expect(await log.wait(isOnline), "the pool came online")
+    return (s, log)
+}
+
+extension Result {
+    var error: Failure? { if case .failure(let e) = self { return e }; return nil }
+}
