@@ -1,4 +1,5 @@
 import CLoop
+import Glibc
 import LPMReactor
 import Synchronization
 import Testing

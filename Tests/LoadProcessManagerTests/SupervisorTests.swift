@@ -9,6 +9,8 @@ import Testing
 struct SupervisorTests {
     @Test("two echo workers answer requests; ids are UUIDs; nothing is left behind")
     func echo() async throws {
+        // Task.sleep opens the concurrency runtime's timerfd on first use: do that first.
+        try await Task.sleep(for: .milliseconds(1))
         let fds = openFDCount()
         let (s, log) = try await startOnline(testConfig())
         var ids = Set<RequestID>()
@@ -28,7 +30,7 @@ struct SupervisorTests {
         #expect(log.count(isExit) == 2)
         #expect(hasNoChildren())
         try await Task.sleep(for: .milliseconds(50))  // the reactor thread closes its descriptors as it ends
-        #expect(openFDCount() == fds)
+        #expect(openFDCount() == fds, "\(fdList())")
     }
 
     @Test("a burst of 10,000 requests spreads across both workers")
@@ -84,7 +86,7 @@ struct SupervisorTests {
         do {
             _ = try await answer
             Issue.record("no error")
-        } catch {
+        } catch let error as SupervisorError {
             #expect(error.code == .workerExited)
             #expect(error.workerPID == victim)
             #expect(error.exitStatus == .signaled(SIGKILL))
@@ -107,7 +109,7 @@ struct SupervisorTests {
         #expect(log.count(isRestart) == 3)
         #expect(log.count(isExhausted) == 1)
         #expect(log.count(isExit) == 4)
-        do { _ = try await queued; Issue.record("answered") } catch { #expect(error.code == .noWorkers) }
+        do { _ = try await queued; Issue.record("answered") } catch let error as SupervisorError { #expect(error.code == .noWorkers) }
         do { _ = try await s.enqueue("late"); Issue.record("answered") } catch { #expect(error.code == .noWorkers) }
         await s.hardKill()
         #expect(hasNoChildren())
