@@ -20,7 +20,7 @@ import Synchronization
 ///   registration, and no event meant for the old one reaches the new one.
 public final class Reactor {
     /// A kernel event interface the reactor can run on.
-    public enum Backend: String, Sendable, Hashable, CaseIterable {
+    public enum Backend: String, Sendable, Hashable, CaseIterable, Codable {
         /// `epoll(7)`: one `epoll_ctl` per change, `epoll_pwait2` to wait.
         case epoll
         /// `io_uring(7)` through liburing: poll requests, batched submission.
