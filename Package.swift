@@ -38,13 +38,13 @@ let package = Package(
         .executableTarget(name: "reactor-example", dependencies: ["LPMReactor"], path: "Examples/ReactorExample", swiftSettings: strict),
 
         // Helper executable for the tests: a worker whose behaviour the test picks.
-        .executableTarget(name: "lpm-test-worker", dependencies: ["LoadProcessManagerWorker"], path: "Tests/Helpers/TestWorker", swiftSettings: strict),
+        .executableTarget(name: "lpm-test-worker", dependencies: ["LoadProcessManagerWorker", "LPMWire"], path: "Tests/Helpers/TestWorker", swiftSettings: strict),
 
         .testTarget(name: "LPMReactorTests", dependencies: ["LPMReactor", "CLoop"], swiftSettings: strict),
         .testTarget(name: "LPMWireTests", dependencies: ["LPMWire"], swiftSettings: strict),
         .testTarget(
             name: "LoadProcessManagerTests",
-            dependencies: ["LoadProcessManager", "LoadProcessManagerWorker", "LPMWire", "lpm-test-worker", "lpm-demo-worker"],
+            dependencies: ["LoadProcessManager", "LoadProcessManagerWorker", "LPMWire", "CLoop", "lpm-test-worker", "lpm-demo-worker"],
             swiftSettings: strict
         ),
     ]

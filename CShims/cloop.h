@@ -64,6 +64,10 @@ extern int sched_setaffinity(pid_t pid, size_t cpusetsize, const cpu_set_t *_Non
 #ifndef POLLRDHUP
 #define POLLRDHUP 0x2000
 #endif
+// Kernel 2.6.23+: recvmsg(2) flag making received descriptors CLOEXEC; declared under __USE_GNU.
+#ifndef MSG_CMSG_CLOEXEC
+#define MSG_CMSG_CLOEXEC 0x40000000
+#endif
 // Kernel 5.4+: waitid(2) idtype for a pidfd.
 #ifndef P_PIDFD
 #define P_PIDFD 3

@@ -66,6 +66,10 @@ public final class Channel {
     private var out: [UInt8] = []
     private var outStart = 0
     private var isDirty = false
+    /// Descriptors to send, each with the offset in `out` of the frame it travels with.
+    private var outgoingFDs: [(offset: Int, fd: CInt)] = []
+    /// Descriptors received and not yet claimed by a frame, in arrival order.
+    private var incomingFDs: [CInt] = []
     private var waitingForWritable = false
     private let decoder: FrameDecoder
     /// Whether the channel has been closed or has failed.
@@ -114,6 +118,22 @@ public final class Channel {
         markDirty()
     }
 
+    /// Queues a frame that carries `descriptor` (SCM_RIGHTS). The channel owns the descriptor
+    /// from now on and closes it once sent (or when the channel closes).
+    public func send(_ type: FrameType, id: UInt64, flags: FrameFlags = [], passing descriptor: CInt, payload: some Collection<UInt8>) {
+        guard !isClosed else { FileDescriptor.closeRaw(descriptor); return }
+        outgoingFDs.append((out.count, descriptor))
+        out.appendFrame(type, flags: flags.union(.descriptor), id: id, payload: payload)
+        markDirty()
+    }
+
+    /// Takes the descriptor that came with the frame being delivered (one whose flags contain
+    /// ``FrameFlags/descriptor``). The caller owns it. `nil` if none arrived: the peer broke the
+    /// protocol.
+    public func takeDescriptor() -> CInt? {
+        incomingFDs.isEmpty ? nil : incomingFDs.removeFirst()
+    }
+
     /// Queues a frame whose payload is `payload`.
     public func send(_ type: FrameType, id: UInt64, payload: some Collection<UInt8>) {
         guard !isClosed else { return }
@@ -133,22 +153,45 @@ public final class Channel {
     func flush() {
         isDirty = false
         guard !isClosed, outStart < out.count else { return }
-        let start = outStart, fd = self.fd
-        let result = out.withUnsafeBytes { raw in
-            Result { () throws(SyscallError) in try Sys.send(fd, UnsafeRawBufferPointer(rebasing: raw[start...])) }
-        }
-        switch result {
-        case .failure(let error):
-            end(.failed(error))
-            return
-        case .success(.processed(let n)):
-            outStart += n
-        case .success(.wouldBlock):
+        while outStart < out.count {
+            let start = outStart, fd = self.fd
+            // Bytes up to the next frame that carries a descriptor go with a plain send; that
+            // frame starts a sendmsg of its own, so the descriptor arrives with its first byte.
+            var stop = out.count
+            var passing: CInt = -1
+            if let next = outgoingFDs.first {
+                if next.offset > start { stop = next.offset } else {
+                    passing = next.fd
+                    if outgoingFDs.count > 1 { stop = outgoingFDs[1].offset }
+                }
+            }
+            let result = out.withUnsafeBytes { raw in
+                Result { () throws(SyscallError) in
+                    let chunk = UnsafeRawBufferPointer(rebasing: raw[start..<stop])
+                    return passing >= 0 ? try Sys.sendmsg(fd, chunk, passing: passing) : try Sys.send(fd, chunk)
+                }
+            }
+            switch result {
+            case .failure(let error):
+                end(.failed(error))
+                return
+            case .success(.processed(let n)):
+                outStart += n
+                if passing >= 0 {
+                    outgoingFDs.removeFirst()
+                    FileDescriptor.closeRaw(passing)
+                }
+                if outStart < stop { break }  // the socket took less: wait for writability
+                continue
+            case .success(.wouldBlock):
+                break
+            }
             break
         }
         if outStart == out.count {
             out.removeAll(keepingCapacity: true)
             outStart = 0
+            outgoingFDs.removeAll(keepingCapacity: true)
             if waitingForWritable {
                 waitingForWritable = false
                 if let r = registration { try? reactor.modify(r, interest: .readable) }
@@ -163,7 +206,7 @@ public final class Channel {
         if ready.contains(.writable) { flush() }
         guard !isClosed, ready.contains(.readable) || ready.contains(.hangup) || ready.contains(.error) else { return }
         do {
-            guard let n = try decoder.read(from: fd) else { return }
+            guard let n = try decoder.receive(from: fd, descriptors: &incomingFDs) else { return }
             if n == 0 {
                 deliver()
                 if !isClosed { end(.endOfFile) }
@@ -212,10 +255,14 @@ public final class Channel {
     public func close() {
         guard !isClosed else { return }
         isClosed = true
-        if outStart < out.count {
+        if outStart < out.count && outgoingFDs.isEmpty {
             // Best effort: whatever the socket takes without blocking.
             _ = out.withUnsafeBytes { raw in try? Sys.send(fd, UnsafeRawBufferPointer(rebasing: raw[outStart...])) }
         }
+        for (_, d) in outgoingFDs { FileDescriptor.closeRaw(d) }
+        outgoingFDs = []
+        for d in incomingFDs { FileDescriptor.closeRaw(d) }
+        incomingFDs = []
         if let r = registration { try? reactor.deregister(r) }
         registration = nil
         FileDescriptor.closeRaw(fd)

@@ -63,6 +63,11 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case ping = 15
     /// Both ways: the answer to ``ping``.
     case pong = 16
+    /// W→S: a socket passed with a request was closed by the worker. id: the request id.
+    case socketClosed = 17
+    /// W→S: the response stream of request `id` is complete. Payload: u64 byte count, u8 status
+    /// (0: complete; 1: the worker failed to produce it).
+    case streamEnd = 18
 }
 
 /// Frame flags.
@@ -71,7 +76,7 @@ public struct FrameFlags: OptionSet, Sendable, Hashable {
     public init(rawValue: UInt8) { self.rawValue = rawValue }
     /// One file descriptor travels with this frame (SCM_RIGHTS on the same `sendmsg`).
     public static let descriptor = FrameFlags(rawValue: 1)
-    /// The frame's data continues on a separate stream (reserved for streams).
+    /// A stream accompanies the frame: the descriptor passed with it is the stream's read end.
     public static let stream = FrameFlags(rawValue: 2)
 }
 
@@ -183,6 +188,20 @@ public final class FrameDecoder {
         reserve(16 * 1024)
         let room = capacity - end
         switch try Sys.read(fd, UnsafeMutableRawBufferPointer(start: storage + end, count: room)) {
+        case .wouldBlock: return nil
+        case .processed(let n):
+            end += n
+            return n
+        }
+    }
+
+    /// Receives from the socket `fd` into the buffer with `recvmsg(2)`; descriptors passed with
+    /// SCM_RIGHTS are appended to `descriptors` (already CLOEXEC).
+    /// - Returns: the byte count (0 at end of file), or `nil` when nothing is available (EAGAIN).
+    public func receive(from fd: CInt, descriptors: inout [CInt]) throws(SyscallError) -> Int? {
+        reserve(16 * 1024)
+        let room = capacity - end
+        switch try Sys.recvmsg(fd, UnsafeMutableRawBufferPointer(start: storage + end, count: room), descriptors: &descriptors) {
         case .wouldBlock: return nil
         case .processed(let n):
             end += n

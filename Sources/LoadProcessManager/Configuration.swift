@@ -89,8 +89,10 @@ public struct Response: Sendable {
     public let id: RequestID
     /// When the request was enqueued: nanoseconds on `CLOCK_MONOTONIC`.
     public let createdAt: UInt64
-    /// Whether a stream accompanies the response (streams are not carried by this version).
-    public let hasStream: Bool
+    /// The stream the worker sent with its answer, if any.
+    public let stream: ResponseStream?
+    /// Whether a stream accompanies the response.
+    public var hasStream: Bool { stream != nil }
     /// The worker that answered.
     public let workerPID: pid_t
     /// How many attempts it took (1 unless retried).
@@ -197,10 +199,17 @@ public struct SupervisorError: Error, Sendable, Hashable, CustomStringConvertibl
         public static let spawnFailed = Code(raw: 9)
         /// The supervisor was not started.
         public static let notStarted = Code(raw: 10)
+        /// A response stream broke: its worker died, or the worker failed to produce it.
+        public static let streamFailed = Code(raw: 11)
+        /// An argument is out of range (a negative count...).
+        public static let invalidArgument = Code(raw: 12)
+        /// The caller cancelled (a response stream was cancelled).
+        public static let cancelled = Code(raw: 13)
 
         public var description: String {
             ["", "timedOut", "workerExited", "protocolViolation", "queueFull", "shutDown", "noWorkers",
-             "payloadTooLarge", "workerError", "spawnFailed", "notStarted"][Int(raw)]
+             "payloadTooLarge", "workerError", "spawnFailed", "notStarted", "streamFailed", "invalidArgument",
+             "cancelled"][Int(raw)]
         }
     }
 

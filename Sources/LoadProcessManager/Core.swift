@@ -28,6 +28,10 @@ struct RequestSlot {
     var timer: Reactor.Timer?
     var worker = -1
     var generation: UInt32 = 0
+    /// A descriptor to pass with the request (a socket, or a stream's read end); -1: none.
+    /// Owned by the request until it is sent.
+    var descriptor: CInt = -1
+    var isStream = false
 }
 
 /// One worker process.
@@ -48,6 +52,13 @@ final class WorkerProcess {
     var expectedExit = false
     var violation: String?
     var softKillSent = false
+    /// Sockets handed to this worker and not reported closed.
+    var sockets = 0
+    /// Response streams still flowing from this worker, by wire id.
+    var streams: [UInt64: ResponseStreamCore] = [:]
+
+    /// Requests in flight plus streams still flowing.
+    var load: Int { inFlight.count + streams.count }
 
     init(slot: Int, pid: pid_t, channel: Channel, statmFD: CInt) {
         self.slot = slot
@@ -63,6 +74,8 @@ struct WorkerSlot {
     var lastExit: Reactor.ExitStatus?
     var completedBefore = 0
     var down = false
+    /// Removed by ``Core/resize(_:)``: not restarted, not dispatched to; reused when growing.
+    var retired = false
 }
 
 /// The supervisor's state, confined to the reactor thread.
@@ -115,7 +128,7 @@ final class Core {
             if phase == .running { return }
             throw SupervisorError(.shutDown, "start() after the pool was shut down")
         }
-        guard config.count >= 1 else { throw SupervisorError(.spawnFailed, "count must be at least 1, got \(config.count)") }
+        guard config.count >= 1 || !slots.isEmpty || config.count == 0 else { throw SupervisorError(.invalidArgument, "count must not be negative, got \(config.count)") }
         phase = .running
         if config.handleSIGINT {
             sigintWatch = try? reactor.watchSignal(SIGINT) { [unowned self] _ in self.sigint() }
@@ -124,10 +137,10 @@ final class Core {
             self.sampleHealth()
         }
         var firstError: SupervisorError?
-        for i in slots.indices {
+        for i in slots.indices where !slots[i].retired {
             do { try spawn(slot: i) } catch { firstError = firstError ?? error; slots[i].down = true }
         }
-        if slots.allSatisfy({ $0.process == nil }) {
+        if !hasLiveWorker {
             noWorkersLeft()
             if let firstError { throw firstError }
         }
@@ -164,22 +177,31 @@ final class Core {
 
     // MARK: Requests
 
-    func enqueue(_ payload: [UInt8], _ options: RequestOptions, _ completion: Completion) {
+    /// Whether some slot that is not retired has a process.
+    private var hasLiveWorker: Bool { slots.contains { !$0.retired && $0.process != nil } }
+
+    func enqueue(_ payload: [UInt8], _ options: RequestOptions, _ completion: Completion,
+                 descriptor: CInt = -1, isStream: Bool = false) {
         let attempts = 1 + max(0, options.retries ?? config.retries)
+        // A descriptor not handed on is closed here, on every failure path.
+        func refuse(_ e: SupervisorError) {
+            if descriptor >= 0 { FileDescriptor.closeRaw(descriptor) }
+            completion(.failure(e))
+        }
         switch phase {
         case .softKilling, .hardKilling, .stopped:
-            return completion(.failure(SupervisorError(.shutDown, "the pool is shutting down or stopped; no new requests")))
+            return refuse(SupervisorError(.shutDown, "the pool is shutting down or stopped; no new requests"))
         case .idle, .running:
             break
         }
-        if payload.count > config.maxPayload {
-            return completion(.failure(SupervisorError(.payloadTooLarge, "payload of \(payload.count) bytes exceeds maxPayload (\(config.maxPayload))")))
+        if payload.count + 24 > config.maxPayload {
+            return refuse(SupervisorError(.payloadTooLarge, "payload of \(payload.count) bytes exceeds maxPayload (\(config.maxPayload), less the 24-byte request prefix)"))
         }
-        if phase == .running && slots.allSatisfy({ $0.process == nil }) {
-            return completion(.failure(SupervisorError(.noWorkers, "no worker is left: the restart budget is spent")))
+        if phase == .running && !hasLiveWorker {
+            return refuse(SupervisorError(.noWorkers, activeCount == 0 ? "the pool was resized to 0 workers" : "no worker is left: the restart budget is spent"))
         }
         if let limit = config.maxQueueLength, queue.count >= limit {
-            return completion(.failure(SupervisorError(.queueFull, "the queue holds \(queue.count) requests, its limit")))
+            return refuse(SupervisorError(.queueFull, "the queue holds \(queue.count) requests, its limit"))
         }
         let index: UInt32
         if let free = freeRequests.popLast() { index = free } else {
@@ -195,6 +217,8 @@ final class Core {
         requests[i].maxAttempts = attempts
         requests[i].timeout = options.timeout ?? config.requestTimeout
         requests[i].worker = -1
+        requests[i].descriptor = descriptor
+        requests[i].isStream = isStream
         pendingCount += 1
         queue.pushBack(index)
         if phase == .running { pump() }
@@ -202,29 +226,35 @@ final class Core {
 
     /// Hands queued requests to workers while some worker can take one.
     private func pump() {
-        while !queue.isEmpty {
-            guard let w = pickWorker() else { break }
-            let index = queue.popFront()!
-            dispatch(index, to: w)
+        while let next = queue.first {
+            let forSocket = requests[Int(next)].descriptor >= 0 && !requests[Int(next)].isStream
+            guard let w = pickWorker(forSocket: forSocket) else { break }
+            _ = queue.popFront()
+            dispatch(next, to: w)
         }
         if phase == .softKilling { advanceSoftKill() }
     }
 
-    /// The ready worker with the fewest requests in flight; ties go to the lowest RSS, then
-    /// round robin.
-    private func pickWorker() -> WorkerProcess? {
+    /// The ready worker with the fewest requests in flight (and streams flowing); ties go to
+    /// the lowest RSS, then round robin. For a socket, the worker with the fewest open sockets
+    /// comes first.
+    private func pickWorker(forSocket: Bool = false) -> WorkerProcess? {
         var best: WorkerProcess?
         let n = slots.count
         var k = 0
         while k < n {
             let i = (rrCursor + k) % n
             k += 1
-            guard let w = slots[i].process, w.state == .ready, w.inFlight.count < config.maxConcurrentRequestsPerWorker else { continue }
+            guard let w = slots[i].process, w.state == .ready, w.load < config.maxConcurrentRequestsPerWorker else { continue }
             if let b = best {
-                if w.inFlight.count < b.inFlight.count || (w.inFlight.count == b.inFlight.count && w.rss < b.rss) { best = w }
+                if forSocket && w.sockets != b.sockets {
+                    if w.sockets < b.sockets { best = w }
+                } else if w.load < b.load || (w.load == b.load && w.rss < b.rss) {
+                    best = w
+                }
             } else {
                 best = w
-                if w.inFlight.isEmpty && w.rss == 0 { break }
+                if w.load == 0 && w.rss == 0 && (!forSocket || w.sockets == 0) { break }
             }
         }
         if let best { rrCursor = (best.slot + 1) % n }
@@ -239,10 +269,24 @@ final class Core {
         requests[i].worker = w.slot
         w.inFlight.insert(index)
         let r = requests[i]
-        w.channel.send(.request, id: wireID(index), length: 24 + r.payload.count) { out in
-            r.id.append(to: &out)
-            out.appendLittleEndian(r.createdAt)
-            out.append(contentsOf: r.payload)
+        if r.descriptor >= 0 {
+            // The descriptor travels with the frame and the channel closes our copy once sent:
+            // the request cannot be sent again, so it gets no further attempt.
+            var body: [UInt8] = []
+            body.reserveCapacity(24 + r.payload.count)
+            r.id.append(to: &body)
+            body.appendLittleEndian(r.createdAt)
+            body.append(contentsOf: r.payload)
+            w.channel.send(.request, id: wireID(index), flags: r.isStream ? .stream : [], passing: r.descriptor, payload: body)
+            requests[i].descriptor = -1
+            requests[i].maxAttempts = requests[i].attempts
+            if !r.isStream { w.sockets += 1 }
+        } else {
+            w.channel.send(.request, id: wireID(index), length: 24 + r.payload.count) { out in
+                r.id.append(to: &out)
+                out.appendLittleEndian(r.createdAt)
+                out.append(contentsOf: r.payload)
+            }
         }
         if let timeout = r.timeout {
             let generation = r.generation, attempt = r.attempts
@@ -284,6 +328,10 @@ final class Core {
         requests[i].payload = []
         requests[i].generation &+= 1
         requests[i].worker = -1
+        if requests[i].descriptor >= 0 {
+            FileDescriptor.closeRaw(requests[i].descriptor)
+            requests[i].descriptor = -1
+        }
         freeRequests.append(index)
         pendingCount -= 1
         completion(result)
@@ -306,11 +354,23 @@ final class Core {
             }
             w.completed += 1
             let r = requests[i]
+            var stream: ResponseStream?
+            if h.flags.contains(.stream) {
+                guard h.type == .response, let fd = w.channel.takeDescriptor() else {
+                    return violation(w, "a streamed response without its descriptor")
+                }
+                let core = ResponseStreamCore(fd: fd, reactor: reactor, workerPID: w.pid, requestID: r.id)
+                w.streams[h.id] = core
+                stream = ResponseStream(core: core, reactor: reactor.handle)
+            } else if h.flags.contains(.descriptor) {
+                if let fd = w.channel.takeDescriptor() { FileDescriptor.closeRaw(fd) }
+                return violation(w, "a response may carry a descriptor only as a stream")
+            }
             if h.type == .error {
                 complete(index, .failure(SupervisorError(.workerError, String(decoding: payload, as: UTF8.self),
                                                          requestID: r.id, workerPID: w.pid, attempts: r.attempts)))
             } else {
-                complete(index, .success(Response(data: Array(payload), id: r.id, createdAt: r.createdAt, hasStream: false,
+                complete(index, .success(Response(data: Array(payload), id: r.id, createdAt: r.createdAt, stream: stream,
                                                   workerPID: w.pid, attempts: r.attempts)))
             }
             pump()
@@ -344,6 +404,14 @@ final class Core {
             w.channel.send(.pong, id: h.id)
         case .pong, .eventReply:
             break
+        case .socketClosed:
+            if w.sockets > 0 { w.sockets -= 1 }
+            pump()
+        case .streamEnd:
+            guard payload.count >= 9 else { return violation(w, "streamEnd shorter than 9 bytes") }
+            guard let core = w.streams.removeValue(forKey: h.id) else { return }
+            core.markEnd(count: Int(truncatingIfNeeded: payload.readLittleEndian(at: 0, as: UInt64.self)), ok: payload[8] == 0)
+            pump()
         case .request, .broadcast, .healthRequest, .softKill, .hardKill, .cancel:
             violation(w, "a worker may not send \(h.type) frames")
         }
@@ -392,6 +460,12 @@ final class Core {
         let expected = w.expectedExit || w.softKillSent || phase == .hardKilling || phase == .stopped
         emit(.workerExited(slot: i, pid: w.pid, status: status, expected: expected))
 
+        // Its response streams that have not ended fail, naming the worker.
+        for (_, core) in w.streams {
+            core.fail(SupervisorError(.streamFailed, "worker \(w.pid) \(status) before its response stream ended",
+                                      requestID: core.requestID, workerPID: w.pid, exitStatus: status))
+        }
+        w.streams.removeAll()
         // Its requests: retried elsewhere while attempts are left, else failed with the reason.
         let inFlight = w.inFlight.sorted().reversed()
         w.inFlight.removeAll()
@@ -413,6 +487,8 @@ final class Core {
         }
 
         switch phase {
+        case .running where slots[i].retired:
+            slots[i].down = true
         case .running where !w.expectedExit:
             onlineAnnounced = false
             restart(slot: i)
@@ -424,7 +500,7 @@ final class Core {
         case .idle, .stopped:
             slots[i].down = true
         }
-        if phase == .running, slots.allSatisfy({ $0.process == nil }) { noWorkersLeft() }
+        if phase == .running, !hasLiveWorker { noWorkersLeft() }
         pump()
     }
 
@@ -460,7 +536,8 @@ final class Core {
 
     private func checkOnline() {
         guard !onlineAnnounced, phase == .running else { return }
-        for s in slots where !s.down {
+        guard activeCount > 0 else { return }
+        for s in slots where !s.down && !s.retired {
             guard let w = s.process, w.everReady else { return }
         }
         onlineAnnounced = true
@@ -496,7 +573,7 @@ final class Core {
     }
 
     func health() -> [WorkerHealth] {
-        slots.enumerated().map { i, s in
+        slots.enumerated().filter { !$0.1.retired || $0.1.process != nil }.map { i, s in
             let w = s.process
             if let w { w.rss = readRSS(w) }
             let state: WorkerState = w?.state ?? .down
@@ -511,17 +588,84 @@ final class Core {
 
     // MARK: Broadcast
 
-    func broadcast(_ name: String, _ data: [UInt8]) {
+    /// Sends an event to every worker; with `descriptor`, each gets its own copy of it (a
+    /// listening socket, say) and the supervisor's copy is closed.
+    func broadcast(_ name: String, _ data: [UInt8], descriptor: CInt = -1) {
+        var body: [UInt8] = []
+        var name = name
+        name.withUTF8 { n in
+            body.appendLittleEndian(UInt16(n.count))
+            body.append(contentsOf: n)
+        }
+        body.append(contentsOf: data)
         for s in slots {
             guard let w = s.process, w.state != .stopping else { continue }
-            var name = name
-            name.withUTF8 { n in
-                w.channel.send(.broadcast, id: 0, length: 2 + n.count + data.count) { out in
-                    out.appendLittleEndian(UInt16(n.count))
-                    out.append(contentsOf: n)
-                    out.append(contentsOf: data)
+            if descriptor >= 0, let copy = try? Sys.duplicate(descriptor).release() {
+                w.channel.send(.broadcast, id: 0, passing: copy, payload: body)
+            } else {
+                w.channel.send(.broadcast, id: 0, payload: body)
+            }
+        }
+        if descriptor >= 0 { FileDescriptor.closeRaw(descriptor) }
+    }
+
+    // MARK: Resize
+
+    /// Slots that are part of the pool (not retired).
+    var activeCount: Int { slots.reduce(0) { $0 + ($1.retired ? 0 : 1) } }
+
+    /// Grows or shrinks the pool to `n` workers. Growing spawns now (reusing retired slots whose
+    /// process is gone). Shrinking retires the least-loaded workers: they get nothing new,
+    /// finish their requests, run their soft-kill handler, and exit. The last call wins.
+    func resize(_ n: Int) throws(SupervisorError) {
+        guard n >= 0 else { throw SupervisorError(.invalidArgument, "resize(\(n)): the count must not be negative") }
+        switch phase {
+        case .softKilling, .hardKilling, .stopped:
+            throw SupervisorError(.shutDown, "resize(\(n)) after the pool was shut down")
+        case .idle, .running:
+            break
+        }
+        var active = activeCount
+        if n > active {
+            var firstError: SupervisorError?
+            // Reuse slots whose process is gone first, then add new ones.
+            for i in slots.indices where active < n && slots[i].retired && slots[i].process == nil {
+                slots[i].retired = false
+                slots[i].down = false
+                active += 1
+                if phase == .running { do { try spawn(slot: i) } catch { firstError = firstError ?? error; slots[i].down = true } }
+            }
+            while active < n {
+                slots.append(WorkerSlot())
+                active += 1
+                if phase == .running { do { try spawn(slot: slots.count - 1) } catch { firstError = firstError ?? error; slots[slots.count - 1].down = true } }
+            }
+            onlineAnnounced = false
+            if let firstError, !hasLiveWorker { throw firstError }
+        } else if n < active {
+            // Least loaded first: slots without a process, then starting ones, then by load.
+            let order = slots.indices.filter { !slots[$0].retired }.sorted { a, b in
+                func rank(_ i: Int) -> (Int, Int) {
+                    guard let w = slots[i].process else { return (0, 0) }
+                    return (w.state == .starting ? 1 : 2, w.load)
+                }
+                return rank(a) < rank(b)
+            }
+            for i in order.prefix(active - n) {
+                slots[i].retired = true
+                guard let w = slots[i].process else { slots[i].down = true; continue }
+                w.state = .stopping
+                w.expectedExit = true
+                if !w.softKillSent {
+                    w.softKillSent = true
+                    w.channel.send(.softKill)
                 }
             }
+            if n == 0 { noWorkersLeft() }
+        }
+        if phase == .running {
+            checkOnline()
+            pump()
         }
     }
 

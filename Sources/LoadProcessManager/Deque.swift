@@ -26,6 +26,8 @@ struct IndexDeque {
         count += 1
     }
 
+    var first: UInt32? { count > 0 ? storage[head] : nil }
+
     mutating func popFront() -> UInt32? {
         guard count > 0 else { return nil }
         let x = storage[head]

@@ -1,5 +1,6 @@
-import LPMReactor
-import LPMWire
+@_exported import LPMReactor
+import CLoop
+@_exported import LPMWire
 
 /// Runs a pool of worker processes and hands them requests.
 ///
@@ -134,6 +135,114 @@ public final class Supervisor: Sendable {
     /// Sends a custom event to every worker.
     public func broadcast(_ name: String, _ payload: [UInt8] = []) {
         onLoop { $0.broadcast(name, payload) }
+    }
+
+    /// Sends a custom event with a descriptor (a listening socket, say) to every worker. Each
+    /// worker gets its own copy (``Event/socket`` on the worker side); the supervisor takes
+    /// ownership of `socket` and closes it once sent.
+    public func broadcast(_ name: String, _ payload: [UInt8] = [], socket: CInt) {
+        if !onLoop({ $0.broadcast(name, payload, descriptor: socket) }) { FileDescriptor.closeRaw(socket) }
+    }
+
+    // MARK: Sockets and streams
+
+    /// Queues a request that hands `socket` (an accepted connection, or any descriptor) to a
+    /// worker: the one handling the fewest sockets, then the least loaded. The supervisor takes
+    /// ownership of `socket` and closes its copy once sent (or when the request fails before).
+    /// A socket request is not retried once sent: the socket is the worker's.
+    public func enqueue(_ payload: [UInt8], socket: CInt, options: RequestOptions = RequestOptions(),
+                        completion: @escaping @Sendable (Result<Response, SupervisorError>) -> Void) {
+        let ok = onLoop { core in core.enqueue(payload, options, .handler(completion), descriptor: socket) }
+        if !ok {
+            FileDescriptor.closeRaw(socket)
+            completion(.failure(SupervisorError(.shutDown, "the pool is stopped")))
+        }
+    }
+
+    /// ``enqueue(_:socket:options:completion:)``, waiting for the answer.
+    public func enqueue(_ payload: [UInt8], socket: CInt, options: RequestOptions = RequestOptions()) async throws(SupervisorError) -> Response {
+        let result: Result<Response, SupervisorError> = await withUnsafeContinuation { c in
+            enqueue(payload, socket: socket, options: options) { c.resume(returning: $0) }
+        }
+        return try result.get()
+    }
+
+    /// Queues a request with a stream read from `fd` (a pipe, a file, a socket). The worker gets
+    /// its own copy of the descriptor (``Request/stream`` on the worker side) and reads it to end
+    /// of file; the bytes never pass through the supervisor or the control channel. `fd` stays
+    /// yours (the supervisor sends a duplicate). Not retried once sent.
+    public func enqueue(_ payload: [UInt8], stream fd: CInt, options: RequestOptions = RequestOptions(),
+                        completion: @escaping @Sendable (Result<Response, SupervisorError>) -> Void) {
+        let copy: CInt
+        do { copy = try Sys.duplicate(fd).release() } catch {
+            return completion(.failure(SupervisorError(.invalidArgument, "enqueue(stream:): \(error)")))
+        }
+        enqueueStream(payload, readEnd: copy, options: options, completion: completion)
+    }
+
+    private func enqueueStream(_ payload: [UInt8], readEnd: CInt, options: RequestOptions,
+                               completion: @escaping @Sendable (Result<Response, SupervisorError>) -> Void) {
+        let ok = onLoop { core in core.enqueue(payload, options, .handler(completion), descriptor: readEnd, isStream: true) }
+        if !ok {
+            FileDescriptor.closeRaw(readEnd)
+            completion(.failure(SupervisorError(.shutDown, "the pool is stopped")))
+        }
+    }
+
+    /// ``enqueue(_:stream:options:completion:)``, waiting for the answer.
+    public func enqueue(_ payload: [UInt8], stream fd: CInt, options: RequestOptions = RequestOptions()) async throws(SupervisorError) -> Response {
+        let result: Result<Response, SupervisorError> = await withUnsafeContinuation { c in
+            enqueue(payload, stream: fd, options: options) { c.resume(returning: $0) }
+        }
+        return try result.get()
+    }
+
+    /// Queues a request with a stream made of `chunks`: they are written to a pipe whose read
+    /// end the worker gets, as fast as the worker reads them (back-pressure), and the pipe is
+    /// closed at the end of the sequence (the worker sees end of file). If the sequence throws,
+    /// the stream is cut short and the error is rethrown after the request is answered.
+    public func enqueue<Chunks: AsyncSequence>(_ payload: [UInt8], stream chunks: Chunks, options: RequestOptions = RequestOptions()) async throws -> Response
+    where Chunks.Element == [UInt8] {
+        let pair: DescriptorPair
+        do { pair = try Sys.pipe() } catch { throw SupervisorError(.invalidArgument, "enqueue(stream:): \(error)") }
+        let readEnd = pair.first.release(), writeEnd = pair.second.release()
+        let pump = StreamPump(writeEnd: writeEnd, reactor: reactor)
+        async let answer: Result<Response, SupervisorError> = withUnsafeContinuation { c in
+            enqueueStream(payload, readEnd: readEnd, options: options) { c.resume(returning: $0) }
+        }
+        var failure: (any Error)?
+        do {
+            for try await chunk in chunks {
+                guard await pump.write(chunk) else { break }  // the worker went away
+            }
+        } catch {
+            failure = error
+        }
+        await pump.finish()
+        let result = await answer
+        if let failure { throw failure }
+        return try result.get()
+    }
+
+    // MARK: Resize
+
+    /// Grows or shrinks the pool to `count` workers. Growing spawns workers now. Shrinking
+    /// picks the least-loaded workers, sends them nothing new, lets their requests finish (and
+    /// their soft-kill handlers run), then lets them exit; the restart budget is not charged.
+    /// Calls may overlap: the last one wins. `resize(0)` keeps the supervisor alive with no
+    /// worker: queued and new requests fail at once with `noWorkers` until it grows again.
+    /// During or after a soft or hard kill it fails with `shutDown`.
+    public func resize(_ count: Int, completion: (@Sendable (SupervisorError?) -> Void)? = nil) {
+        let ok = onLoop { core in
+            do throws(SupervisorError) { try core.resize(count); completion?(nil) } catch { completion?(error) }
+        }
+        if !ok { completion?(SupervisorError(.shutDown, "the pool is stopped")) }
+    }
+
+    /// ``resize(_:completion:)``, returning once the change is under way.
+    public func resize(_ count: Int) async throws(SupervisorError) {
+        let error: SupervisorError? = await withUnsafeContinuation { c in resize(count) { c.resume(returning: $0) } }
+        if let error { throw error }
     }
 
     // MARK: Health

@@ -1,5 +1,5 @@
-import LPMReactor
-import LPMWire
+@_exported import LPMReactor
+@_exported import LPMWire
 import CLoop
 
 /// The runtime of a worker process: reads requests from the supervisor's channel, runs your
@@ -147,11 +147,24 @@ public final class Worker {
             let createdAt = payload.readLittleEndian(at: 16, as: UInt64.self)
             let request = Request(worker: self, wireID: h.id, id: uuid, createdAt: createdAt,
                                   data: Array(UnsafeRawBufferPointer(rebasing: payload[24...])))
+            if h.flags.contains(.descriptor) {
+                guard let fd = channel.takeDescriptor() else { return violation("a request announced a descriptor that did not arrive") }
+                if h.flags.contains(.stream) {
+                    request.stream = StreamReader(fd: fd, reactor: reactor)
+                } else {
+                    request.socket = fd
+                }
+            }
             inFlight[h.id] = request
             requestHandler(request)
         case .event, .broadcast:
             guard let (name, data) = Worker.decodeEvent(payload) else { return violation("malformed event frame") }
-            let event = Event(name: name, data: data, replyID: h.type == .event ? h.id : 0, channel: channel)
+            var socket: CInt?
+            if h.flags.contains(.descriptor) {
+                guard let fd = channel.takeDescriptor() else { return violation("an event announced a descriptor that did not arrive") }
+                socket = fd
+            }
+            let event = Event(name: name, data: data, replyID: h.type == .event ? h.id : 0, channel: channel, socket: socket)
             eventHandlers[name]?(event)
         case .eventReply:
             pendingReplies.removeValue(forKey: h.id)?(Array(payload))
@@ -176,7 +189,7 @@ public final class Worker {
             channel.send(.pong, id: h.id)
         case .pong:
             break
-        case .ready, .busy, .response, .ack, .error, .healthReport:
+        case .ready, .busy, .response, .ack, .error, .healthReport, .socketClosed, .streamEnd:
             violation("unexpected frame \(h.type) from the supervisor")
         }
     }
@@ -196,9 +209,37 @@ public final class Worker {
     }
 
     fileprivate func finish(_ request: Request, _ type: FrameType, _ data: [UInt8]) {
-        guard inFlight.removeValue(forKey: request.wireID) != nil else { return }
+        guard !request.answered, inFlight[request.wireID] != nil else { return }
+        request.answered = true
+        inFlight[request.wireID] = nil
         channel.send(type, id: request.wireID, payload: data)
         if softKillRequested { maybeFinishSoftKill() }
+    }
+
+    /// Answers with `data` and a stream: the request stays in flight until the stream ends.
+    fileprivate func finishStreaming(_ request: Request, _ data: [UInt8]) -> OutputStream? {
+        guard !request.answered, inFlight[request.wireID] != nil else { return nil }
+        let pair: DescriptorPair
+        do { pair = try Sys.pipe() } catch {
+            finish(request, .error, Array("could not create the response stream: \(error)".utf8))
+            return nil
+        }
+        request.answered = true
+        let readEnd = pair.first.release(), writeEnd = pair.second.release()
+        channel.send(.response, id: request.wireID, flags: .stream, passing: readEnd, payload: data)
+        let wireID = request.wireID
+        return OutputStream(writer: StreamWriter(fd: writeEnd, reactor: reactor)) { [unowned self] count, ok in
+            self.channel.send(.streamEnd, id: wireID, length: 9) { out in
+                out.appendLittleEndian(UInt64(count))
+                out.append(ok ? 0 : 1)
+            }
+            self.inFlight[wireID] = nil
+            if self.softKillRequested { self.maybeFinishSoftKill() }
+        }
+    }
+
+    fileprivate func socketClosed(_ request: Request) {
+        channel.send(.socketClosed, id: request.wireID)
     }
 
     private func maybeFinishSoftKill() {
@@ -243,10 +284,17 @@ public final class Request {
     public fileprivate(set) var isCancelled = false
     /// Called if the supervisor cancels the request.
     public var onCancel: (() -> Void)?
-    /// Whether a stream accompanies the request (streams are not carried by this version).
-    public var hasStream: Bool { false }
-    /// Whether a socket accompanies the request (sockets are not carried by this version).
-    public var hasSocket: Bool { false }
+    fileprivate var answered = false
+    /// The stream sent with the request, if any: read it with ``StreamReader/resume()`` and its
+    /// callbacks, or ``StreamReader/readAll(_:)``. End of file marks its end.
+    public fileprivate(set) var stream: StreamReader?
+    /// The socket (or other descriptor) sent with the request, if any. The worker owns it:
+    /// close it with ``closeSocket()`` so the supervisor knows this worker handles one fewer.
+    public fileprivate(set) var socket: CInt?
+    /// Whether a stream accompanies the request.
+    public var hasStream: Bool { stream != nil }
+    /// Whether a socket accompanies the request.
+    public var hasSocket: Bool { socket != nil }
 
     init(worker: Worker, wireID: UInt64, id: RequestID, createdAt: UInt64, data: [UInt8]) {
         self.worker = worker
@@ -258,6 +306,33 @@ public final class Request {
 
     /// Answers with `data`.
     public func respond(_ data: [UInt8]) { worker.finish(self, .response, data) }
+
+    /// Answers with `data` and a stream of bytes: write them to the returned stream, then call
+    /// ``OutputStream/finish()``. The request counts as in flight until the stream is finished.
+    /// Returns `nil` if the request was already answered.
+    public func respondWithStream(_ data: [UInt8] = []) -> OutputStream? { worker.finishStreaming(self, data) }
+
+    /// Answers with `data` and streams everything readable from `fd` (a file, a pipe, a socket;
+    /// the worker takes ownership and closes it) to the caller.
+    public func respond(_ data: [UInt8], stream fd: CInt) {
+        guard let out = worker.finishStreaming(self, data) else { return FileDescriptor.closeRaw(fd) }
+        let reader = StreamReader(fd: fd, reactor: worker.reactor)
+        reader.onChunk = { chunk in
+            out.write(chunk)
+            if out.bufferedCount > 1 << 20 { reader.pause() }
+        }
+        out.onDrain = { reader.resume() }
+        reader.onEnd = { error in if error == nil { out.finish() } else { out.fail() } }
+        reader.resume()
+    }
+
+    /// Closes the socket that came with the request and tells the supervisor.
+    public func closeSocket() {
+        guard let fd = socket else { return }
+        socket = nil
+        FileDescriptor.closeRaw(fd)
+        worker.socketClosed(self)
+    }
 
     /// Answers with a UTF-8 string.
     public func respond(_ text: String) { worker.finish(self, .response, Array(text.utf8)) }
@@ -277,6 +352,8 @@ public struct Event {
     public let data: [UInt8]
     let replyID: UInt64
     let channel: Channel
+    /// The descriptor broadcast with the event (a listening socket, say), if any; the worker owns it.
+    public let socket: CInt?
 
     /// Whether the supervisor waits for a reply.
     public var wantsReply: Bool { replyID != 0 }
@@ -285,5 +362,53 @@ public struct Event {
     public func reply(_ data: [UInt8]) {
         guard replyID != 0 else { return }
         channel.send(.eventReply, id: replyID, payload: data)
+    }
+}
+
+/// The byte stream of a streamed response (``Request/respondWithStream(_:)``).
+public final class OutputStream {
+    private let writer: StreamWriter
+    private var done: ((Int, Bool) -> Void)?
+
+    init(writer: StreamWriter, done: @escaping (Int, Bool) -> Void) {
+        self.writer = writer
+        self.done = done
+        // Strong references until the stream ends (then ``end(ok:)`` drops them): the stream
+        // lives as long as it is being written, whoever else holds it.
+        writer.onError = { _ in self.end(ok: false) }
+    }
+
+    /// Called when everything written so far has gone to the kernel: write more then.
+    public var onDrain: () -> Void {
+        get { writer.onDrain }
+        set { writer.onDrain = newValue }
+    }
+
+    /// Bytes written and not yet taken by the kernel (the caller reads slowly: back-pressure).
+    public var bufferedCount: Int { writer.bufferedCount }
+
+    /// Whether the caller went away (the stream can no longer be written).
+    public var isBroken: Bool { writer.error != nil }
+
+    /// Writes bytes to the stream.
+    public func write(_ bytes: [UInt8]) { writer.write(bytes) }
+
+    /// Ends the stream once everything is written; the caller sees it complete.
+    public func finish() {
+        writer.finish { error in self.end(ok: error == nil) }
+    }
+
+    /// Ends the stream as failed: the caller's stream throws.
+    public func fail() {
+        writer.close()
+        end(ok: false)
+    }
+
+    private func end(ok: Bool) {
+        guard let d = done else { return }
+        done = nil
+        writer.onError = { _ in }
+        writer.onDrain = {}
+        d(writer.count, ok)
     }
 }

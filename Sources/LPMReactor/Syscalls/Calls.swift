@@ -23,6 +23,69 @@ package enum Sys {
         try syscall("send") { CLoop.send(fd, buffer.baseAddress, buffer.count, CInt(MSG_NOSIGNAL)) }
     }
 
+    /// `sendmsg(2)` of `buffer` with one descriptor attached (SCM_RIGHTS), `MSG_NOSIGNAL`,
+    /// retrying `EINTR`. When any byte is sent, the descriptor went with it.
+    package static func sendmsg(_ fd: CInt, _ buffer: UnsafeRawBufferPointer, passing descriptor: CInt) throws(SyscallError) -> IOResult<Int> {
+        let space = cloop_CMSG_SPACE(MemoryLayout<CInt>.size)
+        let control = UnsafeMutableRawPointer.allocate(byteCount: space, alignment: 8)
+        defer { control.deallocate() }
+        control.initializeMemory(as: UInt8.self, repeating: 0, count: space)
+        var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: buffer.baseAddress), iov_len: buffer.count)
+        return try withUnsafeMutablePointer(to: &iov) { (iovp) throws(SyscallError) -> IOResult<Int> in
+            var msg = msghdr()
+            msg.msg_iov = iovp
+            msg.msg_iovlen = 1
+            msg.msg_control = control
+            msg.msg_controllen = space
+            let cmsg = cloop_CMSG_FIRSTHDR(&msg)!
+            cmsg.pointee.cmsg_level = SOL_SOCKET
+            cmsg.pointee.cmsg_type = CInt(SCM_RIGHTS)
+            cmsg.pointee.cmsg_len = cloop_CMSG_LEN(MemoryLayout<CInt>.size)
+            UnsafeMutableRawPointer(cloop_CMSG_DATA(cmsg)).storeBytes(of: descriptor, as: CInt.self)
+            return try syscall("sendmsg") { CLoop.sendmsg(fd, &msg, CInt(MSG_NOSIGNAL)) }
+        }
+    }
+
+    /// `recvmsg(2)` into `buffer`, with received descriptors made CLOEXEC
+    /// (`MSG_CMSG_CLOEXEC`) and appended to `descriptors`. Retries `EINTR`.
+    package static func recvmsg(_ fd: CInt, _ buffer: UnsafeMutableRawBufferPointer, descriptors: inout [CInt]) throws(SyscallError) -> IOResult<Int> {
+        // Room for 32 descriptors in one read.
+        var control = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0),
+                       UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0),
+                       UInt64(0), UInt64(0))
+        var iov = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+        var msg = msghdr()
+        let result: IOResult<Int> = try withUnsafeMutablePointer(to: &iov) { (iovp) throws(SyscallError) -> IOResult<Int> in
+            try withUnsafeMutableBytes(of: &control) { (raw) throws(SyscallError) -> IOResult<Int> in
+                msg.msg_iov = iovp
+                msg.msg_iovlen = 1
+                msg.msg_control = raw.baseAddress
+                msg.msg_controllen = raw.count
+                let r = try syscall("recvmsg") { CLoop.recvmsg(fd, &msg, CInt(MSG_CMSG_CLOEXEC)) }
+                if case .processed = r, msg.msg_controllen > 0 {
+                    var c = cloop_CMSG_FIRSTHDR(&msg)
+                    while let cmsg = c {
+                        if cmsg.pointee.cmsg_level == SOL_SOCKET && cmsg.pointee.cmsg_type == CInt(SCM_RIGHTS) {
+                            let count = (Int(cmsg.pointee.cmsg_len) - Int(cloop_CMSG_LEN(0))) / MemoryLayout<CInt>.size
+                            let data = UnsafeRawPointer(cloop_CMSG_DATA(cmsg))
+                            for k in 0..<count {
+                                descriptors.append(data.loadUnaligned(fromByteOffset: k * MemoryLayout<CInt>.size, as: CInt.self))
+                            }
+                        }
+                        c = cloop_CMSG_NXTHDR(&msg, cmsg)
+                    }
+                }
+                return r
+            }
+        }
+        return result
+    }
+
+    /// `fcntl(fd, F_DUPFD_CLOEXEC, 3)`: a CLOEXEC copy of a descriptor.
+    package static func duplicate(_ fd: CInt) throws(SyscallError) -> FileDescriptor {
+        FileDescriptor(owning: try syscallValue("fcntl") { cloop_fcntl_int(fd, F_DUPFD_CLOEXEC, 3) })
+    }
+
     /// `pipe2(2)` with `O_CLOEXEC` plus `flags`.
     package static func pipe(flags: CInt = 0) throws(SyscallError) -> DescriptorPair {
         var fds: (CInt, CInt) = (-1, -1)

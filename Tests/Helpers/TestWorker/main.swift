@@ -13,7 +13,12 @@
 //   late            answers after LPM_TEST_DELAY_MS, even when cancelled
 //   pid             answers with its pid
 //   big             answers with LPM_TEST_SIZE bytes
+//   stream-digest   reads the request's stream; answers "count:fnv1a-hex"
+//   stream-out      payload "N:seed": answers with a stream of N pattern bytes
+//   stream-die      starts a response stream, then exits mid-way
+//   socket-echo     echoes one line on the request's socket, closes it, answers with its pid
 import LoadProcessManagerWorker
+import LPMWire
 import Glibc
 
 let mode = getenv("LPM_TEST_MODE").map { String(cString: $0) } ?? "echo"
@@ -24,7 +29,12 @@ let worker = try Worker()
 worker.on("ping-event") { event in event.reply(Array("pong:".utf8) + event.data) }
 worker.on("record") { event in
     // Echo a broadcast back as an event so the test can see it arrived.
-    worker.emit("recorded", event.data)
+    var data = event.data
+    if let fd = event.socket {
+        data += Array("+fd".utf8)
+        close(fd)
+    }
+    worker.emit("recorded", data)
 }
 
 worker.onRequest { request in
@@ -50,6 +60,48 @@ worker.onRequest { request in
     case "big":
         let size = getenv("LPM_TEST_SIZE").flatMap { Int(String(cString: $0)) } ?? 1024
         request.respond([UInt8](repeating: 0x5A, count: size))
+    case "stream-digest":
+        guard let stream = request.stream else { return request.fail("no stream") }
+        var digest = StreamDigest()
+        stream.onChunk = { digest.update($0) }
+        stream.onEnd = { error in
+            if let error { request.fail("stream error: \(error)") } else { request.respond(digest.description) }
+        }
+        stream.resume()
+    case "stream-out":
+        let text = String(decoding: request.data, as: UTF8.self).split(separator: ":")
+        let total = Int(text.first ?? "0") ?? 0
+        let seed = UInt8(text.last ?? "0") ?? 0
+        guard let out = request.respondWithStream(Array("streaming".utf8)) else { return }
+        var sent = 0
+        func more() {
+            while sent < total && out.bufferedCount < 256 * 1024 {
+                let n = min(64 * 1024, total - sent)
+                let from = sent
+                sent += n
+                out.write(patternBytes(from: from, count: n, seed: seed))
+            }
+            if sent == total { out.onDrain = {}; out.finish() }
+        }
+        out.onDrain = { more() }
+        more()
+    case "stream-die":
+        guard let out = request.respondWithStream() else { return }
+        out.write([UInt8](repeating: 7, count: 100_000))
+        _ = try? worker.reactor.schedule(after: .milliseconds(50)) { exit(9) }
+    case "socket-echo":
+        guard let fd = request.socket else { return request.fail("no socket") }
+        var line: [UInt8] = []
+        var byte: UInt8 = 0
+        let flags = fcntl(fd, F_GETFL)
+        _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK)
+        while read(fd, &byte, 1) == 1 {
+            line.append(byte)
+            if byte == 10 { break }
+        }
+        _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        request.closeSocket()
+        request.respond(String(getpid()))
     case "fail":
         request.fail("handler failed on purpose")
     default:
@@ -66,3 +118,22 @@ worker.ready()
 if mode == "ready-twice" { worker.ready() }
 if mode == "busy" { worker.busy() }
 worker.run()
+
+/// The bytes of the test pattern at offset `from`: byte i is (i * 31 + seed) mod 256.
+func patternBytes(from: Int, count: Int, seed: UInt8) -> [UInt8] {
+    // The pattern repeats every 256 bytes: copy from a doubled period.
+    let period = (0..<512).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed)) }
+    var out = [UInt8](repeating: 0, count: count)
+    out.withUnsafeMutableBufferPointer { dst in
+        period.withUnsafeBufferPointer { src in
+            var i = 0
+            while i < count {
+                let phase = (from + i) & 255
+                let n = Swift.min(256, count - i)
+                UnsafeMutableRawPointer(dst.baseAddress! + i).copyMemory(from: src.baseAddress! + phase, byteCount: n)
+                i += n
+            }
+        }
+    }
+    return out
+}

@@ -1,0 +1,217 @@
+import CLoop
+import LPMReactor
+
+/// Reads a descriptor (a pipe's read end, a socket) on the reactor, chunk by chunk, only while
+/// there is demand: pausing it leaves the bytes in the kernel, so the writer feels the
+/// back-pressure.
+public final class StreamReader {
+    /// The descriptor read. Owned by the reader; closed at the end.
+    public let fd: CInt
+    private let reactor: Reactor
+    private var registration: Reactor.Registration?
+    private var paused = true
+    private var finished = false
+    private let chunkSize: Int
+    /// Called with each chunk read.
+    public var onChunk: ([UInt8]) -> Void = { _ in }
+    /// Called once: `nil` at end of file, or the error that ended reading.
+    public var onEnd: (SyscallError?) -> Void = { _ in }
+    /// Bytes delivered so far.
+    public private(set) var count = 0
+
+    /// Takes ownership of `fd` (made non-blocking here).
+    public init(fd: CInt, reactor: Reactor, chunkSize: Int = 64 * 1024) {
+        self.fd = fd
+        self.reactor = reactor
+        self.chunkSize = chunkSize
+        try? Sys.setNonBlocking(fd)
+    }
+
+    /// Whether the stream has ended (end of file, error, or ``close()``).
+    public var isFinished: Bool { finished }
+
+    /// Starts or resumes delivering chunks.
+    public func resume() {
+        guard paused, !finished else { return }
+        paused = false
+        if registration == nil {
+            do {
+                // Strong: a reader that is reading stays alive; the reactor drops the closure when
+                // it is deregistered (pause, end, close).
+                registration = try reactor.register(fd, interest: .readable) { _ in self.readable() }
+            } catch {
+                end(error.underlying ?? SyscallError("register", .badFileDescriptor))
+            }
+        }
+    }
+
+    /// Stops delivering chunks until ``resume()``.
+    public func pause() {
+        guard !paused, !finished else { return }
+        paused = true
+        if let r = registration { try? reactor.deregister(r); registration = nil }
+    }
+
+    /// Delivers every byte to `done` at the end (for small streams and tests).
+    public func readAll(_ done: @escaping (Result<[UInt8], SyscallError>) -> Void) {
+        var all: [UInt8] = []
+        onChunk = { all.append(contentsOf: $0) }
+        onEnd = { error in done(error.map { .failure($0) } ?? .success(all)) }
+        resume()
+    }
+
+    private func readable() {
+        guard !paused, !finished else { return }
+        var chunk = [UInt8](repeating: 0, count: chunkSize)
+        let result = chunk.withUnsafeMutableBytes { raw in Result { () throws(SyscallError) in try Sys.read(fd, raw) } }
+        switch result {
+        case .failure(let e): end(e)
+        case .success(.wouldBlock): break
+        case .success(.processed(0)): end(nil)
+        case .success(.processed(let n)):
+            chunk.removeLast(chunkSize - n)
+            count += n
+            onChunk(chunk)
+        }
+    }
+
+    private func end(_ error: SyscallError?) {
+        guard !finished else { return }
+        close()
+        onEnd(error)
+    }
+
+    /// Stops reading and closes the descriptor; ``onEnd`` is not called.
+    public func close() {
+        guard !finished else { return }
+        finished = true
+        if let r = registration { try? reactor.deregister(r); registration = nil }
+        FileDescriptor.closeRaw(fd)
+    }
+}
+
+/// Writes to a descriptor (a pipe's write end, a socket) on the reactor, buffering what the
+/// kernel does not take yet.
+public final class StreamWriter {
+    /// The descriptor written. Owned by the writer; closed by ``finish(_:)`` or ``close()``.
+    public let fd: CInt
+    private let reactor: Reactor
+    private var buffer: [UInt8] = []
+    private var start = 0
+    private var registration: Reactor.Registration?
+    private var finishing: ((SyscallError?) -> Void)?
+    private var failed: SyscallError?
+    private var closed = false
+    private var blocked = false
+    /// Called when the buffer has emptied after the kernel refused bytes (for back-pressure:
+    /// write more then). Never called from inside ``write(_:)``.
+    public var onDrain: () -> Void = {}
+    /// Called once if a write fails (the reader went away: `EPIPE`).
+    public var onError: (SyscallError) -> Void = { _ in }
+    /// Bytes accepted so far.
+    public private(set) var count = 0
+
+    /// Takes ownership of `fd` (made non-blocking here).
+    public init(fd: CInt, reactor: Reactor) {
+        self.fd = fd
+        self.reactor = reactor
+        try? Sys.setNonBlocking(fd)
+    }
+
+    /// Bytes accepted and not yet written.
+    public var bufferedCount: Int { buffer.count - start }
+
+    /// Whether a write failed.
+    public var error: SyscallError? { failed }
+
+    /// Queues `bytes` and writes what the kernel takes now.
+    public func write(_ bytes: [UInt8]) {
+        guard !closed, failed == nil, finishing == nil else { return }
+        count += bytes.count
+        buffer.append(contentsOf: bytes)
+        drain()
+    }
+
+    /// Once everything is written, closes the descriptor (the reader sees end of file) and
+    /// calls `done` with `nil`, or with the error that stopped writing.
+    public func finish(_ done: @escaping (SyscallError?) -> Void) {
+        guard !closed, finishing == nil else { return }
+        if let failed { close(); return done(failed) }
+        finishing = done
+        drain()
+    }
+
+    private func drain() {
+        while start < buffer.count {
+            let s = start
+            let result = buffer.withUnsafeBytes { raw in
+                Result { () throws(SyscallError) in try Sys.write(fd, UnsafeRawBufferPointer(rebasing: raw[s...])) }
+            }
+            switch result {
+            case .failure(let e):
+                return fail(e)
+            case .success(.processed(let n)):
+                start += n
+                continue
+            case .success(.wouldBlock):
+                blocked = true
+                if registration == nil {
+                    // Strong: a writer with bytes pending stays alive until they are written.
+                    registration = try? reactor.register(fd, interest: .writable) { _ in self.drain() }
+                }
+                return
+            }
+        }
+        buffer.removeAll(keepingCapacity: true)
+        start = 0
+        if let r = registration { try? reactor.deregister(r); registration = nil }
+        if let done = finishing {
+            finishing = nil
+            close()
+            done(nil)
+        } else if blocked {
+            blocked = false
+            onDrain()
+        }
+    }
+
+    private func fail(_ e: SyscallError) {
+        failed = e
+        buffer = []
+        start = 0
+        if let r = registration { try? reactor.deregister(r); registration = nil }
+        if let done = finishing {
+            finishing = nil
+            close()
+            done(e)
+        } else {
+            onError(e)
+        }
+    }
+
+    /// Closes the descriptor now, dropping anything unwritten.
+    public func close() {
+        guard !closed else { return }
+        closed = true
+        if let r = registration { try? reactor.deregister(r); registration = nil }
+        FileDescriptor.closeRaw(fd)
+    }
+}
+
+/// A 64-bit FNV-1a digest, for checking streams end to end.
+public struct StreamDigest: Sendable, Hashable, CustomStringConvertible {
+    public private(set) var value: UInt64 = 0xcbf2_9ce4_8422_2325
+    public private(set) var count = 0
+    public init() {}
+    public mutating func update(_ bytes: [UInt8]) {
+        bytes.withUnsafeBufferPointer { update($0) }
+    }
+
+    public mutating func update(_ bytes: UnsafeBufferPointer<UInt8>) {
+        var v = value
+        for i in 0..<bytes.count { v = (v ^ UInt64(bytes[i])) &* 0x100_0000_01b3 }
+        value = v
+        count += bytes.count
+    }
+    public var description: String { "\(count):\(String(value, radix: 16))" }
+}

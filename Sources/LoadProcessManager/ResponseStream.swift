@@ -1,0 +1,204 @@
+import CLoop
+import LPMReactor
+import LPMWire
+
+/// The reactor-side state of a response stream: reads the worker's pipe only while the caller
+/// asks for more (so a slow reader slows the worker: back-pressure), and ends the stream only
+/// when the worker confirms it complete (`streamEnd`) with the same byte count. A worker that
+/// dies first makes the stream fail, never end as if complete.
+final class ResponseStreamCore {
+    typealias Waiter = UnsafeContinuation<Result<[UInt8]?, SupervisorError>, Never>
+    let requestID: RequestID
+    let workerPID: pid_t
+    private let reader: StreamReader
+    private var chunks: [[UInt8]] = []
+    private var endOfFile = false
+    private var end: (count: Int, ok: Bool)?
+    private var failure: SupervisorError?
+    private var waiter: Waiter?
+    private var done = false
+
+    init(fd: CInt, reactor: Reactor, workerPID: pid_t, requestID: RequestID) {
+        self.requestID = requestID
+        self.workerPID = workerPID
+        reader = StreamReader(fd: fd, reactor: reactor)
+        reader.onChunk = { [unowned self] chunk in
+            self.chunks.append(chunk)
+            self.reader.pause()
+            self.deliver()
+        }
+        reader.onEnd = { [unowned self] error in
+            self.endOfFile = true
+            if let error, self.failure == nil {
+                self.failure = SupervisorError(.streamFailed, "reading the response stream of worker \(self.workerPID) failed: \(error)",
+                                               requestID: self.requestID, workerPID: self.workerPID)
+            }
+            self.deliver()
+        }
+    }
+
+    /// The caller wants the next chunk.
+    func next(_ w: Waiter) {
+        precondition(waiter == nil, "a response stream is iterated by one task at a time")
+        waiter = w
+        deliver()
+        if waiter != nil && !endOfFile && failure == nil { reader.resume() }
+    }
+
+    /// The worker says the stream is complete (`ok`) or broken.
+    func markEnd(count: Int, ok: Bool) {
+        end = (count, ok)
+        deliver()
+    }
+
+    /// The worker died (or the pool stopped) before the stream ended.
+    func fail(_ e: SupervisorError) {
+        guard end == nil, failure == nil, !done else { return }
+        failure = e
+        reader.close()
+        deliver()
+    }
+
+    /// The caller gave up: close our end (the worker sees EPIPE).
+    func cancel() {
+        guard !done else { return }
+        if failure == nil {
+            failure = SupervisorError(.cancelled, "the response stream was cancelled", requestID: requestID, workerPID: workerPID)
+        }
+        reader.close()
+        deliver()
+    }
+
+    private func deliver() {
+        guard let w = waiter else { return }
+        if !chunks.isEmpty {
+            waiter = nil
+            return w.resume(returning: .success(chunks.removeFirst()))
+        }
+        if let failure {
+            waiter = nil
+            done = true
+            return w.resume(returning: .failure(failure))
+        }
+        if endOfFile, let end {
+            waiter = nil
+            done = true
+            if end.ok && end.count == reader.count { return w.resume(returning: .success(nil)) }
+            return w.resume(returning: .failure(SupervisorError(
+                .streamFailed,
+                end.ok ? "the response stream of worker \(workerPID) ended after \(reader.count) of \(end.count) bytes"
+                       : "worker \(workerPID) failed to produce its response stream",
+                requestID: requestID, workerPID: workerPID)))
+        }
+        // End of file without the worker's confirmation yet: wait for it, or for its exit.
+    }
+}
+
+/// The bytes a worker streams back with its response, as an `AsyncSequence` of chunks.
+///
+/// Iterate it once. It reads from the worker only as fast as you consume it. It ends when the
+/// worker has finished the stream and every byte has been read; it throws a
+/// ``SupervisorError`` (`streamFailed`) if the worker dies or fails first. Dropping it before
+/// the end cancels it (the worker's writes then fail).
+public final class ResponseStream: AsyncSequence, Sendable {
+    public typealias Element = [UInt8]
+    public typealias Failure = SupervisorError
+
+    /// `@unchecked Sendable`: `core` is used only in jobs on the reactor thread.
+    final class Box: @unchecked Sendable {
+        let core: ResponseStreamCore
+        init(_ core: ResponseStreamCore) { self.core = core }
+    }
+
+    private let box: Box
+    private let reactor: Reactor.Handle
+
+    init(core: ResponseStreamCore, reactor: Reactor.Handle) {
+        box = Box(core)
+        self.reactor = reactor
+    }
+
+    deinit {
+        let box = self.box
+        reactor.execute { _ in box.core.cancel() }
+    }
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let stream: ResponseStream
+
+        public mutating func next() async throws(SupervisorError) -> [UInt8]? {
+            let box = stream.box
+            let reactor = stream.reactor
+            let result: Result<[UInt8]?, SupervisorError> = await withUnsafeContinuation { c in
+                let ok = reactor.execute { _ in box.core.next(c) }
+                if !ok { c.resume(returning: .failure(SupervisorError(.shutDown, "the pool's reactor is stopped"))) }
+            }
+            return try result.get()
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(stream: self) }
+
+    /// Reads the whole stream into memory.
+    public func collect() async throws(SupervisorError) -> [UInt8] {
+        var all: [UInt8] = []
+        var it = makeAsyncIterator()
+        while let chunk = try await it.next() { all.append(contentsOf: chunk) }
+        return all
+    }
+
+    /// Stops reading; the stream then throws `cancelled`.
+    public func cancel() {
+        let box = self.box
+        reactor.execute { _ in box.core.cancel() }
+    }
+}
+
+/// Writes an async sequence's chunks into a pipe on the reactor, one chunk at a time, waiting
+/// while more than 1 MiB is buffered (the worker reads slowly).
+final class StreamPump: Sendable {
+    /// `@unchecked Sendable`: `writer` is created and used only in jobs on the reactor thread.
+    final class Box: @unchecked Sendable {
+        var writer: StreamWriter?
+        var broken = false
+    }
+    private let box = Box()
+    private let fd: CInt
+    private let reactor: Reactor.Handle
+
+    init(writeEnd: CInt, reactor: Reactor.Handle) {
+        fd = writeEnd
+        self.reactor = reactor
+    }
+
+    /// Writes a chunk; `false` once the reader is gone.
+    func write(_ chunk: [UInt8]) async -> Bool {
+        let box = self.box, fd = self.fd
+        return await withUnsafeContinuation { c in
+            let ok = reactor.execute { reactor in
+                let w = box.writer ?? StreamWriter(fd: fd, reactor: reactor)
+                box.writer = w
+                w.onError = { _ in box.broken = true }
+                w.write(chunk)
+                if box.broken || w.error != nil { return c.resume(returning: false) }
+                if w.bufferedCount <= 1 << 20 { return c.resume(returning: true) }
+                w.onDrain = { w.onDrain = {}; c.resume(returning: true) }
+                w.onError = { _ in box.broken = true; c.resume(returning: false) }
+            }
+            if !ok { c.resume(returning: false) }
+        }
+    }
+
+    /// Flushes and closes the pipe (end of file for the worker).
+    func finish() async {
+        let box = self.box, fd = self.fd
+        await withUnsafeContinuation { (c: UnsafeContinuation<Void, Never>) in
+            let ok = reactor.execute { reactor in
+                let w = box.writer ?? StreamWriter(fd: fd, reactor: reactor)
+                box.writer = w
+                w.finish { _ in c.resume() }
+            }
+            if !ok { FileDescriptor.closeRaw(fd); c.resume() }
+        }
+    }
+}
