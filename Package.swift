@@ -14,6 +14,8 @@ let package = Package(
         .library(name: "LoadProcessManagerWorker", targets: ["LoadProcessManagerWorker"]),
         .executable(name: "lpm-demo", targets: ["lpm-demo"]),
         .executable(name: "lpm-demo-worker", targets: ["lpm-demo-worker"]),
+        .executable(name: "lpm-prefork-server", targets: ["lpm-prefork-server"]),
+        .executable(name: "lpm-prefork-worker", targets: ["lpm-prefork-worker"]),
     ],
     targets: [
         // Kernel interfaces: a header-only module map over epoll, liburing, signalfd, timerfd,
@@ -35,6 +37,8 @@ let package = Package(
 
         .executableTarget(name: "lpm-demo", dependencies: ["LoadProcessManager"], path: "Examples/Demo", swiftSettings: strict),
         .executableTarget(name: "lpm-demo-worker", dependencies: ["LoadProcessManagerWorker"], path: "Examples/DemoWorker", swiftSettings: strict),
+        .executableTarget(name: "lpm-prefork-server", dependencies: ["LoadProcessManager", "CLoop"], path: "Examples/PreforkServer", swiftSettings: strict),
+        .executableTarget(name: "lpm-prefork-worker", dependencies: ["LoadProcessManagerWorker"], path: "Examples/PreforkWorker", swiftSettings: strict),
         .executableTarget(name: "reactor-example", dependencies: ["LPMReactor"], path: "Examples/ReactorExample", swiftSettings: strict),
 
         // Helper executable for the tests: a worker whose behaviour the test picks.
