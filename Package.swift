@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "LPMReactor", targets: ["LPMReactor"]),
         .library(name: "LoadProcessManager", targets: ["LoadProcessManager"]),
         .library(name: "LoadProcessManagerWorker", targets: ["LoadProcessManagerWorker"]),
+        .library(name: "LoadProcessManagerCodable", targets: ["LoadProcessManagerCodable"]),
         .executable(name: "lpm-demo", targets: ["lpm-demo"]),
         .executable(name: "lpm-demo-worker", targets: ["lpm-demo-worker"]),
         .executable(name: "lpm-prefork-server", targets: ["lpm-prefork-server"]),
@@ -34,6 +35,8 @@ let package = Package(
         .target(name: "LoadProcessManager", dependencies: ["LPMReactor", "LPMWire"], swiftSettings: strict),
         // The child side: the Worker runtime (no Foundation, starts fast).
         .target(name: "LoadProcessManagerWorker", dependencies: ["LPMReactor", "LPMWire"], swiftSettings: strict),
+        // Codable (JSON) conveniences for both sides; the only module that imports Foundation.
+        .target(name: "LoadProcessManagerCodable", dependencies: ["LoadProcessManager", "LoadProcessManagerWorker"], swiftSettings: strict),
 
         .executableTarget(name: "lpm-demo", dependencies: ["LoadProcessManager"], path: "Examples/Demo", swiftSettings: strict),
         .executableTarget(name: "lpm-demo-worker", dependencies: ["LoadProcessManagerWorker"], path: "Examples/DemoWorker", swiftSettings: strict),
@@ -48,7 +51,7 @@ let package = Package(
         .testTarget(name: "LPMWireTests", dependencies: ["LPMWire"], swiftSettings: strict),
         .testTarget(
             name: "LoadProcessManagerTests",
-            dependencies: ["LoadProcessManager", "LoadProcessManagerWorker", "LPMWire", "CLoop", "lpm-test-worker", "lpm-demo-worker"],
+            dependencies: ["LoadProcessManager", "LoadProcessManagerWorker", "LoadProcessManagerCodable", "LPMWire", "CLoop", "lpm-test-worker", "lpm-demo-worker"],
             swiftSettings: strict
         ),
     ]
