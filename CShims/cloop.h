@@ -150,8 +150,6 @@ static inline void cloop_CPU_SET(int cpu, cpu_set_t *_Nonnull set) { __CPU_SET_S
 
 // io_uring_setup(2) probe through liburing; returns -errno (liburing does not set errno).
 static inline int cloop_io_uring_queue_init(unsigned entries, struct io_uring *_Nonnull ring, unsigned flags) { return io_uring_queue_init(entries, ring, flags); }
-// Expression-valued constant: IORING_POLL_ADD_MULTI (kernel 5.13+).
-static inline unsigned cloop_IORING_POLL_ADD_MULTI(void) { return IORING_POLL_ADD_MULTI; }
 // Expression-valued constant: IORING_CQE_F_MORE.
 static inline unsigned cloop_IORING_CQE_F_MORE(void) { return IORING_CQE_F_MORE; }
 

@@ -218,7 +218,7 @@ final class URingBackend: ReactorBackend {
             // The poll itself failed: report it, and leave the registration unarmed.
             r.insert(.error)
         } else {
-            let m = Int32(res)
+            let m = res
             if m & (Int32(POLLIN) | Int32(POLLPRI)) != 0 { r.insert(.readable) }
             if m & Int32(POLLOUT) != 0 { r.insert(.writable) }
             if m & (Int32(POLLHUP) | Int32(POLLRDHUP)) != 0 { r.insert(.hangup) }

@@ -56,6 +56,12 @@ public final class Supervisor: Sendable {
         box.core = Core(reactor: reactor, config: configuration)
     }
 
+    /// A supervisor dropped while its pool runs hard-kills it: its workers never outlive it.
+    deinit {
+        let box = self.box
+        reactor.execute { _ in box.core?.hardKill {} }
+    }
+
     /// Runs `body` with the core on the reactor thread; `false` when the reactor is gone.
     @discardableResult
     private func onLoop(_ body: sending @escaping (Core) -> Void) -> Bool {
