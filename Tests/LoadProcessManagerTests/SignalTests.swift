@@ -40,3 +40,48 @@ struct SupervisorSignalTests {
         }
     }
 }
+
+/// Whether `pid` is gone or a zombie (dead, waiting for a reaper).
+func isDeadOrZombie(_ pid: pid_t) -> Bool {
+    guard let f = fopen("/proc/\(pid)/stat", "r") else { return true }
+    defer { fclose(f) }
+    var buf = [CChar](repeating: 0, count: 512)
+    guard fgets(&buf, 512, f) != nil else { return true }
+    let text = String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    guard let close = text.lastIndex(of: ")") else { return true }
+    let state = text[text.index(close, offsetBy: 2)]
+    return state == "Z" || state == "X"
+}
+
+@Suite("Workers never outlive their supervisor", .serialized, .timeLimit(.minutes(1)))
+struct OrphanTests {
+    @Test("a supervisor process that dies abruptly takes its workers with it")
+    func workersDieWithParent() async throws {
+        let path = "/tmp/lpm-orphan-test-\(getpid())"
+        defer { unlink(path) }
+        await #expect(processExitsWith: .exitCode(0)) {
+            var c = SupervisorConfiguration(executable: .init(path: sibling("lpm-test-worker")))
+            c.count = 2
+            c.handleSIGINT = false
+            let s = try Supervisor(c)
+            let log = EventLog(s)
+            try await s.start()
+            guard await log.wait(isOnline) else { _exit(1) }
+            let pids = await s.health().map { String($0.pid) }.joined(separator: " ")
+            let file = fopen("/tmp/lpm-orphan-test-\(getppid())", "w")
+            fputs(pids, file)
+            fclose(file)
+            _exit(0)  // no kill, no cleanup: the workers must still go
+        }
+        guard let f = fopen(path, "r") else { Issue.record("the child wrote no pids"); return }
+        var buf = [CChar](repeating: 0, count: 256)
+        fgets(&buf, 256, f)
+        fclose(f)
+        let pids = String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            .split(separator: " ").compactMap { pid_t($0) }
+        #expect(pids.count == 2)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !pids.allSatisfy(isDeadOrZombie) && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(pids.allSatisfy(isDeadOrZombie), "workers \(pids) outlived their supervisor")
+    }
+}

@@ -73,6 +73,7 @@ struct SupervisorTests {
         #expect(all.allSatisfy { if case .success = $0 { return true }; return false })
         #expect(all.contains { (try? $0.get().attempts) == 2 }, "some were retried")
         #expect(await log.wait(isRestart))
+        #expect(await log.wait(for: 2, isOnline), "online again after the full recovery")
         await s.hardKill()
     }
 
