@@ -139,16 +139,16 @@ public final class Reactor {
     /// The executor that runs Swift concurrency jobs on this reactor's thread.
     public let executor: ReactorExecutor
 
-    private var slots: [FDSlot] = []
-    private var freeSlots: [UInt32] = []
-    private var slotByFD: [UInt32] = []  // fd number -> slot index + 1 (0: none)
-    private var nextArm: UInt32 = 0
-    private var userRegistrations = 0
+    @exclusivity(unchecked) private var slots: [FDSlot] = []
+    @exclusivity(unchecked) private var freeSlots: [UInt32] = []
+    @exclusivity(unchecked) private var slotByFD: [UInt32] = []  // fd number -> slot index + 1 (0: none)
+    @exclusivity(unchecked) private var nextArm: UInt32 = 0
+    @exclusivity(unchecked) private var userRegistrations = 0
 
-    private var timers: [TimerSlot] = []
-    private var freeTimers: [UInt32] = []
-    private var heap: [UInt32] = []
-    private var timerSequence: UInt64 = 0
+    @exclusivity(unchecked) private var timers: [TimerSlot] = []
+    @exclusivity(unchecked) private var freeTimers: [UInt32] = []
+    @exclusivity(unchecked) private var heap: [UInt32] = []
+    @exclusivity(unchecked) private var timerSequence: UInt64 = 0
 
     private var children: [UInt32: ChildState] = [:]  // by slot index of the pidfd
 
@@ -157,9 +157,9 @@ public final class Reactor {
     private var signalHandlers: [CInt: (generation: UInt32, handler: (CInt) -> Void, previous: sigaction)] = [:]
     private var signalGeneration: UInt32 = 0
 
-    private var events: [BackendEvent] = []
-    private var jobs: [ReactorShared.Job] = []
-    private var stopRequested = false
+    @exclusivity(unchecked) private var events: [BackendEvent] = []
+    @exclusivity(unchecked) private var jobs: [ReactorShared.Job] = []
+    @exclusivity(unchecked) private var stopRequested = false
     private var isClosed = false
     private var wakeRegistration: Registration?
 

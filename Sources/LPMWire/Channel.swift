@@ -63,14 +63,14 @@ public final class Channel {
     private let reactor: Reactor
     private let flusher: ChannelFlusher
     private var registration: Reactor.Registration?
-    private var out: [UInt8] = []
-    private var outStart = 0
-    private var isDirty = false
+    @exclusivity(unchecked) private var out: [UInt8] = []
+    @exclusivity(unchecked) private var outStart = 0
+    @exclusivity(unchecked) private var isDirty = false
     /// Descriptors to send, each with the offset in `out` of the frame it travels with.
-    private var outgoingFDs: [(offset: Int, fd: CInt)] = []
+    @exclusivity(unchecked) private var outgoingFDs: [(offset: Int, fd: CInt)] = []
     /// Descriptors received and not yet claimed by a frame, in arrival order.
-    private var incomingFDs: [CInt] = []
-    private var waitingForWritable = false
+    @exclusivity(unchecked) private var incomingFDs: [CInt] = []
+    @exclusivity(unchecked) private var waitingForWritable = false
     private let decoder: FrameDecoder
     /// Whether the channel has been closed or has failed.
     public private(set) var isClosed = false

@@ -146,10 +146,10 @@ extension UnsafeRawBufferPointer {
 public final class FrameDecoder {
     /// The largest payload accepted.
     public let maxPayload: Int
-    private var storage: UnsafeMutableRawPointer
-    private var capacity: Int
-    private var start = 0
-    private var end = 0
+    @exclusivity(unchecked) private var storage: UnsafeMutableRawPointer
+    @exclusivity(unchecked) private var capacity: Int
+    @exclusivity(unchecked) private var start = 0
+    @exclusivity(unchecked) private var end = 0
 
     public init(maxPayload: Int = Wire.defaultMaxPayload, capacity: Int = 64 * 1024) {
         self.maxPayload = maxPayload

@@ -41,24 +41,25 @@ final class WorkerProcess {
     let channel: Channel
     var watch: Reactor.ChildWatch?
     var statmFD: CInt
-    var state: WorkerState = .starting
-    var everReady = false
-    var inFlight = Set<UInt32>()
-    var rss = 0
+    @exclusivity(unchecked) var state: WorkerState = .starting
+    @exclusivity(unchecked) var everReady = false
+    /// Requests on this worker now: those whose `worker` is this slot and that are pending.
+    @exclusivity(unchecked) var inFlight = 0
+    @exclusivity(unchecked) var rss = 0
     var heapTotal = 0
     var heapUsed = 0
-    var completed = 0
+    @exclusivity(unchecked) var completed = 0
     /// The supervisor ended it on purpose (kill, resize): not a crash.
     var expectedExit = false
     var violation: String?
     var softKillSent = false
     /// Sockets handed to this worker and not reported closed.
-    var sockets = 0
+    @exclusivity(unchecked) var sockets = 0
     /// Response streams still flowing from this worker, by wire id.
-    var streams: [UInt64: ResponseStreamCore] = [:]
+    @exclusivity(unchecked) var streams: [UInt64: ResponseStreamCore] = [:]
 
     /// Requests in flight plus streams still flowing.
-    var load: Int { inFlight.count + streams.count }
+    var load: Int { inFlight + streams.count }
 
     init(slot: Int, pid: pid_t, channel: Channel, statmFD: CInt) {
         self.slot = slot
@@ -86,21 +87,21 @@ final class Core {
     let config: SupervisorConfiguration
     let flusher: ChannelFlusher
     private let spawner: Spawner
-    private var phase: Phase = .idle
-    private var slots: [WorkerSlot]
-    private var requests: [RequestSlot] = []
-    private var freeRequests: [UInt32] = []
-    private var queue = IndexDeque()
-    private var pendingCount = 0
+    @exclusivity(unchecked) private var phase: Phase = .idle
+    @exclusivity(unchecked) private var slots: [WorkerSlot]
+    @exclusivity(unchecked) private var requests: [RequestSlot] = []
+    @exclusivity(unchecked) private var freeRequests: [UInt32] = []
+    @exclusivity(unchecked) private var queue = IndexDeque()
+    @exclusivity(unchecked) private var pendingCount = 0
     private var restartTimes: [Int64] = []
-    private var rrCursor = 0
+    @exclusivity(unchecked) private var rrCursor = 0
     private var onlineAnnounced = false
     private var healthTimer: Reactor.Timer?
     private var healthSequence: UInt64 = 0
     private var sigintWatch: Reactor.SignalWatch?
     private var killCompletions: [@Sendable () -> Void] = []
     private var softKillTimer: Reactor.Timer?
-    private var ids = IDGenerator()
+    @exclusivity(unchecked) private var ids = IDGenerator()
     private let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
     var onStopped: (() -> Void)?
 
@@ -267,7 +268,7 @@ final class Core {
         let i = Int(index)
         requests[i].attempts += 1
         requests[i].worker = w.slot
-        w.inFlight.insert(index)
+        w.inFlight += 1
         let r = requests[i]
         if r.descriptor >= 0 {
             // The descriptor travels with the frame and the channel closes our copy once sent:
@@ -302,7 +303,7 @@ final class Core {
         requests[i].timer = nil
         let slot = requests[i].worker
         if slot >= 0, let w = slots[slot].process {
-            w.inFlight.remove(index)
+            w.inFlight -= 1
             w.channel.send(.cancel, id: wireID(index))
         }
         let timeout = requests[i].timeout ?? .zero
@@ -349,9 +350,10 @@ final class Core {
             guard requests[i].generation == generation, requests[i].completion != nil else {
                 return  // a late answer (timed out, or retried elsewhere): dropped
             }
-            guard requests[i].worker == w.slot, w.inFlight.remove(index) != nil else {
+            guard requests[i].worker == w.slot else {
                 return violation(w, "answered request \(h.id), which is not on this worker")
             }
+            w.inFlight -= 1
             w.completed += 1
             let r = requests[i]
             var stream: ResponseStream?
@@ -467,9 +469,11 @@ final class Core {
         }
         w.streams.removeAll()
         // Its requests: retried elsewhere while attempts are left, else failed with the reason.
-        let inFlight = w.inFlight.sorted().reversed()
-        w.inFlight.removeAll()
-        for index in inFlight {
+        // A scan, not a per-worker set: deaths are rare, dispatches are not.
+        let inFlight = requests.indices.filter { requests[$0].completion != nil && requests[$0].worker == i }.reversed()
+        w.inFlight = 0
+        for k in inFlight {
+            let index = UInt32(k)
             let r = requests[Int(index)]
             guard r.completion != nil else { continue }
             if let t = r.timer { reactor.cancel(t); requests[Int(index)].timer = nil }
@@ -578,7 +582,7 @@ final class Core {
             if let w { w.rss = readRSS(w) }
             let state: WorkerState = w?.state ?? .down
             return WorkerHealth(slot: i, pid: w?.pid ?? 0, rss: w?.rss ?? 0, heapTotal: w?.heapTotal ?? 0, heapUsed: w?.heapUsed ?? 0,
-                                inFlight: w?.inFlight.count ?? 0, completed: s.completedBefore + (w?.completed ?? 0),
+                                inFlight: w?.inFlight ?? 0, completed: s.completedBefore + (w?.completed ?? 0),
                                 restarts: s.restarts, lastExit: s.lastExit, state: state)
         }
     }
@@ -751,7 +755,7 @@ final class Core {
         }
         // Every pending request fails now, queued or in flight.
         for i in requests.indices where requests[i].completion != nil {
-            if requests[i].worker >= 0, let w = slots[requests[i].worker].process { w.inFlight.remove(UInt32(i)) }
+            if requests[i].worker >= 0, let w = slots[requests[i].worker].process { w.inFlight -= 1 }
             complete(UInt32(i), .failure(SupervisorError(.shutDown, "the pool was hard-killed", requestID: requests[i].id, attempts: requests[i].attempts)))
         }
         queue.removeAll()

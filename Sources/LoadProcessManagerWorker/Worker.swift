@@ -28,10 +28,10 @@ public final class Worker {
     private var eventHandlers: [String: (Event) -> Void] = [:]
     private var softKillHandler: ((_ done: @escaping () -> Void) -> Void)?
     private var hardKillHandler: (() -> Void)?
-    private var inFlight: [UInt64: Request] = [:]
+    @exclusivity(unchecked) private var inFlight: [UInt64: Request] = [:]
     private var pendingReplies: [UInt64: ([UInt8]) -> Void] = [:]
     private var nextEventID: UInt64 = 0
-    private var state: ReadyState = .starting
+    @exclusivity(unchecked) private var state: ReadyState = .starting
     private var softKillRequested = false
     private var softKillRunning = false
     private var exiting = false
