@@ -47,6 +47,10 @@ public struct SupervisorConfiguration: Sendable {
     /// After ``Supervisor/softKill()``, how long to wait before killing workers that have not
     /// exited. `nil`: wait for ever (the load-process-manager behaviour).
     public var softKillTimeout: Duration? = nil
+    /// Exit the process with this status once a soft or hard kill has completed (every worker
+    /// reaped, every request answered), as load-process-manager does. `nil` (the default): the
+    /// process lives on.
+    public var exitStatusAfterKill: CInt? = nil
     /// Watch SIGINT. Without a handler set with ``Supervisor/onSIGINT(_:)`` the default is: hard
     /// kill, then exit the process with status 130.
     public var handleSIGINT: Bool = true

@@ -777,6 +777,7 @@ final class Core {
         killCompletions = []
         onStopped?()
         completions.forEach { $0() }
+        if let status = config.exitStatusAfterKill { exit(status) }
     }
 
     var isStopped: Bool { phase == .stopped }

@@ -85,3 +85,21 @@ struct OrphanTests {
         #expect(pids.allSatisfy(isDeadOrZombie), "workers \(pids) outlived their supervisor")
     }
 }
+
+@Suite("Exit after kill", .serialized, .timeLimit(.minutes(1)))
+struct ExitAfterKillTests {
+    @Test("exitStatusAfterKill ends the process once the soft kill completes")
+    func exitAfterSoftKill() async {
+        await #expect(processExitsWith: .exitCode(7)) {
+            var c = SupervisorConfiguration(executable: .init(path: sibling("lpm-test-worker")))
+            c.handleSIGINT = false
+            c.exitStatusAfterKill = 7
+            let s = try Supervisor(c)
+            try await s.start()
+            _ = try await s.enqueue("x")
+            await s.softKill()
+            try await Task.sleep(for: .seconds(10))
+            exit(2)
+        }
+    }
+}
