@@ -32,7 +32,10 @@ public final class Reactor {
         /// io_uring where the kernel allows it, else epoll. The environment variable
         /// `LPM_REACTOR_BACKEND` (`epoll` or `uring`) overrides this choice.
         case automatic
-        /// This backend, and fail if the kernel refuses it.
+        /// This backend where the kernel allows it, else the other one. `LPM_REACTOR_BACKEND`
+        /// overrides it. (`.automatic` is `.preferring(.uring)`.)
+        case preferring(Backend)
+        /// This backend, and fail if the kernel refuses it. The environment is not consulted.
         case only(Backend)
     }
 
@@ -175,13 +178,18 @@ public final class Reactor {
     /// - Throws: ``ReactorError`` when no backend can be created, or `.only(b)` names one the
     ///   kernel refuses.
     public init(backend choice: BackendChoice = .automatic) throws(ReactorError) {
+        // `wanted`: a backend that must be used (or fail); `preferred`: the one to try first.
         let wanted: Backend?
+        var preferred = Backend.uring
         switch choice {
         case .only(let b): wanted = b
         case .automatic: wanted = Reactor.environmentBackend
+        case .preferring(let b):
+            wanted = Reactor.environmentBackend
+            preferred = b
         }
         var made: (any ReactorBackend)?
-        if wanted == nil || wanted == .uring {
+        if wanted == .uring || (wanted == nil && preferred == .uring) {
             do {
                 made = try URingBackend()
             } catch {

@@ -57,8 +57,10 @@ public struct SupervisorConfiguration: Sendable {
     /// CPUs to pin workers to, assigned round robin by slot (`sched_setaffinity` in the child).
     /// Empty: no pinning.
     public var cpuAffinity: [Int] = []
-    /// Reactor backend for the supervisor's own thread (when it creates one).
-    public var backend: Reactor.BackendChoice = .automatic
+    /// Reactor backend for the supervisor's own thread (when it creates one). Default: epoll
+    /// first, which measured faster than io_uring here for lone round trips (about 22 vs 26 µs)
+    /// and equal for bursts; `LPM_REACTOR_BACKEND` overrides it.
+    public var backend: Reactor.BackendChoice = .preferring(.epoll)
 
     /// A configuration with the default values and `executable`.
     public init(executable: Executable) {

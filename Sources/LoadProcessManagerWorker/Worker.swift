@@ -39,8 +39,10 @@ public final class Worker {
     private enum ReadyState { case starting, ready, busy }
 
     /// Connects to the supervisor through the descriptor named by `LPM_CHANNEL_FD`.
+    /// - Parameter backend: the reactor backend; epoll first by default (lower latency for a
+    ///   worker's lone round trips); `LPM_REACTOR_BACKEND` overrides it.
     /// - Throws: ``WorkerError`` when the process was not started by a supervisor.
-    public init(backend: Reactor.BackendChoice = .automatic) throws {
+    public init(backend: Reactor.BackendChoice = .preferring(.epoll)) throws {
         guard let raw = getenv(Wire.channelEnvironmentKey), let fd = CInt(String(cString: raw)), Sys.isValid(fd) else {
             throw WorkerError("this process was not started by a Supervisor (\(Wire.channelEnvironmentKey) is not set to an open descriptor)")
         }

@@ -338,3 +338,39 @@ struct SupervisorThreadTests {
         reactor.close()
     }
 }
+
+@Suite("Supervisor on each backend", .serialized, .timeLimit(.minutes(2)))
+struct SupervisorBackendTests {
+    @Test("echo, a burst and a crash, with supervisor and workers on the same backend",
+          arguments: [Reactor.Backend.epoll, .uring])
+    func backends(_ backend: Reactor.Backend) async throws {
+        var c = testConfig("pid", env: ["LPM_REACTOR_BACKEND": backend.rawValue])
+        c.backend = .only(backend)
+        c.retries = 1
+        let s: Supervisor
+        do { s = try Supervisor(c) } catch {
+            print("note: \(backend) backend skipped: \(error)")
+            return
+        }
+        let log = EventLog(s)
+        try await s.start()
+        #expect(await log.wait(isOnline))
+        let done = Atomic<Int>(0)
+        let pids = Mutex<Set<String>>([])
+        for _ in 0..<5000 {
+            s.enqueue([1]) { r in
+                if case .success(let resp) = r { pids.withLock { _ = $0.insert(resp.text) } }
+                done.add(1, ordering: .relaxed)
+            }
+        }
+        let deadline = ContinuousClock.now + .seconds(30)
+        while done.load(ordering: .relaxed) < 5000 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(done.load(ordering: .relaxed) == 5000)
+        #expect(pids.withLock { $0.count } == 2)
+        kill(await s.health()[0].pid, SIGKILL)
+        #expect(await log.wait(isRestart))
+        #expect(try await s.enqueue("x").data.count > 0)
+        await s.hardKill()
+        #expect(hasNoChildren())
+    }
+}
