@@ -116,10 +116,28 @@ public final class Supervisor: Sendable {
     // MARK: Requests
 
     /// Queues a request; `completion` is called exactly once, on the reactor thread.
+    ///
+    /// On the reactor thread (from a handler or a completion) the request is taken at once,
+    /// with no hop.
     public func enqueue(_ payload: [UInt8], options: RequestOptions = RequestOptions(),
                         completion: @escaping @Sendable (Result<Response, SupervisorError>) -> Void) {
+        if reactor.isOnReactorThread, let core = box.core {
+            // The core is only ever touched on this thread, and its enqueue is re-entrant: it
+            // runs no user code before its state is consistent.
+            return core.enqueue(payload, options, .handler(completion))
+        }
         let ok = onLoop { core in core.enqueue(payload, options, .handler(completion)) }
         if !ok { completion(.failure(SupervisorError(.shutDown, "the pool is stopped"))) }
+    }
+
+    /// Queues many requests with one hop to the reactor thread; `completion` is called once per
+    /// request, with its index in `payloads`, on the reactor thread.
+    public func enqueue(contentsOf payloads: [[UInt8]], options: RequestOptions = RequestOptions(),
+                        completion: @escaping @Sendable (Int, Result<Response, SupervisorError>) -> Void) {
+        let ok = onLoop { core in
+            for (i, p) in payloads.enumerated() { core.enqueue(p, options, .handler { completion(i, $0) }) }
+        }
+        if !ok { for i in payloads.indices { completion(i, .failure(SupervisorError(.shutDown, "the pool is stopped"))) } }
     }
 
     /// Queues a request and waits for its answer.
