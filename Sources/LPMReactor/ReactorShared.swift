@@ -123,6 +123,7 @@ public final class ReactorExecutor: SerialExecutor {
         precondition(shared.submit(.executorJob(unowned)), "a job was enqueued on a closed reactor's executor")
     }
 
+    /// This executor as an unowned reference, for `unownedExecutor` of an actor.
     public func asUnownedSerialExecutor() -> UnownedSerialExecutor {
         UnownedSerialExecutor(ordinary: self)
     }

@@ -82,11 +82,16 @@ public struct FrameFlags: OptionSet, Sendable, Hashable {
 
 /// A decoded frame header.
 public struct FrameHeader: Sendable, Hashable {
+    /// The frame type.
     public var type: FrameType
+    /// The flags.
     public var flags: FrameFlags
+    /// The payload length in bytes.
     public var length: Int
+    /// The request id, event id or sequence number.
     public var id: UInt64
 
+    /// A header with these fields.
     public init(type: FrameType, flags: FrameFlags = [], length: Int, id: UInt64) {
         self.type = type
         self.flags = flags
@@ -97,7 +102,9 @@ public struct FrameHeader: Sendable, Hashable {
 
 /// Why a byte sequence is not a valid frame stream.
 public struct ProtocolViolation: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What is wrong, in words.
     public var reason: String
+    /// A violation for `reason`.
     public init(_ reason: String) { self.reason = reason }
     public var description: String { "protocol violation: \(reason)" }
 }
@@ -151,6 +158,7 @@ public final class FrameDecoder {
     @exclusivity(unchecked) private var start = 0
     @exclusivity(unchecked) private var end = 0
 
+    /// A decoder refusing payloads over `maxPayload`, with `capacity` bytes of buffer to start.
     public init(maxPayload: Int = Wire.defaultMaxPayload, capacity: Int = 64 * 1024) {
         self.maxPayload = maxPayload
         self.capacity = capacity

@@ -61,6 +61,7 @@ public struct RequestID: Hashable, Sendable, CustomStringConvertible {
 public struct IDGenerator: RandomNumberGenerator {
     private var s: (UInt64, UInt64, UInt64, UInt64)
 
+    /// A generator seeded from the system generator.
     public init() {
         var system = SystemRandomNumberGenerator()
         s = (system.next(), system.next(), system.next(), system.next() | 1)

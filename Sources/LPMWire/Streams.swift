@@ -202,11 +202,14 @@ public final class StreamWriter {
 public struct StreamDigest: Sendable, Hashable, CustomStringConvertible {
     public private(set) var value: UInt64 = 0xcbf2_9ce4_8422_2325
     public private(set) var count = 0
+    /// The digest of no bytes.
     public init() {}
+    /// Adds `bytes`.
     public mutating func update(_ bytes: [UInt8]) {
         bytes.withUnsafeBufferPointer { update($0) }
     }
 
+    /// Adds `bytes`.
     public mutating func update(_ bytes: UnsafeBufferPointer<UInt8>) {
         var v = value
         for i in 0..<bytes.count { v = (v ^ UInt64(bytes[i])) &* 0x100_0000_01b3 }

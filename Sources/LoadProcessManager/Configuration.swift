@@ -14,6 +14,7 @@ public struct SupervisorConfiguration: Sendable {
         /// Extra environment variables, added to the supervisor's own environment.
         public var environment: [String: String]
 
+        /// The executable at `path`, run with `arguments`, with `environment` added.
         public init(path: String, arguments: [String] = [], environment: [String: String] = [:]) {
             self.path = path
             self.arguments = arguments
@@ -81,6 +82,7 @@ public struct RequestOptions: Sendable {
     /// Extra attempts after a worker dies or a timeout.
     public var retries: Int?
 
+    /// Options; `nil` takes the configuration's value.
     public init(timeout: Duration? = nil, retries: Int? = nil) {
         self.timeout = timeout
         self.retries = retries

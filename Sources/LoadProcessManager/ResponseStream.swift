@@ -123,6 +123,7 @@ public final class ResponseStream: AsyncSequence, Sendable {
         reactor.execute { _ in box.core.cancel() }
     }
 
+    /// Reads the next chunk; `nil` at the confirmed end; throws if the stream broke.
     public struct AsyncIterator: AsyncIteratorProtocol {
         let stream: ResponseStream
 

@@ -267,6 +267,7 @@ public final class Worker {
 
 /// A worker-side failure to start.
 public struct WorkerError: Error, CustomStringConvertible, Sendable {
+    /// What went wrong.
     public let description: String
     init(_ d: String) { description = d }
 }
