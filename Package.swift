@@ -44,14 +44,15 @@ let package = Package(
         .executableTarget(name: "lpm-prefork-worker", dependencies: ["LoadProcessManagerWorker"], path: "Examples/PreforkWorker", swiftSettings: strict),
         .executableTarget(name: "reactor-example", dependencies: ["LPMReactor"], path: "Examples/ReactorExample", swiftSettings: strict),
 
-        // Helper executable for the tests: a worker whose behaviour the test picks.
-        .executableTarget(name: "lpm-test-worker", dependencies: ["LoadProcessManagerWorker", "LPMWire"], path: "Tests/Helpers/TestWorker", swiftSettings: strict),
+        // Helpers for the tests: a worker whose behaviour the test picks, and what both share.
+        .target(name: "LPMTestSupport", path: "Tests/Helpers/TestSupport", swiftSettings: strict),
+        .executableTarget(name: "lpm-test-worker", dependencies: ["LoadProcessManagerWorker", "LPMWire", "LPMTestSupport"], path: "Tests/Helpers/TestWorker", swiftSettings: strict),
 
         .testTarget(name: "LPMReactorTests", dependencies: ["LPMReactor", "CLoop"], swiftSettings: strict),
         .testTarget(name: "LPMWireTests", dependencies: ["LPMWire"], swiftSettings: strict),
         .testTarget(
             name: "LoadProcessManagerTests",
-            dependencies: ["LoadProcessManager", "LoadProcessManagerWorker", "LoadProcessManagerCodable", "LPMWire", "CLoop", "lpm-test-worker", "lpm-demo-worker"],
+            dependencies: ["LoadProcessManager", "LoadProcessManagerWorker", "LoadProcessManagerCodable", "LPMWire", "CLoop", "LPMTestSupport", "lpm-test-worker", "lpm-demo-worker"],
             swiftSettings: strict
         ),
     ]

@@ -3,25 +3,11 @@ import CLoop
 import LoadProcessManager
 import LPMReactor
 import LPMWire
+import LPMTestSupport
 import Synchronization
 import Testing
 
-/// Byte i of the test pattern is (i * 31 + seed) mod 256; it repeats every 256 bytes.
-func pattern(from: Int, count: Int, seed: UInt8) -> [UInt8] {
-    let period = (0..<512).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed)) }
-    var out = [UInt8](repeating: 0, count: count)
-    out.withUnsafeMutableBufferPointer { dst in
-        period.withUnsafeBufferPointer { src in
-            var i = 0
-            while i < count {
-                let n = Swift.min(256, count - i)
-                UnsafeMutableRawPointer(dst.baseAddress! + i).copyMemory(from: src.baseAddress! + ((from + i) & 255), byteCount: n)
-                i += n
-            }
-        }
-    }
-    return out
-}
+func pattern(from: Int, count: Int, seed: UInt8) -> [UInt8] { patternBytes(from: from, count: count, seed: seed) }
 
 /// Chunks of the test pattern, `total` bytes in all, as an async sequence.
 struct PatternChunks: AsyncSequence, Sendable {

@@ -19,6 +19,7 @@
 //   socket-echo     echoes one line on the request's socket, closes it, answers with its pid
 import LoadProcessManagerWorker
 import LPMWire
+import LPMTestSupport
 import Glibc
 
 let mode = getenv("LPM_TEST_MODE").map { String(cString: $0) } ?? "echo"
@@ -118,22 +119,3 @@ worker.ready()
 if mode == "ready-twice" { worker.ready() }
 if mode == "busy" { worker.busy() }
 worker.run()
-
-/// The bytes of the test pattern at offset `from`: byte i is (i * 31 + seed) mod 256.
-func patternBytes(from: Int, count: Int, seed: UInt8) -> [UInt8] {
-    // The pattern repeats every 256 bytes: copy from a doubled period.
-    let period = (0..<512).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed)) }
-    var out = [UInt8](repeating: 0, count: count)
-    out.withUnsafeMutableBufferPointer { dst in
-        period.withUnsafeBufferPointer { src in
-            var i = 0
-            while i < count {
-                let phase = (from + i) & 255
-                let n = Swift.min(256, count - i)
-                UnsafeMutableRawPointer(dst.baseAddress! + i).copyMemory(from: src.baseAddress! + phase, byteCount: n)
-                i += n
-            }
-        }
-    }
-    return out
-}
