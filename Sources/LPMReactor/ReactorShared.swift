@@ -1,10 +1,13 @@
 import CLoop
-import Synchronization
 
 /// The part of a reactor other threads may touch: the job queue and the wake-up eventfd.
 ///
-/// `@unchecked Sendable`: `wakeFD` and `owner` are set once in `init`; everything mutable is
-/// inside `state`, a `Mutex`.
+/// `@unchecked Sendable`: `wakeFD` and `owner` are set once in `init`; `state` is read and
+/// written only with `mutex` held; `hasLocalJobs` only on the owner thread.
+///
+/// The lock is a `pthread_mutex_t` rather than `Synchronization.Mutex`: ThreadSanitizer sees
+/// the happens-before edges of pthread mutexes (it intercepts them), while `Mutex`'s futex
+/// fast path lives in an uninstrumented library and made every hand-off look like a race.
 final class ReactorShared: @unchecked Sendable {
     enum Job {
         case closure((Reactor) -> Void)
@@ -21,7 +24,9 @@ final class ReactorShared: @unchecked Sendable {
 
     let wakeFD: CInt
     let owner: pthread_t
-    private let state = Mutex(State())
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    /// Guarded by `mutex`.
+    private var state = State()
     /// Reads and writes: owner thread only. Set when a job is submitted from the owner thread
     /// itself, which needs no eventfd write: the loop checks this before it blocks.
     var hasLocalJobs = false
@@ -29,6 +34,20 @@ final class ReactorShared: @unchecked Sendable {
     init(wakeFD: CInt) {
         self.wakeFD = wakeFD
         self.owner = pthread_self()
+        mutex = .allocate(capacity: 1)
+        pthread_mutex_init(mutex, nil)
+    }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
+    @inline(__always)
+    private func withLock<R>(_ body: (inout State) -> R) -> R {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return body(&state)
     }
 
     var isOwnerThread: Bool { pthread_equal(pthread_self(), owner) != 0 }
@@ -36,7 +55,7 @@ final class ReactorShared: @unchecked Sendable {
     /// Queues a job; returns `false` when the reactor is closed.
     func submit(_ job: sending Job) -> Bool {
         let onOwner = isOwnerThread
-        let (accepted, mustWake) = state.withLock { (s: inout State) -> (Bool, Bool) in
+        let (accepted, mustWake) = withLock { (s: inout State) -> (Bool, Bool) in
             if s.closed { return (false, false) }
             s.jobs.append(job)
             if onOwner || s.wakePending { return (true, false) }
@@ -55,7 +74,7 @@ final class ReactorShared: @unchecked Sendable {
     /// Moves every queued job into `jobs` (which the caller has emptied). Owner thread only.
     func takeJobs(into jobs: inout [Job]) {
         hasLocalJobs = false
-        state.withLock { (s: inout State) in
+        withLock { (s: inout State) in
             swap(&jobs, &s.jobs)
             s.wakePending = false
         }
@@ -66,7 +85,7 @@ final class ReactorShared: @unchecked Sendable {
         /// `@unchecked Sendable`: the jobs move from the lock to the owner thread, the only
         /// thread that runs them.
         struct Batch: @unchecked Sendable { var jobs: [Job] }
-        return state.withLock { (s: inout State) -> Batch in
+        return withLock { (s: inout State) -> Batch in
             s.closed = true
             var left: [Job] = []
             swap(&left, &s.jobs)
