@@ -134,6 +134,20 @@ public struct WorkerHealth: Sendable, Hashable {
     public let state: WorkerState
 }
 
+/// The pool as a whole, from ``Supervisor/status()``.
+public struct PoolStatus: Sendable, Hashable {
+    /// Requests waiting for a worker (not yet dispatched: their timeout has not started).
+    public let queued: Int
+    /// Requests accepted and not yet answered (queued plus in flight).
+    public let pending: Int
+    /// Workers in the pool (slots not retired by a resize).
+    public let workers: Int
+    /// Workers ready to take requests now.
+    public let ready: Int
+    /// Whether the pool has been soft- or hard-killed (or is being).
+    public let isShutDown: Bool
+}
+
 /// A worker slot's state.
 public enum WorkerState: String, Sendable, Hashable {
     /// Spawned, not ready yet.

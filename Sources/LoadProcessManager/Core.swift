@@ -587,8 +587,11 @@ final class Core {
         }
     }
 
-    var queuedCount: Int { queue.count }
-    var pendingRequests: Int { pendingCount }
+    func status() -> PoolStatus {
+        PoolStatus(queued: queue.count, pending: pendingCount, workers: activeCount,
+                   ready: slots.reduce(0) { $0 + ($1.process?.state == .ready ? 1 : 0) },
+                   isShutDown: phase != .idle && phase != .running)
+    }
 
     // MARK: Broadcast
 

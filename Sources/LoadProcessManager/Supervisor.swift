@@ -281,6 +281,15 @@ public final class Supervisor: Sendable {
         await withUnsafeContinuation { c in health { c.resume(returning: $0) } }
     }
 
+    /// Counts for the whole pool: queued and pending requests, workers, ready workers.
+    public func status() async -> PoolStatus {
+        await withUnsafeContinuation { c in
+            if !onLoop({ c.resume(returning: $0.status()) }) {
+                c.resume(returning: PoolStatus(queued: 0, pending: 0, workers: 0, ready: 0, isShutDown: true))
+            }
+        }
+    }
+
     // MARK: Kill
 
     /// Stops taking requests, lets every accepted request finish, lets each worker run its

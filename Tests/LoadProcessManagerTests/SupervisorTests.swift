@@ -128,6 +128,8 @@ struct SupervisorTests {
         try await Task.sleep(for: .milliseconds(300))
         let health = await s.health()
         #expect(health.allSatisfy { $0.state == .busy && $0.inFlight == 0 && $0.completed == 0 })
+        let status = await s.status()
+        #expect(status.queued == 3 && status.pending == 3 && status.workers == 2 && status.ready == 0 && !status.isShutDown)
         let early = results.withLock { $0 }
         #expect(early.count == 1 && early.first?.error?.code == .queueFull)
         await s.hardKill()
