@@ -3,7 +3,7 @@
 import LoadProcessManagerWorker
 import Glibc
 
-let worker = try Worker()
+let worker = Worker.connect()
 worker.onRequest { request in
     let payload = String(decoding: request.data, as: UTF8.self)
     print("worker \(getpid()): request \(request.id) with payload \(payload)")

@@ -3,7 +3,7 @@
 import Glibc
 import LoadProcessManagerWorker
 
-let worker = try Worker()
+let worker = Worker.connect()
 let body = Array("hello from worker \(getpid())\n".utf8)
 let response = Array("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: \(body.count)\r\nConnection: close\r\n\r\n".utf8) + body
 

@@ -6,7 +6,7 @@ import CLoop
 /// handlers, and sends the answers.
 ///
 /// ```swift
-/// let worker = try Worker()
+/// let worker = Worker.connect()   // or `try Worker()` to handle the error yourself
 /// worker.onRequest { request in request.respond(request.data) }
 /// worker.ready()
 /// worker.run()
@@ -57,6 +57,18 @@ public final class Worker {
         channel.onFrame = { [unowned self] header, payload in self.frame(header, payload) }
         channel.onEnd = { [unowned self] _ in self.exit(code: 0) }
         try channel.start()
+    }
+
+    /// Connects to the supervisor, or prints why it cannot (this process was not started by a
+    /// supervisor, say) to standard error and exits with status 64 (`EX_USAGE`).
+    public static func connect(backend: Reactor.BackendChoice = .preferring(.epoll)) -> Worker {
+        do {
+            return try Worker(backend: backend)
+        } catch {
+            let text = "\(CommandLine.arguments.first ?? "worker"): \(error)\n"
+            _ = text.withCString { CLoop.write(2, $0, strlen($0)) }
+            _exit(64)
+        }
     }
 
     /// Sets the handler for requests. Runs on the reactor thread for each request; answer with

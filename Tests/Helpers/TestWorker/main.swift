@@ -26,7 +26,7 @@ let mode = getenv("LPM_TEST_MODE").map { String(cString: $0) } ?? "echo"
 let delay = getenv("LPM_TEST_DELAY_MS").flatMap { Int(String(cString: $0)) } ?? 100
 if mode == "crash-on-start" { exit(3) }
 
-let worker = try Worker()
+let worker = Worker.connect()
 worker.on("ping-event") { event in event.reply(Array("pong:".utf8) + event.data) }
 worker.on("record") { event in
     // Echo a broadcast back as an event so the test can see it arrived.
