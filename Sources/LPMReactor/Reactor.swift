@@ -809,10 +809,9 @@ public final class Reactor {
     /// costs no system call. Other threads use ``Handle/execute(_:)``.
     public func execute(_ job: @escaping (Reactor) -> Void) {
         checkThread()
-        /// `@unchecked Sendable`: created and run on the reactor thread; it never leaves it.
-        struct Local: @unchecked Sendable { let job: (Reactor) -> Void }
-        let local = Local(job: job)
-        _ = shared.submit(.closure { local.job($0) })
+        // The job never leaves this thread (it goes to the owner-thread queue), so it need not be
+        // sent; passing it on as it is keeps a stored closure from being wrapped anew.
+        _ = shared.submitLocal(.closure(job))
     }
 
     /// Makes ``run()`` return after the current iteration. Reactor thread only; other threads

@@ -52,17 +52,24 @@ final class ReactorShared: @unchecked Sendable {
 
     var isOwnerThread: Bool { pthread_equal(pthread_self(), owner) != 0 }
 
+    /// Jobs submitted on the owner thread itself: no lock, no eventfd write. Owner thread only.
+    private var localJobs: [Job] = []
+
     /// Queues a job; returns `false` when the reactor is closed.
     func submit(_ job: sending Job) -> Bool {
-        let onOwner = isOwnerThread
+        if isOwnerThread {
+            guard !localClosed else { return false }
+            localJobs.append(job)
+            hasLocalJobs = true
+            return true
+        }
         let (accepted, mustWake) = withLock { (s: inout State) -> (Bool, Bool) in
             if s.closed { return (false, false) }
             s.jobs.append(job)
-            if onOwner || s.wakePending { return (true, false) }
+            if s.wakePending { return (true, false) }
             s.wakePending = true
             return (true, true)
         }
-        if onOwner && accepted { hasLocalJobs = true }
         if mustWake {
             var one: UInt64 = 1
             // EAGAIN only if the counter is at its maximum: the reactor is woken either way.
@@ -71,11 +78,31 @@ final class ReactorShared: @unchecked Sendable {
         return accepted
     }
 
-    /// Moves every queued job into `jobs` (which the caller has emptied). Owner thread only.
+    /// Queues a job from the owner thread (the job never leaves it, so it need not be sent).
+    func submitLocal(_ job: Job) -> Bool {
+        guard !localClosed else { return false }
+        localJobs.append(job)
+        hasLocalJobs = true
+        return true
+    }
+
+    /// Owner thread only: set by `close()`.
+    private var localClosed = false
+
+    /// Moves every queued job into `jobs` (which the caller has emptied): those submitted on the
+    /// owner thread first, then the others. Each thread's jobs keep their order. Owner thread only.
     func takeJobs(into jobs: inout [Job]) {
-        hasLocalJobs = false
+        if hasLocalJobs {
+            hasLocalJobs = false
+            swap(&jobs, &localJobs)
+        }
         withLock { (s: inout State) in
-            swap(&jobs, &s.jobs)
+            if jobs.isEmpty {
+                swap(&jobs, &s.jobs)
+            } else if !s.jobs.isEmpty {
+                jobs.append(contentsOf: s.jobs)
+                s.jobs.removeAll(keepingCapacity: true)
+            }
             s.wakePending = false
         }
     }
@@ -85,12 +112,17 @@ final class ReactorShared: @unchecked Sendable {
         /// `@unchecked Sendable`: the jobs move from the lock to the owner thread, the only
         /// thread that runs them.
         struct Batch: @unchecked Sendable { var jobs: [Job] }
-        return withLock { (s: inout State) -> Batch in
+        localClosed = true
+        var left = localJobs
+        localJobs = []
+        hasLocalJobs = false
+        left += withLock { (s: inout State) -> Batch in
             s.closed = true
-            var left: [Job] = []
-            swap(&left, &s.jobs)
-            return Batch(jobs: left)
+            var remote: [Job] = []
+            swap(&remote, &s.jobs)
+            return Batch(jobs: remote)
         }.jobs
+        return left
     }
 }
 
