@@ -32,7 +32,8 @@ public final class Reactor {
         /// io_uring where the kernel allows it, else epoll. The environment variable
         /// `LPM_REACTOR_BACKEND` (`epoll` or `uring`) overrides this choice.
         case automatic
-        /// This backend where the kernel allows it, else the other one. `LPM_REACTOR_BACKEND`
+        /// This backend where the kernel allows it: `.preferring(.uring)` falls back to epoll when
+        /// io_uring is refused; `.preferring(.epoll)` is epoll (always there). `LPM_REACTOR_BACKEND`
         /// overrides it. (`.automatic` is `.preferring(.uring)`.)
         case preferring(Backend)
         /// This backend, and fail if the kernel refuses it. The environment is not consulted.
@@ -159,6 +160,8 @@ public final class Reactor {
     private var signalRegistration: Registration?
     private var signalHandlers: [CInt: (generation: UInt32, handler: (CInt) -> Void, previous: sigaction)] = [:]
     private var signalGeneration: UInt32 = 0
+    /// The kernel thread id of the owner thread (for the signal forwarder).
+    private let ownerTID = cloop_gettid()
 
     @exclusivity(unchecked) private var events: [BackendEvent] = []
     @exclusivity(unchecked) private var jobs: [ReactorShared.Job] = []
@@ -174,7 +177,7 @@ public final class Reactor {
 
     /// Creates a reactor owned by the calling thread.
     ///
-    /// - Parameter backend: which kernel interface to use; see ``BackendChoice``.
+    /// - Parameter choice: which kernel interface to use; see ``BackendChoice``.
     /// - Throws: ``ReactorError`` when no backend can be created, or `.only(b)` names one the
     ///   kernel refuses.
     public init(backend choice: BackendChoice = .automatic) throws(ReactorError) {
@@ -542,7 +545,7 @@ public final class Reactor {
         sigaddset(&set, signal)
         pthread_sigmask(SIG_BLOCK, &set, nil)
         // Forward the signal from threads that do not block it (see the doc comment).
-        forwardTarget.store(cloop_gettid(), ordering: .releasing)
+        forwardTarget.store(ownerTID, ordering: .releasing)
         var action = sigaction()
         action.__sigaction_handler.sa_handler = signalForwarder
         action.sa_flags = SA_RESTART
@@ -653,7 +656,8 @@ public final class Reactor {
 
     /// Calls `handler` once, on this thread, with the exit status of child `pid`, and reaps it.
     ///
-    /// Uses a pidfd (`pidfd_open(2)`, kernel 5.3+) and `waitid(P_PIDFD)` (kernel 5.4+), never
+    /// Uses a pidfd (`pidfd_open(2)` with `PIDFD_NONBLOCK`, kernel 5.10+) and `waitid(P_PIDFD)`
+    /// (kernel 5.4+), never
     /// `waitpid(-1)`: other children of the process are left alone. The pid cannot be recycled
     /// before it is reaped here, provided nothing else reaps it (no `SIGCHLD` set to `SIG_IGN`,
     /// no `waitpid(-1)` elsewhere in the process).
@@ -805,7 +809,8 @@ public final class Reactor {
     }
 
     /// Runs `job` on this thread at the end of the current iteration, after the ready callbacks
-    /// and due timers (or in the next iteration when called from a job). Reactor thread only;
+    /// and due timers (from inside a job: in the same iteration, within a few rounds of jobs).
+    /// Reactor thread only;
     /// costs no system call. Other threads use ``Handle/execute(_:)``.
     public func execute(_ job: @escaping (Reactor) -> Void) {
         checkThread()
@@ -869,6 +874,17 @@ public final class Reactor {
         for (signal, entry) in signalHandlers {
             var previous = entry.previous
             sigaction(signal, &previous, nil)
+            // Unblock it again in this thread, as unwatchSignal does (when closing on it).
+            if shared.isOwnerThread {
+                var set = sigset_t()
+                sigemptyset(&set)
+                sigaddset(&set, signal)
+                pthread_sigmask(SIG_UNBLOCK, &set, nil)
+            }
+        }
+        if !signalHandlers.isEmpty {
+            // Stop forwarding to this thread: it may end, and its id be reused.
+            _ = forwardTarget.compareExchange(expected: ownerTID, desired: 0, ordering: .acquiringAndReleasing)
         }
         signalHandlers.removeAll()
         if signalFD >= 0 { FileDescriptor.closeRaw(signalFD); signalFD = -1 }

@@ -33,8 +33,12 @@ final class EpollBackend: ReactorBackend {
         do {
             try ctl(EPOLL_CTL_ADD, fd, token, Self.mask(interest, edge: edge))
         } catch where error.errno == .fileExists {
-            // The number was registered before and its file is still open elsewhere (closed
-            // without deregistering, then reused): take the entry over.
+            // EEXIST: this very descriptor (same number, same open file) is still in the set,
+            // registered again without a deregister: take the entry over. (A number closed and
+            // reused for another file gets a new entry: epoll keys entries by number and file. If
+            // the old file is still open elsewhere, its old entry lingers until that file closes,
+            // reporting under the old token, which the reactor drops; epoll(7), "Questions and
+            // answers". Deregister before close.)
             try ctl(EPOLL_CTL_MOD, fd, token, Self.mask(interest, edge: edge))
         }
     }

@@ -9,15 +9,12 @@ public enum ChannelEnd: Sendable, Hashable, CustomStringConvertible {
     case violation(ProtocolViolation)
     /// A read or write failed.
     case failed(SyscallError)
-    /// This side closed it.
-    case closedLocally
 
     public var description: String {
         switch self {
         case .endOfFile: return "the peer closed the channel"
         case .violation(let v): return v.description
         case .failed(let e): return e.description
-        case .closedLocally: return "closed"
         }
     }
 }

@@ -37,7 +37,7 @@ public struct SupervisorConfiguration: Sendable {
     public var retries: Int = 0
     /// How many requests one worker holds at once. Default 64.
     public var maxConcurrentRequestsPerWorker: Int = 64
-    /// The most requests waiting for a worker; past it ``Supervisor/enqueue(_:options:)``
+    /// The most requests waiting for a worker; past it `enqueue`
     /// fails with `queueFull`. `nil`: unbounded.
     public var maxQueueLength: Int? = nil
     /// The largest frame payload, both directions; larger payloads fail with
@@ -55,8 +55,9 @@ public struct SupervisorConfiguration: Sendable {
     /// Watch SIGINT. Without a handler set with ``Supervisor/onSIGINT(_:)`` the default is: hard
     /// kill, then exit the process with status 130.
     public var handleSIGINT: Bool = true
-    /// CPUs to pin workers to, assigned round robin by slot (`sched_setaffinity` in the child).
-    /// Empty: no pinning.
+    /// CPUs to pin workers to, assigned round robin by slot. The supervisor calls
+    /// `sched_setaffinity` on each worker right after spawning it (best effort: an error is
+    /// ignored). Empty: no pinning.
     public var cpuAffinity: [Int] = []
     /// Reactor backend for the supervisor's own thread (when it creates one). Default: epoll
     /// first, which measured faster than io_uring here for lone round trips (about 22 vs 26 µs)
@@ -174,6 +175,8 @@ public enum SupervisorEvent: Sendable {
     case workerRestarted(slot: Int, pid: pid_t)
     /// The restart budget is spent: `slot` stays down.
     case restartBudgetExhausted(slot: Int)
+    /// A replacement for `slot` could not be spawned: the slot stays down.
+    case workerSpawnFailed(slot: Int, reason: String)
     /// A worker was killed for breaking the protocol.
     case protocolViolation(slot: Int, pid: pid_t, reason: String)
     /// Every slot is down and no request can be served.
@@ -215,12 +218,10 @@ public struct SupervisorError: Error, Sendable, Hashable, CustomStringConvertibl
         public static let noWorkers = Code(raw: 6)
         /// The payload is larger than ``SupervisorConfiguration/maxPayload``.
         public static let payloadTooLarge = Code(raw: 7)
-        /// The worker failed the request (``Request/fail(_:)`` on the worker side).
+        /// The worker failed the request (`Request.fail(_:)` on the worker side).
         public static let workerError = Code(raw: 8)
         /// A worker could not be spawned.
         public static let spawnFailed = Code(raw: 9)
-        /// The supervisor was not started.
-        public static let notStarted = Code(raw: 10)
         /// A response stream broke: its worker died, or the worker failed to produce it.
         public static let streamFailed = Code(raw: 11)
         /// An argument is out of range (a negative count...).
@@ -230,7 +231,7 @@ public struct SupervisorError: Error, Sendable, Hashable, CustomStringConvertibl
 
         public var description: String {
             ["", "timedOut", "workerExited", "protocolViolation", "queueFull", "shutDown", "noWorkers",
-             "payloadTooLarge", "workerError", "spawnFailed", "notStarted", "streamFailed", "invalidArgument",
+             "payloadTooLarge", "workerError", "spawnFailed", "", "streamFailed", "invalidArgument",
              "cancelled"][Int(raw)]
         }
     }

@@ -173,6 +173,7 @@ final class Core {
         }
         slots[i].process = w
         slots[i].down = false
+        noWorkersAnnounced = false
         emit(.workerStarted(slot: i, pid: spawned.pid))
     }
 
@@ -404,8 +405,12 @@ final class Core {
             w.heapUsed = Int(truncatingIfNeeded: payload.readLittleEndian(at: 8, as: UInt64.self))
         case .ping:
             w.channel.send(.pong, id: h.id)
-        case .pong, .eventReply:
+        case .pong:
             break
+        case .eventReply:
+            guard let entry = pendingReplies[h.id], entry.pid == w.pid else { return }
+            pendingReplies[h.id] = nil
+            entry.handler(.success(Array(payload)))
         case .socketClosed:
             if w.sockets > 0 { w.sockets -= 1 }
             pump()
@@ -468,6 +473,8 @@ final class Core {
                                       requestID: core.requestID, workerPID: w.pid, exitStatus: status))
         }
         w.streams.removeAll()
+        failReplies(from: w.pid, SupervisorError(.workerExited, "worker \(w.pid) \(status) before replying to an event",
+                                                 workerPID: w.pid, exitStatus: status))
         // Its requests: retried elsewhere while attempts are left, else failed with the reason.
         // A scan, not a per-worker set: deaths are rare, dispatches are not.
         let inFlight = requests.indices.filter { requests[$0].completion != nil && requests[$0].worker == i }.reversed()
@@ -526,12 +533,18 @@ final class Core {
             emit(.workerRestarted(slot: i, pid: slots[i].process!.pid))
         } catch {
             slots[i].down = true
-            emit(.restartBudgetExhausted(slot: i))
+            emit(.workerSpawnFailed(slot: i, reason: error.message))
         }
     }
 
+    /// Set while the pool has no live worker and that has been announced; cleared by a spawn.
+    private var noWorkersAnnounced = false
+
     private func noWorkersLeft() {
-        emit(.noWorkersLeft)
+        if !noWorkersAnnounced {
+            noWorkersAnnounced = true
+            emit(.noWorkersLeft)
+        }
         while let index = queue.popFront() {
             complete(index, .failure(SupervisorError(.noWorkers, "no worker is left: the restart budget is spent",
                                                      requestID: requests[Int(index)].id, attempts: requests[Int(index)].attempts)))
@@ -591,6 +604,50 @@ final class Core {
         PoolStatus(queued: queue.count, pending: pendingCount, workers: activeCount,
                    ready: slots.reduce(0) { $0 + ($1.process?.state == .ready ? 1 : 0) },
                    isShutDown: phase != .idle && phase != .running)
+    }
+
+    // MARK: Events to one worker
+
+    typealias ReplyHandler = @Sendable (Result<[UInt8], SupervisorError>) -> Void
+    /// Replies awaited from workers, by event id.
+    private var pendingReplies: [UInt64: (pid: pid_t, handler: ReplyHandler)] = [:]
+    private var nextEventID: UInt64 = 0
+
+    /// Sends a custom event to the worker `pid` (or, with `nil`, to the least-loaded ready
+    /// worker); `reply` gets the worker's reply, or an error if it exits first.
+    func emit(_ name: String, _ data: [UInt8], to pid: pid_t?, reply: ReplyHandler?) {
+        let target: WorkerProcess?
+        if let pid {
+            target = slots.lazy.compactMap(\.process).first { $0.pid == pid && $0.state != .stopping }
+        } else {
+            target = pickWorker()
+        }
+        guard let w = target, phase == .running else {
+            reply?(.failure(SupervisorError(.noWorkers, pid.map { "no running worker with pid \($0)" } ?? "no ready worker to send the event to")))
+            return
+        }
+        var id: UInt64 = 0
+        if let reply {
+            nextEventID &+= 1
+            id = nextEventID
+            pendingReplies[id] = (w.pid, reply)
+        }
+        var body: [UInt8] = []
+        var name = name
+        name.withUTF8 { n in
+            body.appendLittleEndian(UInt16(n.count))
+            body.append(contentsOf: n)
+        }
+        body.append(contentsOf: data)
+        w.channel.send(.event, id: id, payload: body)
+    }
+
+    /// Fails the replies awaited from `pid` (all of them with `nil`).
+    private func failReplies(from pid: pid_t?, _ error: SupervisorError) {
+        for (id, entry) in pendingReplies where pid == nil || entry.pid == pid {
+            pendingReplies[id] = nil
+            entry.handler(.failure(error))
+        }
     }
 
     // MARK: Broadcast
@@ -772,6 +829,7 @@ final class Core {
             complete(UInt32(i), .failure(SupervisorError(.shutDown, "the pool stopped", requestID: requests[i].id, attempts: requests[i].attempts)))
         }
         queue.removeAll()
+        failReplies(from: nil, SupervisorError(.shutDown, "the pool stopped before the worker replied"))
         phase = .stopped
         if let t = healthTimer { reactor.cancel(t); healthTimer = nil }
         if let t = softKillTimer { reactor.cancel(t); softKillTimer = nil }

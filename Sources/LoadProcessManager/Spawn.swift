@@ -6,7 +6,7 @@ import LPMWire
 /// Starts worker processes with `posix_spawn(3)`: the channel end as descriptor 3 (named in
 /// `LPM_CHANNEL_FD`), every other descriptor closed, an empty signal mask and default signal
 /// dispositions (the supervisor blocks signals it reads through a signalfd; a child must not
-/// inherit that).
+/// inherit that), in a process group of its own.
 struct Spawner {
     private let path: String
     private var argv: [UnsafeMutablePointer<CChar>?]
@@ -55,7 +55,11 @@ struct Spawner {
         sigdelset(&all, SIGKILL)
         sigdelset(&all, SIGSTOP)
         posix_spawnattr_setsigdefault(&attr, &all)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        // A process group of its own: a Ctrl-C at the terminal (SIGINT to the foreground group)
+        // reaches the supervisor, which decides (soft kill by default in the demo), instead of
+        // killing every worker behind its back.
+        posix_spawnattr_setpgroup(&attr, 0)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
         var pid: pid_t = 0
         var args = argv
         var env = envp

@@ -162,10 +162,29 @@ public final class Supervisor: Sendable {
     }
 
     /// Sends a custom event with a descriptor (a listening socket, say) to every worker. Each
-    /// worker gets its own copy (``Event/socket`` on the worker side); the supervisor takes
+    /// worker gets its own copy (`Event.socket` on the worker side); the supervisor takes
     /// ownership of `socket` and closes it once sent.
     public func broadcast(_ name: String, _ payload: [UInt8] = [], socket: CInt) {
         if !onLoop({ $0.broadcast(name, payload, descriptor: socket) }) { FileDescriptor.closeRaw(socket) }
+    }
+
+    /// Sends a custom event to one worker: the one with process id `pid`, or the least-loaded
+    /// ready worker when `pid` is `nil`. With `reply`, the worker's reply (`Event.reply(_:)` on
+    /// the worker side) is delivered to it on the reactor thread, or an error if the worker
+    /// exits or the pool stops first.
+    public func emit(_ name: String, _ payload: [UInt8] = [], to pid: pid_t? = nil,
+                     reply: (@Sendable (Result<[UInt8], SupervisorError>) -> Void)? = nil) {
+        if !onLoop({ $0.emit(name, payload, to: pid, reply: reply) }) {
+            reply?(.failure(SupervisorError(.shutDown, "the pool is stopped")))
+        }
+    }
+
+    /// Sends a custom event to one worker and waits for its reply.
+    public func request(event name: String, _ payload: [UInt8] = [], to pid: pid_t? = nil) async throws(SupervisorError) -> [UInt8] {
+        let result: Result<[UInt8], SupervisorError> = await withUnsafeContinuation { c in
+            emit(name, payload, to: pid) { c.resume(returning: $0) }
+        }
+        return try result.get()
     }
 
     // MARK: Sockets and streams
@@ -192,7 +211,7 @@ public final class Supervisor: Sendable {
     }
 
     /// Queues a request with a stream read from `fd` (a pipe, a file, a socket). The worker gets
-    /// its own copy of the descriptor (``Request/stream`` on the worker side) and reads it to end
+    /// its own copy of the descriptor (`Request.stream` on the worker side) and reads it to end
     /// of file; the bytes never pass through the supervisor or the control channel. `fd` stays
     /// yours (the supervisor sends a duplicate). Not retried once sent.
     public func enqueue(_ payload: [UInt8], stream fd: CInt, options: RequestOptions = RequestOptions(),

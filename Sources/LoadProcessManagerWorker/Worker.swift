@@ -13,7 +13,7 @@ import CLoop
 /// ```
 ///
 /// Everything runs on one thread, the worker's reactor thread (``reactor``). Call
-/// ``Request/respond(_:)`` and the other methods from that thread; from another thread, hop with
+/// ``Request/respond(_:)-([UInt8])`` and the other methods from that thread; from another thread, hop with
 /// `worker.reactor.handle.execute { _ in ... }`.
 ///
 /// The worker exits cleanly when its channel reaches end of file (the supervisor is gone), and
@@ -55,7 +55,13 @@ public final class Worker {
         flusher = ChannelFlusher(reactor: reactor)
         channel = Channel(fd: fd, reactor: reactor, flusher: flusher, maxPayload: maxPayload)
         channel.onFrame = { [unowned self] header, payload in self.frame(header, payload) }
-        channel.onEnd = { [unowned self] _ in self.exit(code: 0) }
+        channel.onEnd = { [unowned self] end in
+            switch end {
+            case .endOfFile: self.exit(code: 0)  // the supervisor is gone
+            case .violation(let v): self.violation(v.reason)
+            case .failed: self.exit(code: 74)  // EX_IOERR
+            }
+        }
         try channel.start()
     }
 
@@ -72,7 +78,7 @@ public final class Worker {
     }
 
     /// Sets the handler for requests. Runs on the reactor thread for each request; answer with
-    /// ``Request/respond(_:)``, ``Request/ack()`` or ``Request/fail(_:)``, now or later.
+    /// ``Request/respond(_:)-([UInt8])``, ``Request/ack()`` or ``Request/fail(_:)``, now or later.
     public func onRequest(_ handler: @escaping (Request) -> Void) {
         requestHandler = handler
     }

@@ -376,3 +376,28 @@ struct SupervisorBackendTests {
         #expect(hasNoChildren())
     }
 }
+
+@Suite("Supervisor events to one worker", .serialized, .timeLimit(.minutes(1)))
+struct SupervisorEmitTests {
+    @Test("an event to one worker gets its reply; a dead worker's pending reply fails")
+    func emitWithReply() async throws {
+        let (s, _) = try await startOnline(testConfig("echo"))
+        let pids = await s.health().map(\.pid)
+        for pid in pids {
+            let reply = try await s.request(event: "ping-event", Array("hi".utf8), to: pid)
+            #expect(reply == Array("pong:hi".utf8))
+        }
+        do { _ = try await s.request(event: "ping-event", to: 999_999); Issue.record("answered") } catch {
+            #expect(error.code == .noWorkers)
+        }
+        // No handler for this event on the worker: no reply ever comes; the worker's death fails it.
+        async let pending = s.request(event: "unanswered", to: pids[0])
+        try await Task.sleep(for: .milliseconds(100))
+        kill(pids[0], SIGKILL)
+        do { _ = try await pending; Issue.record("answered") } catch let error as SupervisorError {
+            #expect(error.code == .workerExited)
+            #expect(error.workerPID == pids[0])
+        }
+        await s.hardKill()
+    }
+}
