@@ -122,7 +122,11 @@ struct SupervisorTests {
         c.maxQueueLength = 3
         let s = try Supervisor(c)
         try await s.start()
-        try await Task.sleep(for: .milliseconds(300))
+        // Wait until both workers have said ready then busy (generous, for a loaded machine).
+        let deadline = ContinuousClock.now + .seconds(20)
+        while await !s.health().allSatisfy({ $0.state == .busy }) && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
         let results = Mutex<[Result<Response, SupervisorError>]>([])
         for _ in 0..<4 { s.enqueue([1]) { r in results.withLock { $0.append(r) } } }
         try await Task.sleep(for: .milliseconds(300))
