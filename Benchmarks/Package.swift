@@ -11,8 +11,8 @@ let package = Package(
     name: "LPMBenchmarks",
     platforms: [.macOS(.v15)],
     dependencies: [
-        .package(path: "../"),
-        .package(url: "https://github.com/ordo-one/package-benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
+        .package(name: "LoadProcessManager", path: "../"),
+        .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
         // The jobs, shared by the package-benchmark suite and the comparison runner.
@@ -38,19 +38,21 @@ let package = Package(
         .executableTarget(
             name: "lpm-compare",
             dependencies: ["LPMBenchJobs", "bench-worker"],
-            path: "Sources/lpm-compare"
+            path: "Sources/lpm-compare",
+            swiftSettings: [.swiftLanguageMode(.v5)]
         ),
         // The package-benchmark suite.
         .executableTarget(
             name: "LPMBenchmarks",
             dependencies: [
-                .product(name: "Benchmark", package: "package-benchmark"),
+                .product(name: "Benchmark", package: "benchmark"),
                 "LPMBenchJobs",
                 "bench-worker",
             ],
             path: "Benchmarks/LPMBenchmarks",
+            swiftSettings: [.swiftLanguageMode(.v5)],
             plugins: [
-                .plugin(name: "BenchmarkPlugin", package: "package-benchmark"),
+                .plugin(name: "BenchmarkPlugin", package: "benchmark"),
             ]
         ),
     ]

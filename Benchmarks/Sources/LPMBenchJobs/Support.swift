@@ -114,7 +114,7 @@ public enum ProcessFigures {
     /// `getrusage` for this process (`RUSAGE_SELF`) or its reaped children (`RUSAGE_CHILDREN`).
     public static func usage(children: Bool = false) -> Usage {
         var ru = rusage()
-        getrusage(children ? RUSAGE_CHILDREN : RUSAGE_SELF, &ru)
+        getrusage(children ? RUSAGE_CHILDREN.rawValue : RUSAGE_SELF.rawValue, &ru)
         func ns(_ t: timeval) -> UInt64 { UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_usec) * 1000 }
         return Usage(userNs: ns(ru.ru_utime), systemNs: ns(ru.ru_stime),
                      voluntarySwitches: ru.ru_nvcsw, involuntarySwitches: ru.ru_nivcsw)
@@ -217,4 +217,19 @@ func completeRawFrames(_ p: UnsafeRawPointer, _ n: Int) -> (bytes: Int, count: I
         count += 1
     }
     return (off, count)
+}
+
+/// The allocation counter of Tools/malloc_count.c, when it is preloaded (`LD_PRELOAD`).
+public enum MallocCounter {
+    /// The payload that asks a counting bench-worker for its count.
+    public static let query: [UInt8] = Array("?mallocs".utf8)
+
+    /// `lpm_malloc_count`, if the counter is preloaded.
+    public static let function: (@convention(c) () -> UInt)? = {
+        guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "lpm_malloc_count") else { return nil }
+        return unsafeBitCast(sym, to: (@convention(c) () -> UInt).self)
+    }()
+
+    /// This process's allocations so far (all threads).
+    public static func count() -> Int { function.map { Int($0()) } ?? 0 }
 }

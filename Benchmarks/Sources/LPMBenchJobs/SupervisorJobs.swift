@@ -1,0 +1,382 @@
+// Supervisor + Worker (the no-op bench-worker): round trips, bursts, crash recovery, a queue
+// filled before start, and a pool of 256.
+#if canImport(Glibc)
+import Glibc
+#endif
+import LoadProcessManager
+import Synchronization
+
+/// Receives the supervisor's events (on its reactor thread) and lets a benchmark wait for them.
+public final class EventTap: Sendable {
+    struct State {
+        var onlineCount = 0
+        var restarted: [(slot: Int, pid: pid_t, at: UInt64)] = []
+        var onRestarted: (@Sendable (Int, pid_t) -> Void)?
+        var onOnline: (@Sendable () -> Void)?
+    }
+    let state = Mutex(State())
+    let online = Semaphore()
+
+    func handle(_ event: SupervisorEvent) {
+        switch event {
+        case .online:
+            let hook = state.withLock { s -> (@Sendable () -> Void)? in
+                s.onlineCount += 1
+                return s.onOnline
+            }
+            hook?()
+            online.signal()
+        case .workerRestarted(let slot, let pid):
+            let now = monotonicNanoseconds()
+            let hook = state.withLock { s -> (@Sendable (Int, pid_t) -> Void)? in
+                s.restarted.append((slot, pid, now))
+                return s.onRestarted
+            }
+            hook?(slot, pid)
+        default:
+            break
+        }
+    }
+
+    /// Waits for the next `.online` event.
+    public func waitOnline(seconds: Double = 60) throws {
+        guard online.wait(seconds: seconds) else { throw BenchError("the pool did not come online within \(seconds) s") }
+    }
+}
+
+/// A running pool of `bench-worker` processes.
+public final class Pool: Sendable {
+    public let supervisor: Supervisor
+    public let events = EventTap()
+    public let payload: [UInt8]
+    public let workers: Int
+
+    /// The configuration every job uses: the no-op worker, `count` workers, `maxInFlight`
+    /// requests per worker, a restart budget that never runs out.
+    public static func configuration(workerPath: String, count: Int, maxInFlight: Int = 64) -> SupervisorConfiguration {
+        var config = SupervisorConfiguration(workerPath: workerPath, count: count)
+        config.maxConcurrentRequestsPerWorker = maxInFlight
+        config.restarts = Int.max / 2
+        config.maxRestartsInInterval = .seconds(1)
+        config.handleSIGINT = false
+        return config
+    }
+
+    /// Creates the supervisor; does not start it.
+    public init(_ config: SupervisorConfiguration, payloadSize: Int = 64) throws {
+        supervisor = try Supervisor(config)
+        payload = (0..<payloadSize).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 1) }
+        workers = config.count
+        let events = self.events
+        supervisor.onEvent { events.handle($0) }
+    }
+
+    /// Creates, starts, and waits until every worker is ready.
+    public convenience init(workerPath: String, count: Int, maxInFlight: Int = 64, payloadSize: Int = 64) throws {
+        try self.init(Pool.configuration(workerPath: workerPath, count: count, maxInFlight: maxInFlight), payloadSize: payloadSize)
+        try startAndWait()
+    }
+
+    /// Starts the workers and waits for `.online`.
+    public func startAndWait(seconds: Double = 60) throws {
+        let started = Semaphore()
+        let failure = Mutex<SupervisorError?>(nil)
+        supervisor.start { error in
+            failure.withLock { $0 = error }
+            started.signal()
+        }
+        started.wait()
+        if let e = failure.withLock({ $0 }) { throw BenchError("start failed: \(e)") }
+        try events.waitOnline(seconds: seconds)
+    }
+
+    // MARK: Round trips
+
+    /// `n` sequential requests through the async API.
+    public func roundTripsAsync(_ n: Int) async throws {
+        for _ in 0..<n {
+            let r = try await supervisor.enqueue(payload)
+            if r.data.count != payload.count { throw BenchError("wrong answer: \(r.data.count) bytes") }
+        }
+    }
+
+    /// `n` sequential requests through the completion-handler API; this thread blocks on a
+    /// semaphore between them (the completion runs on the reactor thread).
+    public func roundTripsHandler(_ n: Int) throws {
+        let done = Semaphore()
+        let failures = Tally()
+        let completion: @Sendable (Result<Response, SupervisorError>) -> Void = { result in
+            if case .failure = result { failures.add() }
+            done.signal()
+        }
+        for _ in 0..<n {
+            supervisor.enqueue(payload, completion: completion)
+            done.wait()
+        }
+        if failures.value > 0 { throw BenchError("\(failures.value) requests failed") }
+    }
+
+    /// `n` sequential requests, each enqueued by the previous one's completion handler on the
+    /// reactor thread: the supervisor's own floor, with no caller thread in the loop.
+    public func roundTripsChained(_ n: Int) throws {
+        let chain = Chain(left: n, supervisor: supervisor, payload: payload)
+        chain.begin()
+        guard chain.done.wait(seconds: 600) else { throw BenchError("chained round trips timed out") }
+        if chain.failures > 0 { throw BenchError("\(chain.failures) requests failed") }
+    }
+
+    /// Asks a counting bench-worker (see MallocCounter) for its allocation count; the request
+    /// goes to the worker with the fewest in flight, so use a pool of one worker.
+    public func workerMallocCount() throws -> Int {
+        let box = Mutex<Int?>(nil)
+        let got = Semaphore()
+        supervisor.enqueue(MallocCounter.query) { result in
+            if case .success(let r) = result { box.withLock { $0 = Int(r.text) } }
+            got.signal()
+        }
+        got.wait()
+        guard let n = box.withLock({ $0 }) else { throw BenchError("the worker does not count its allocations (LD_PRELOAD of malloc_count.so and LPM_COUNT_MALLOCS=1)") }
+        return n
+    }
+
+    /// `n` requests handed over in one `enqueue(contentsOf:)` call (one hop); returns when all are
+    /// answered.
+    public func burstBatched(_ n: Int) throws {
+        let done = Semaphore()
+        let counter = Counter(n)
+        let failures = Tally()
+        let payloads = [[UInt8]](repeating: payload, count: n)
+        supervisor.enqueue(contentsOf: payloads) { _, result in
+            if case .failure = result { failures.add() }
+            if counter.decrement() { done.signal() }
+        }
+        guard done.wait(seconds: 600) else { throw BenchError("batched burst timed out with \(counter.current) left") }
+        if failures.value > 0 { throw BenchError("\(failures.value) requests failed") }
+    }
+
+    // MARK: Bursts
+
+    /// `n` requests enqueued at once from this thread (completion-handler API); returns when all
+    /// are answered.
+    public func burstHandler(_ n: Int) throws {
+        let done = Semaphore()
+        let counter = Counter(n)
+        let failures = Tally()
+        let completion: @Sendable (Result<Response, SupervisorError>) -> Void = { result in
+            if case .failure = result { failures.add() }
+            if counter.decrement() { done.signal() }
+        }
+        for _ in 0..<n { supervisor.enqueue(payload, completion: completion) }
+        guard done.wait(seconds: 600) else { throw BenchError("burst timed out with \(counter.current) left") }
+        if failures.value > 0 { throw BenchError("\(failures.value) requests failed") }
+    }
+
+    /// `n` requests through the async API from `tasks` concurrent tasks (each awaits its answers
+    /// in turn).
+    public func burstAsync(_ n: Int, tasks: Int = 512) async throws {
+        let supervisor = self.supervisor, payload = self.payload
+        let failures = Tally()
+        await withTaskGroup(of: Void.self) { group in
+            for t in 0..<tasks {
+                let count = n / tasks + (t < n % tasks ? 1 : 0)
+                group.addTask {
+                    for _ in 0..<count {
+                        do { _ = try await supervisor.enqueue(payload) } catch { failures.add() }
+                    }
+                }
+            }
+        }
+        if failures.value > 0 { throw BenchError("\(failures.value) requests failed") }
+    }
+
+    // MARK: Crash and replacement
+
+    public struct CrashTiming: Sendable {
+        /// SIGKILL to `.workerRestarted` (the replacement is spawned).
+        public var restartedNs: UInt64
+        /// SIGKILL to `.online` (the replacement said ready).
+        public var onlineNs: UInt64
+        /// SIGKILL to the answer of a request enqueued at `.workerRestarted`.
+        public var answeredNs: UInt64
+    }
+
+    /// Kills the worker that answers a request (SIGKILL), then times the replacement: its spawn
+    /// (`.workerRestarted`), its readiness (`.online`), and its first answer to a request enqueued
+    /// the moment the restart is announced. Use a pool of one worker.
+    public func crashAndReplace() throws -> CrashTiming {
+        // Which process to kill: the one answering now.
+        let first = Mutex<Result<Response, SupervisorError>?>(nil)
+        let got = Semaphore()
+        supervisor.enqueue(payload) { r in first.withLock { $0 = r }; got.signal() }
+        got.wait()
+        guard case .success(let r)? = first.withLock({ $0 }) else { throw BenchError("probe failed before the crash") }
+        let victim = r.workerPID
+
+        let answered = Semaphore()
+        let onlineAt = Stamp()
+        let answeredAt = Stamp()
+        let answerPID = Tally()
+        let supervisor = self.supervisor, payload = self.payload
+        events.state.withLock { s in
+            s.restarted.removeAll()
+            s.onOnline = { onlineAt.setOnce(monotonicNanoseconds()) }
+            s.onRestarted = { _, _ in
+                // On the reactor thread: the request waits in the queue for the replacement.
+                supervisor.enqueue(payload) { result in
+                    answeredAt.setOnce(monotonicNanoseconds())
+                    if case .success(let r) = result { answerPID.set(Int(r.workerPID)) }
+                    answered.signal()
+                }
+            }
+        }
+        defer { events.state.withLock { s in s.onRestarted = nil; s.onOnline = nil } }
+        let t0 = monotonicNanoseconds()
+        guard Glibc.kill(victim, SIGKILL) == 0 else { throw BenchError("kill(\(victim)): errno \(errno)") }
+        guard answered.wait(seconds: 30) else { throw BenchError("no answer from a replacement within 30 s") }
+        guard answerPID.value != 0, answerPID.value != Int(victim) else {
+            throw BenchError("the request after the crash failed or was answered by the dead worker")
+        }
+        let restartedAt = events.state.withLock { $0.restarted.first?.at } ?? 0
+        // `.online` may trail the answer by a hair (both come from the same reactor iteration).
+        let deadline = monotonicNanoseconds() + 5_000_000_000
+        while onlineAt.value == 0 && monotonicNanoseconds() < deadline {
+            _ = events.online.wait(seconds: 0.01)
+        }
+        let online = onlineAt.value
+        return CrashTiming(restartedNs: restartedAt &- t0, onlineNs: online &- t0, answeredNs: answeredAt.value &- t0)
+    }
+
+    // MARK: Stop
+
+    /// Soft-kills the pool and waits until every worker is reaped.
+    public func stop() {
+        let done = Semaphore()
+        supervisor.softKill { done.signal() }
+        done.wait()
+    }
+
+    /// Hard-kills the pool and waits until every worker is reaped.
+    public func kill() {
+        let done = Semaphore()
+        supervisor.hardKill { done.signal() }
+        done.wait()
+    }
+}
+
+/// Chained round trips: each completion (on the reactor thread) enqueues the next request.
+final class Chain: @unchecked Sendable {
+    // @unchecked: `left` and `failures` are touched only by completions, which all run on the
+    // supervisor's reactor thread, one after the other; `done` is read after it is signalled.
+    var left: Int
+    var failures = 0
+    let done = Semaphore()
+    let supervisor: Supervisor
+    let payload: [UInt8]
+    private var next: (@Sendable (Result<Response, SupervisorError>) -> Void)?
+
+    init(left: Int, supervisor: Supervisor, payload: [UInt8]) {
+        self.left = left
+        self.supervisor = supervisor
+        self.payload = payload
+    }
+
+    func begin() {
+        next = { [unowned self] result in
+            if case .failure = result { self.failures += 1 }
+            self.left -= 1
+            if self.left == 0 {
+                self.next = nil
+                self.done.signal()
+            } else {
+                self.supervisor.enqueue(self.payload, completion: self.next!)
+            }
+        }
+        supervisor.enqueue(payload, completion: next!)
+    }
+}
+
+// MARK: A queue filled before start
+
+public struct QueuedFigures: Sendable {
+    /// Enqueue calls, per request, until the reactor has taken every one (nanoseconds).
+    public var enqueueNsPerRequest: Double
+    /// Supervisor RSS growth per queued request (bytes).
+    public var rssBytesPerRequest: Double
+    /// From start() until every request is answered (seconds).
+    public var drainSeconds: Double
+    /// Requests per second while draining (including the workers' start).
+    public var drainRate: Double
+}
+
+/// Queues `n` requests on a supervisor that is not started, then starts it and waits for every
+/// answer. The payload buffer is shared by all requests (copy-on-write), so the RSS growth is
+/// the supervisor's own cost per request.
+public func queuedBeforeStart(workerPath: String, n: Int, workers: Int = 2, maxInFlight: Int = 256) throws -> QueuedFigures {
+    let pool = try Pool(Pool.configuration(workerPath: workerPath, count: workers, maxInFlight: maxInFlight))
+    let supervisor = pool.supervisor, payload = pool.payload
+    // Let the reactor thread settle and take its first pages before measuring.
+    let barrier = Semaphore()
+    supervisor.health { _ in barrier.signal() }
+    barrier.wait()
+    let rss0 = ProcessFigures.residentBytes()
+
+    let done = Semaphore()
+    let counter = Counter(n)
+    let failures = Tally()
+    let completion: @Sendable (Result<Response, SupervisorError>) -> Void = { result in
+        if case .failure = result { failures.add() }
+        if counter.decrement() { done.signal() }
+    }
+    let t0 = monotonicNanoseconds()
+    for _ in 0..<n { supervisor.enqueue(payload, completion: completion) }
+    supervisor.health { _ in barrier.signal() }  // runs after every enqueue above
+    barrier.wait()
+    let t1 = monotonicNanoseconds()
+    let rss1 = ProcessFigures.residentBytes()
+
+    supervisor.start()
+    guard done.wait(seconds: 1200) else { throw BenchError("queued requests not drained: \(counter.current) left") }
+    let t2 = monotonicNanoseconds()
+    pool.stop()
+    if failures.value > 0 { throw BenchError("\(failures.value) queued requests failed") }
+    let drain = Double(t2 - t1) / 1e9
+    return QueuedFigures(enqueueNsPerRequest: Double(t1 - t0) / Double(n),
+                         rssBytesPerRequest: Double(rss1 - rss0) / Double(n),
+                         drainSeconds: drain, drainRate: Double(n) / drain)
+}
+
+// MARK: Many workers
+
+public struct ManyWorkersFigures: Sendable {
+    /// start() until `.online` (every worker ready), milliseconds.
+    public var onlineMs: Double
+    /// One request per worker, all at once, until every answer (milliseconds).
+    public var requestsMs: Double
+    /// How many distinct workers answered them.
+    public var distinctWorkers: Int
+    /// Soft kill until every worker is reaped (milliseconds).
+    public var stopMs: Double
+}
+
+/// Starts `count` workers, sends one request per worker at once, then soft-kills the pool.
+public func manyWorkers(workerPath: String, count: Int) throws -> ManyWorkersFigures {
+    let pool = try Pool(Pool.configuration(workerPath: workerPath, count: count, maxInFlight: 64))
+    let t0 = monotonicNanoseconds()
+    try pool.startAndWait(seconds: 120)
+    let t1 = monotonicNanoseconds()
+    let pids = Mutex<Set<pid_t>>([])
+    let done = Semaphore()
+    let counter = Counter(count)
+    for _ in 0..<count {
+        pool.supervisor.enqueue(pool.payload) { result in
+            if case .success(let r) = result { pids.withLock { _ = $0.insert(r.workerPID) } }
+            if counter.decrement() { done.signal() }
+        }
+    }
+    guard done.wait(seconds: 120) else { throw BenchError("requests to \(count) workers not answered") }
+    let t2 = monotonicNanoseconds()
+    pool.stop()
+    let t3 = monotonicNanoseconds()
+    return ManyWorkersFigures(onlineMs: Double(t1 - t0) / 1e6, requestsMs: Double(t2 - t1) / 1e6,
+                              distinctWorkers: pids.withLock { $0.count }, stopMs: Double(t3 - t2) / 1e6)
+}

@@ -1,0 +1,275 @@
+// lpm-compare: runs one benchmark job of our stack and prints `name=<..> value=<..> unit=<..>`
+// lines, the format of the C baselines (Baselines/baselines.c) and the peers (Peers/), so that
+// compare.sh can put them side by side. Simpler and faster than the package-benchmark suite.
+//
+//   lpm-compare JOB [N] [--backend epoll|uring]
+//
+// Jobs (N is the number of operations; defaults in parentheses):
+//   timer-churn N            reactor: schedule + cancel a timer, 1000 others pending (1e6)
+//   execute-hop N            reactor: Handle.execute to a reactor thread and back (1e5)
+//   execute-burst N          reactor: N Handle.execute jobs at once (1e6)
+//   reactor-pingpong N       reactor: 64 B round trip with a bench-worker --reactor-echo (1e5)
+//   reactor-pingpong-thread N  the same with the echo peer on a reactor thread (1e5)
+//   reactor-echo N           reactor: pipelined echo, 2 children x 256 in flight, batched (1e7)
+//   rt-async N               Supervisor + 1 no-op worker: sequential round trips, async API (1e5)
+//   rt-handler N             the same, completion-handler API, caller blocks between (1e5)
+//   rt-chained N             the same, each completion enqueues the next (reactor thread) (1e5)
+//   burst N                  Supervisor + 2 workers, 256 in flight each: N at once, handler API (1e6)
+//   burst-async N            the same from 512 tasks through the async API (1e6)
+//   burst-batched N          the same handed over in one enqueue(contentsOf:) call (1e6)
+//   allocs N                 heap allocations per request, both sides (needs LD_PRELOAD of
+//                            Tools/malloc_count.so) (2e4)
+//   info                     the backends chosen by default here
+//   crash N                  SIGKILL the worker, time the replacement; N times (20)
+//   queued N                 N requests queued before start: time, RSS per request (1e6)
+//   many-workers N           N workers start + one request each (256)
+#if canImport(Glibc)
+import Glibc
+#endif
+import LPMBenchJobs
+import LoadProcessManager
+
+func usage() -> Never {
+    fputs("usage: lpm-compare JOB [N] [--backend epoll|uring]\n(see the comment at the top of main.swift for the jobs)\n", stderr)
+    exit(2)
+}
+
+var args = Array(CommandLine.arguments.dropFirst())
+var backend: Reactor.Backend?
+if let i = args.firstIndex(of: "--backend") {
+    guard i + 1 < args.count, let b = Reactor.Backend(rawValue: args[i + 1]) else { usage() }
+    backend = b
+    args.removeSubrange(i...(i + 1))
+    // The supervisor's reactor, the workers' and the echo children's all read this.
+    setenv("LPM_REACTOR_BACKEND", b.rawValue, 1)
+}
+guard let job = args.first else { usage() }
+let countArg = args.count > 1 ? Int(args[1]) : nil
+if args.count > 1 && countArg == nil { usage() }
+
+func emit(_ name: String, _ value: Double, _ unit: String) {
+    print(Figure(name, value, unit).line)
+    fflush(stdout)
+}
+
+/// Which backend a reactor made with `choice` gets here.
+func backendOf(_ choice: Reactor.BackendChoice) throws -> String {
+    let r = try Reactor(backend: choice)
+    defer { r.close() }
+    return r.backendKind.rawValue
+}
+
+/// The supervisor's backend: `--backend`, else the configuration's default.
+func supervisorTag() throws -> String {
+    if let backend { return backend.rawValue }
+    return try backendOf(SupervisorConfiguration(workerPath: "/bin/true").backend)
+}
+
+@Sendable func warmCount(_ n: Int) -> Int { min(max(n / 10, 1000), 10_000) }
+
+func timed(_ body: () throws -> Void) rethrows -> UInt64 {
+    let t0 = monotonicNanoseconds()
+    try body()
+    return monotonicNanoseconds() - t0
+}
+
+/// Runs an async body from this (main) thread and waits for it.
+func blocking(_ body: @escaping @Sendable () async throws -> Void) throws {
+    let done = Semaphore()
+    let failure = ErrorBox()
+    Task.detached {
+        do { try await body() } catch { failure.set("\(error)") }
+        done.signal()
+    }
+    done.wait()
+    if let e = failure.get() { throw BenchError(e) }
+}
+
+final class ErrorBox: @unchecked Sendable {
+    // @unchecked: written once by the task before it signals, read after the wait.
+    private var value: String?
+    func set(_ v: String) { value = v }
+    func get() -> String? { value }
+}
+
+do {
+    switch job {
+    case "info":
+        // The backends chosen by default here (no LPM_REACTOR_BACKEND, no --backend).
+        print("reactor_automatic=\(try backendOf(.automatic)) supervisor_default=\(try backendOf(SupervisorConfiguration(workerPath: "/bin/true").backend))")
+
+    case "timer-churn":
+        let n = countArg ?? 1_000_000
+        let churn = try TimerChurn(live: 1000)
+        try churn.run(warmCount(n))
+        let ns = try timed { try churn.run(n) }
+        churn.close()
+        emit("reactor_timer_schedule_cancel_\(churn.backend.rawValue)", Double(ns) / Double(n), "ns/op")
+
+    case "execute-hop":
+        let n = countArg ?? 100_000
+        let hop = try ExecuteHop()
+        hop.roundTrips(warmCount(n))
+        let ns = timed { hop.roundTrips(n) }
+        hop.close()
+        emit("reactor_execute_hop_rt_\(hop.backend.rawValue)", Double(ns) / Double(n), "ns/rt")
+
+    case "execute-burst":
+        let n = countArg ?? 1_000_000
+        let hop = try ExecuteHop()
+        hop.burst(warmCount(n))
+        let ns = timed { hop.burst(n) }
+        hop.close()
+        emit("reactor_execute_burst_\(hop.backend.rawValue)", Double(n) / (Double(ns) / 1e9), "jobs/s")
+
+    case "reactor-pingpong", "reactor-pingpong-thread":
+        let n = countArg ?? 100_000
+        let thread = job == "reactor-pingpong-thread"
+        let driver = try RawDriver(peers: 1, inFlight: 1, kind: thread ? .thread : .processes(workerPath: try benchWorkerPath()), backend: backend)
+        try driver.run(warmCount(n))
+        let ns = try timed { try driver.run(n) }
+        driver.close()
+        emit("reactor_pingpong_\(thread ? "threads" : "processes")_64B_\(driver.backend.rawValue)", Double(ns) / Double(n), "ns/rt")
+
+    case "reactor-echo":
+        let n = countArg ?? 10_000_000
+        let driver = try RawDriver(peers: 2, inFlight: 256, kind: .processes(workerPath: try benchWorkerPath()), backend: backend)
+        try driver.run(min(n, 100_000))
+        let ns = try timed { try driver.run(n) }
+        driver.close()
+        emit("reactor_echo_batched_2x256x64B_\(driver.backend.rawValue)", Double(n) / (Double(ns) / 1e9), "msg/s")
+
+    case "rt-async", "rt-handler", "rt-chained":
+        let tag = try supervisorTag()
+        let n = countArg ?? 100_000
+        let pool = try Pool(workerPath: try benchWorkerPath(), count: 1)
+        let self0 = ProcessFigures.usage()
+        var ns: UInt64 = 0
+        switch job {
+        case "rt-async":
+            try blocking { try await pool.roundTripsAsync(warmCount(n)) }
+            let t0 = monotonicNanoseconds()
+            try blocking { try await pool.roundTripsAsync(n) }
+            ns = monotonicNanoseconds() - t0
+        case "rt-handler":
+            try pool.roundTripsHandler(warmCount(n))
+            ns = try timed { try pool.roundTripsHandler(n) }
+        default:
+            try pool.roundTripsChained(warmCount(n))
+            ns = try timed { try pool.roundTripsChained(n) }
+        }
+        let self1 = ProcessFigures.usage()
+        pool.stop()
+        let api = job.dropFirst(3)
+        emit("lpm_rt_\(api)_64B_\(tag)", Double(ns) / Double(n), "ns/rt")
+        let total = Double(n + warmCount(n))
+        emit("lpm_rt_\(api)_supervisor_cpu_\(tag)", Double((self1 - self0).cpuNs) / total, "ns/rt")
+        emit("lpm_rt_\(api)_supervisor_csw_\(tag)", Double((self1 - self0).voluntarySwitches + (self1 - self0).involuntarySwitches) / total, "switches/rt")
+
+    case "burst", "burst-async", "burst-batched":
+        let tag = try supervisorTag()
+        let n = countArg ?? 1_000_000
+        let pool = try Pool(workerPath: try benchWorkerPath(), count: 2, maxInFlight: 256)
+        let warm = min(n, 20_000)
+        func once(_ k: Int) throws {
+            switch job {
+            case "burst-async": try blocking { try await pool.burstAsync(k) }
+            case "burst-batched": try pool.burstBatched(k)
+            default: try pool.burstHandler(k)
+            }
+        }
+        try once(warm)
+        let self0 = ProcessFigures.usage()
+        let children0 = ProcessFigures.usage(children: true)
+        let t0 = monotonicNanoseconds()
+        try once(n)
+        let ns = monotonicNanoseconds() - t0
+        let self1 = ProcessFigures.usage()
+        pool.stop()
+        // The workers are reaped now: their CPU time shows in RUSAGE_CHILDREN (warm-up included).
+        let children1 = ProcessFigures.usage(children: true)
+        let name = ["burst-async": "lpm_burst_async_2w", "burst-batched": "lpm_burst_batched_2w"][job] ?? "lpm_burst_2w"
+        emit("\(name)_\(tag)", Double(n) / (Double(ns) / 1e9), "req/s")
+        emit("\(name)_supervisor_cpu_\(tag)", Double((self1 - self0).cpuNs) / Double(n), "ns/req")
+        emit("\(name)_workers_cpu_\(tag)", Double((children1 - children0).cpuNs) / Double(n + warm), "ns/req")
+
+    case "allocs":
+        // Heap allocations per request on both sides, with Tools/malloc_count.so preloaded.
+        let n = countArg ?? 20_000
+        guard MallocCounter.function != nil else { throw BenchError("allocs needs LD_PRELOAD=malloc_count.so (Tools/malloc_count.c)") }
+        setenv("LPM_COUNT_MALLOCS", "1", 1)
+        let pool = try Pool(workerPath: try benchWorkerPath(), count: 1)
+        let warm = min(n, 2000)
+        try pool.roundTripsChained(warm)
+        try pool.roundTripsHandler(warm)
+        try blocking { try await pool.roundTripsAsync(warm) }
+        // What one query costs the worker (its count is read before its own answer is sent).
+        let w0 = try pool.workerMallocCount()
+        let w1 = try pool.workerMallocCount()
+        let query = w1 - w0
+        func supervisorSide(_ body: () throws -> Void) rethrows -> Double {
+            let a = MallocCounter.count()
+            try body()
+            return Double(MallocCounter.count() - a) / Double(n)
+        }
+        let wBefore = try pool.workerMallocCount()
+        let chained = try supervisorSide { try pool.roundTripsChained(n) }
+        let handler = try supervisorSide { try pool.roundTripsHandler(n) }
+        let async = try supervisorSide { try blocking { try await pool.roundTripsAsync(n) } }
+        let wAfter = try pool.workerMallocCount()
+        pool.stop()
+        emit("lpm_allocs_supervisor_rt_chained", chained, "allocs/req")
+        emit("lpm_allocs_supervisor_rt_handler", handler, "allocs/req")
+        emit("lpm_allocs_supervisor_rt_async", async, "allocs/req")
+        emit("lpm_allocs_worker_rt", Double(wAfter - wBefore - query) / Double(3 * n), "allocs/req")
+
+    case "crash":
+        let tag = try supervisorTag()
+        let n = countArg ?? 20
+        let pool = try Pool(workerPath: try benchWorkerPath(), count: 1)
+        _ = try pool.crashAndReplace()  // warm-up
+        var restarted: [UInt64] = [], online: [UInt64] = [], answered: [UInt64] = []
+        for _ in 0..<n {
+            let t = try pool.crashAndReplace()
+            restarted.append(t.restartedNs)
+            online.append(t.onlineNs)
+            answered.append(t.answeredNs)
+        }
+        pool.stop()
+        func mean(_ v: [UInt64]) -> Double { Double(v.reduce(0, +)) / Double(v.count) / 1000 }
+        func median(_ v: [UInt64]) -> Double { let s = v.sorted(); return Double(s[s.count / 2]) / 1000 }
+        emit("lpm_crash_to_restarted_\(tag)", mean(restarted), "us")
+        emit("lpm_crash_to_online_\(tag)", mean(online), "us")
+        emit("lpm_crash_to_first_answer_\(tag)", mean(answered), "us")
+        emit("lpm_crash_to_first_answer_median_\(tag)", median(answered), "us")
+
+    case "queued":
+        let tag = try supervisorTag()
+        let n = countArg ?? 1_000_000
+        let f = try queuedBeforeStart(workerPath: try benchWorkerPath(), n: n)
+        emit("lpm_queued_enqueue_\(tag)", f.enqueueNsPerRequest, "ns/req")
+        emit("lpm_queued_rss_\(tag)", f.rssBytesPerRequest, "B/req")
+        emit("lpm_queued_drain_\(tag)", f.drainSeconds, "s")
+        emit("lpm_queued_drain_rate_\(tag)", f.drainRate, "req/s")
+
+    case "many-workers":
+        let tag = try supervisorTag()
+        let n = countArg ?? 256
+        let f = try manyWorkers(workerPath: try benchWorkerPath(), count: n)
+        emit("lpm_\(n)_workers_online_\(tag)", f.onlineMs, "ms")
+        emit("lpm_\(n)_workers_one_request_each_\(tag)", f.requestsMs, "ms")
+        emit("lpm_\(n)_workers_distinct_answering", Double(f.distinctWorkers), "workers")
+        emit("lpm_\(n)_workers_softkill_\(tag)", f.stopMs, "ms")
+
+    default:
+        usage()
+    }
+    // Under Tools/malloc_count.so (except in `allocs`, which reports its own figures): this
+    // process's allocations in all, for differences between two sizes of a job.
+    if MallocCounter.function != nil && job != "allocs" {
+        emit("process_mallocs", Double(MallocCounter.count()), "allocs")
+    }
+} catch {
+    fputs("lpm-compare \(job): \(error)\n", stderr)
+    exit(1)
+}
