@@ -37,7 +37,8 @@ final class URingBackend: ReactorBackend {
     private static let removeTag = UInt64.max
 
     /// A live registration.
-    private struct Entry {
+    fileprivate struct Entry {
+        static let empty = Entry(fd: -1, mask: 0, edge: false, armed: false)
         var fd: CInt
         /// `POLLIN`/`POLLOUT`, always with `POLLRDHUP`.
         var mask: UInt32
@@ -48,10 +49,10 @@ final class URingBackend: ReactorBackend {
     }
 
     /// Live registrations by token. A completion whose token is missing is stale.
-    private var registrations: [UInt64: Entry] = [:]
+    private var registrations = TokenTable()
     /// The token registered for each descriptor, to take over a number that was closed without
     /// being deregistered and then reused.
-    private var tokenByFD: [CInt: UInt64] = [:]
+    private var tokenByFD = FDTable()
     /// Tokens whose request completed and that are armed again before the next wait (if they
     /// are still registered by then, and still not armed).
     private var rearm: [UInt64] = []
@@ -110,7 +111,7 @@ final class URingBackend: ReactorBackend {
             io_uring_prep_poll_add(s, e.fd, e.mask)
         }
         io_uring_sqe_set_data64(s, token)
-        registrations[token]?.armed = true
+        registrations.setArmed(token, true)
     }
 
     /// Forgets `token`; queues a poll-remove if its request is queued or in the kernel.
@@ -235,8 +236,61 @@ final class URingBackend: ReactorBackend {
         io_uring_queue_exit(ring)
         ring.deallocate()
         cqes.deallocate()
-        registrations.removeAll()
-        tokenByFD.removeAll()
+        registrations = TokenTable()
+        tokenByFD = FDTable()
         rearm.removeAll()
+    }
+}
+
+/// Registrations by token, in an array indexed by the token's slot index (its high 32 bits, the
+/// reactor's slot): no hashing and no allocation per lookup or update, unlike a dictionary
+/// (whose modify accessor allocated on every re-arm).
+private struct TokenTable {
+    private var slots: [(token: UInt64, entry: URingBackend.Entry)] = []
+
+    subscript(token: UInt64) -> URingBackend.Entry? {
+        get {
+            let i = Int(truncatingIfNeeded: token >> 32)
+            guard i < slots.count, slots[i].token == token else { return nil }
+            return slots[i].entry
+        }
+        set {
+            let i = Int(truncatingIfNeeded: token >> 32)
+            if let newValue {
+                if i >= slots.count {
+                    slots.append(contentsOf: repeatElement((token: UInt64.max, entry: URingBackend.Entry.empty), count: i + 1 - slots.count))
+                }
+                slots[i] = (token, newValue)
+            } else if i < slots.count, slots[i].token == token {
+                slots[i].token = .max
+            }
+        }
+    }
+
+    mutating func setArmed(_ token: UInt64, _ armed: Bool) {
+        let i = Int(truncatingIfNeeded: token >> 32)
+        if i < slots.count, slots[i].token == token { slots[i].entry.armed = armed }
+    }
+}
+
+/// The token registered for each descriptor number, in an array indexed by the number.
+private struct FDTable {
+    private var tokens: [UInt64] = []
+
+    subscript(fd: CInt) -> UInt64? {
+        get {
+            let i = Int(fd)
+            guard i >= 0, i < tokens.count, tokens[i] != .max else { return nil }
+            return tokens[i]
+        }
+        set {
+            let i = Int(fd)
+            guard i >= 0 else { return }
+            if i >= tokens.count {
+                guard newValue != nil else { return }
+                tokens.append(contentsOf: repeatElement(UInt64.max, count: i + 1 - tokens.count))
+            }
+            tokens[i] = newValue ?? .max
+        }
     }
 }
