@@ -119,7 +119,7 @@ public final class Channel {
 
     /// Queues a frame that carries `descriptor` (SCM_RIGHTS). The channel owns the descriptor
     /// from now on and closes it once sent (or when the channel closes).
-    public func send(_ type: FrameType, id: UInt64, flags: FrameFlags = [], passing descriptor: CInt, payload: some Collection<UInt8>) {
+    public func send(_ type: FrameType, id: UInt64, flags: FrameFlags = [], passing descriptor: CInt, payload: [UInt8]) {
         guard !isClosed else { FileDescriptor.closeRaw(descriptor); return }
         outgoingFDs.append((out.count, descriptor))
         out.appendFrame(type, flags: flags.union(.descriptor), id: id, payload: payload)
@@ -134,7 +134,7 @@ public final class Channel {
     }
 
     /// Queues a frame whose payload is `payload`.
-    public func send(_ type: FrameType, id: UInt64, payload: some Collection<UInt8>) {
+    public func send(_ type: FrameType, id: UInt64, payload: [UInt8]) {
         guard !isClosed else { return }
         out.appendFrame(type, id: id, payload: payload)
         markDirty()
