@@ -270,28 +270,33 @@ final class Core {
         requests[i].attempts += 1
         requests[i].worker = w.slot
         w.inFlight += 1
-        let r = requests[i]
-        if r.descriptor >= 0 {
+        // Fields are read one by one: copying the whole slot would retain and release its
+        // payload and completion for nothing.
+        let id = requests[i].id, createdAt = requests[i].createdAt
+        let descriptor = requests[i].descriptor
+        if descriptor >= 0 {
             // The descriptor travels with the frame and the channel closes our copy once sent:
             // the request cannot be sent again, so it gets no further attempt.
+            let isStream = requests[i].isStream
             var body: [UInt8] = []
-            body.reserveCapacity(24 + r.payload.count)
-            r.id.append(to: &body)
-            body.appendLittleEndian(r.createdAt)
-            body.append(contentsOf: r.payload)
-            w.channel.send(.request, id: wireID(index), flags: r.isStream ? .stream : [], passing: r.descriptor, payload: body)
+            body.reserveCapacity(24 + requests[i].payload.count)
+            id.append(to: &body)
+            body.appendLittleEndian(createdAt)
+            body.append(contentsOf: requests[i].payload)
+            w.channel.send(.request, id: wireID(index), flags: isStream ? .stream : [], passing: descriptor, payload: body)
             requests[i].descriptor = -1
             requests[i].maxAttempts = requests[i].attempts
-            if !r.isStream { w.sockets += 1 }
+            if !isStream { w.sockets += 1 }
         } else {
-            w.channel.send(.request, id: wireID(index), length: 24 + r.payload.count) { out in
-                r.id.append(to: &out)
-                out.appendLittleEndian(r.createdAt)
-                out.append(contentsOf: r.payload)
+            let payload = requests[i].payload
+            w.channel.send(.request, id: wireID(index), length: 24 + payload.count) { out in
+                id.append(to: &out)
+                out.appendLittleEndian(createdAt)
+                out.append(contentsOf: payload)
             }
         }
-        if let timeout = r.timeout {
-            let generation = r.generation, attempt = r.attempts
+        if let timeout = requests[i].timeout {
+            let generation = requests[i].generation, attempt = requests[i].attempts
             requests[i].timer = try? reactor.schedule(after: timeout) { [unowned self] in
                 self.timedOut(index, generation: generation, attempt: attempt)
             }
@@ -356,13 +361,13 @@ final class Core {
             }
             w.inFlight -= 1
             w.completed += 1
-            let r = requests[i]
+            let requestID = requests[i].id, createdAt = requests[i].createdAt, attempts = requests[i].attempts
             var stream: ResponseStream?
             if h.flags.contains(.stream) {
                 guard h.type == .response, let fd = w.channel.takeDescriptor() else {
                     return violation(w, "a streamed response without its descriptor")
                 }
-                let core = ResponseStreamCore(fd: fd, reactor: reactor, workerPID: w.pid, requestID: r.id)
+                let core = ResponseStreamCore(fd: fd, reactor: reactor, workerPID: w.pid, requestID: requestID)
                 w.streams[h.id] = core
                 stream = ResponseStream(core: core, reactor: reactor.handle)
             } else if h.flags.contains(.descriptor) {
@@ -371,10 +376,10 @@ final class Core {
             }
             if h.type == .error {
                 complete(index, .failure(SupervisorError(.workerError, String(decoding: payload, as: UTF8.self),
-                                                         requestID: r.id, workerPID: w.pid, attempts: r.attempts)))
+                                                         requestID: requestID, workerPID: w.pid, attempts: attempts)))
             } else {
-                complete(index, .success(Response(data: Array(payload), id: r.id, createdAt: r.createdAt, stream: stream,
-                                                  workerPID: w.pid, attempts: r.attempts)))
+                complete(index, .success(Response(data: Array(payload), id: requestID, createdAt: createdAt, stream: stream,
+                                                  workerPID: w.pid, attempts: attempts)))
             }
             pump()
         case .ready:
