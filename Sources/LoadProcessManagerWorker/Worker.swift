@@ -232,7 +232,14 @@ public final class Worker {
         guard !request.answered, inFlight[request.wireID] != nil else { return }
         request.answered = true
         inFlight[request.wireID] = nil
-        channel.send(type, id: request.wireID, payload: data)
+        if data.count > channel.maxPayload {
+            // The supervisor would take a frame this large as a protocol violation and kill this
+            // worker: fail the request instead, saying why.
+            let message = "the response of \(data.count) bytes exceeds the largest frame (\(channel.maxPayload) bytes)"
+            channel.send(.error, id: request.wireID, payload: Array(message.utf8))
+        } else {
+            channel.send(type, id: request.wireID, payload: data)
+        }
         if softKillRequested { maybeFinishSoftKill() }
     }
 

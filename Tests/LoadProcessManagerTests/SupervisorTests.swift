@@ -258,7 +258,7 @@ struct SupervisorTests {
         await s.softKill()
     }
 
-    @Test("oversized payloads: refused at enqueue; a worker sending one is a violation")
+    @Test("oversized payloads: refused at enqueue; the worker runtime refuses to send one")
     func oversized() async throws {
         var c = testConfig("big", count: 1, env: ["LPM_TEST_SIZE": "5000"])
         c.maxPayload = 4096
@@ -267,9 +267,24 @@ struct SupervisorTests {
             #expect(error.code == .payloadTooLarge)
         }
         do { _ = try await s.enqueue("small"); Issue.record("answered") } catch {
+            #expect(error.code == .workerError)
+            #expect(error.message.contains("5000 bytes"))
+        }
+        #expect(log.count(isViolation) == 0)
+        await s.hardKill()
+    }
+
+    @Test("a frame header announcing more than the limit is a violation; the worker is replaced")
+    func oversizedHeader() async throws {
+        var c = testConfig("oversize-header", count: 1)
+        c.maxPayload = 4096
+        let (s, log) = try await startOnline(c)
+        do { _ = try await s.enqueue("x"); Issue.record("answered") } catch {
             #expect(error.code == .protocolViolation)
+            #expect(error.message.contains("exceeds the limit"))
         }
         #expect(log.count(isViolation) == 1)
+        #expect(await log.wait(isRestart))
         await s.hardKill()
     }
 

@@ -49,6 +49,10 @@ worker.onRequest { request in
     case "garbage":
         var junk: [UInt8] = [0xDE, 0xAD, 0xBE, 0xEF, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
         _ = write(3, &junk, junk.count)
+    case "oversize-header":
+        // A header announcing 16 MiB, more than the supervisor accepts in this test.
+        var header: [UInt8] = [0x4C, 1, 4, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+        _ = write(3, &header, header.count)
     case "lie":
         request.respond(request.data)
         // A response to an id that was never sent (a different slot and generation).
