@@ -258,3 +258,29 @@ public final class FrameDecoder {
         throw ProtocolViolation(reason)
     }
 }
+
+/// The payload of `event` and `broadcast` frames: u16 name length, the UTF-8 name, the data.
+public enum EventPayload {
+    /// Encodes an event's name and data. A name longer than 65,535 UTF-8 bytes is cut there.
+    public static func encode(name: String, data: [UInt8]) -> [UInt8] {
+        var body: [UInt8] = []
+        var name = name
+        name.withUTF8 { n in
+            let count = min(n.count, Int(UInt16.max))
+            body.reserveCapacity(2 + count + data.count)
+            body.appendLittleEndian(UInt16(count))
+            body.append(contentsOf: UnsafeBufferPointer(rebasing: n[..<count]))
+        }
+        body.append(contentsOf: data)
+        return body
+    }
+
+    /// Decodes an event's name and data; `nil` when the name runs past the payload.
+    public static func decode(_ payload: UnsafeRawBufferPointer) -> (name: String, data: [UInt8])? {
+        guard payload.count >= 2 else { return nil }
+        let n = Int(payload.readLittleEndian(at: 0, as: UInt16.self))
+        guard payload.count >= 2 + n else { return nil }
+        let name = String(decoding: UnsafeRawBufferPointer(rebasing: payload[2..<2 + n]), as: UTF8.self)
+        return (name, Array(UnsafeRawBufferPointer(rebasing: payload[(2 + n)...])))
+    }
+}

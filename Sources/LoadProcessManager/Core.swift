@@ -391,11 +391,7 @@ final class Core {
         case .busy:
             if w.state == .ready || w.state == .starting { w.state = .busy }
         case .event:
-            guard payload.count >= 2 else { return violation(w, "event frame shorter than its name length") }
-            let n = Int(payload.readLittleEndian(at: 0, as: UInt16.self))
-            guard payload.count >= 2 + n else { return violation(w, "event name runs past the frame") }
-            let name = String(decoding: UnsafeRawBufferPointer(rebasing: payload[2..<2 + n]), as: UTF8.self)
-            let data = Array(UnsafeRawBufferPointer(rebasing: payload[(2 + n)...]))
+            guard let (name, data) = EventPayload.decode(payload) else { return violation(w, "malformed event frame: the name runs past the payload") }
             let handle = reactor.handle
             let box = UnsafeSendableBox(self)
             let replyID = h.id, pid = w.pid, slot = w.slot
@@ -637,14 +633,7 @@ final class Core {
             id = nextEventID
             pendingReplies[id] = (w.pid, reply)
         }
-        var body: [UInt8] = []
-        var name = name
-        name.withUTF8 { n in
-            body.appendLittleEndian(UInt16(n.count))
-            body.append(contentsOf: n)
-        }
-        body.append(contentsOf: data)
-        w.channel.send(.event, id: id, payload: body)
+        w.channel.send(.event, id: id, payload: EventPayload.encode(name: name, data: data))
     }
 
     /// Fails the replies awaited from `pid` (all of them with `nil`).
@@ -660,13 +649,7 @@ final class Core {
     /// Sends an event to every worker; with `descriptor`, each gets its own copy of it (a
     /// listening socket, say) and the supervisor's copy is closed.
     func broadcast(_ name: String, _ data: [UInt8], descriptor: CInt = -1) {
-        var body: [UInt8] = []
-        var name = name
-        name.withUTF8 { n in
-            body.appendLittleEndian(UInt16(n.count))
-            body.append(contentsOf: n)
-        }
-        body.append(contentsOf: data)
+        let body = EventPayload.encode(name: name, data: data)
         for s in slots {
             guard let w = s.process, w.state != .stopping else { continue }
             if descriptor >= 0, let copy = try? Sys.duplicate(descriptor).release() {

@@ -135,18 +135,7 @@ public final class Worker {
             id = nextEventID
             pendingReplies[id] = reply
         }
-        Worker.sendEvent(channel, .event, id: id, name: name, data: data)
-    }
-
-    static func sendEvent(_ channel: Channel, _ type: FrameType, id: UInt64, name: String, data: [UInt8]) {
-        var name = name
-        name.withUTF8 { n in
-            channel.send(type, id: id, length: 2 + n.count + data.count) { out in
-                out.appendLittleEndian(UInt16(n.count))
-                out.append(contentsOf: n)
-                out.append(contentsOf: data)
-            }
-        }
+        channel.send(.event, id: id, payload: EventPayload.encode(name: name, data: data))
     }
 
     /// Runs the worker until the supervisor closes the channel or a kill ends it. Never returns.
@@ -178,7 +167,7 @@ public final class Worker {
             inFlight[h.id] = request
             requestHandler(request)
         case .event, .broadcast:
-            guard let (name, data) = Worker.decodeEvent(payload) else { return violation("malformed event frame") }
+            guard let (name, data) = EventPayload.decode(payload) else { return violation("malformed event frame") }
             var socket: CInt?
             if h.flags.contains(.descriptor) {
                 guard let fd = channel.takeDescriptor() else { return violation("an event announced a descriptor that did not arrive") }
@@ -212,14 +201,6 @@ public final class Worker {
         case .ready, .busy, .response, .ack, .error, .healthReport, .socketClosed, .streamEnd:
             violation("unexpected frame \(h.type) from the supervisor")
         }
-    }
-
-    static func decodeEvent(_ payload: UnsafeRawBufferPointer) -> (String, [UInt8])? {
-        guard payload.count >= 2 else { return nil }
-        let n = Int(payload.readLittleEndian(at: 0, as: UInt16.self))
-        guard payload.count >= 2 + n else { return nil }
-        let name = String(decoding: UnsafeRawBufferPointer(rebasing: payload[2..<2 + n]), as: UTF8.self)
-        return (name, Array(UnsafeRawBufferPointer(rebasing: payload[(2 + n)...])))
     }
 
     private func violation(_ reason: String) {
