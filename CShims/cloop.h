@@ -115,17 +115,6 @@ static inline int cloop_siginfo_si_status(const siginfo_t *_Nonnull info) { retu
 // Union field accessor.
 static inline pid_t cloop_siginfo_si_pid(const siginfo_t *_Nonnull info) { return info->si_pid; }
 
-// ---- wait status macros ----
-
-// Function-like macro.
-static inline int cloop_WIFEXITED(int status) { return WIFEXITED(status); }
-// Function-like macro.
-static inline int cloop_WEXITSTATUS(int status) { return WEXITSTATUS(status); }
-// Function-like macro.
-static inline int cloop_WIFSIGNALED(int status) { return WIFSIGNALED(status); }
-// Function-like macro.
-static inline int cloop_WTERMSIG(int status) { return WTERMSIG(status); }
-
 // ---- cmsg macros (SCM_RIGHTS) ----
 
 // Function-like macro.
