@@ -126,7 +126,9 @@ public final class Supervisor: Sendable {
             // runs no user code before its state is consistent.
             return core.enqueue(payload, options, .handler(completion))
         }
-        let ok = onLoop { core in core.enqueue(payload, options, .handler(completion)) }
+        // One closure for the hop (not one wrapped in another, as `onLoop` would): one allocation.
+        let box = self.box
+        let ok = reactor.execute { _ in box.core?.enqueue(payload, options, .handler(completion)) }
         if !ok { completion(.failure(SupervisorError(.shutDown, "the pool is stopped"))) }
     }
 
@@ -145,7 +147,8 @@ public final class Supervisor: Sendable {
     ///   `.queueFull`, `.shutDown`, `.noWorkers`, `.payloadTooLarge`, `.workerError`.
     public func enqueue(_ payload: [UInt8], options: RequestOptions = RequestOptions()) async throws(SupervisorError) -> Response {
         let result: Result<Response, SupervisorError> = await withUnsafeContinuation { c in
-            let ok = onLoop { core in core.enqueue(payload, options, .continuation(c)) }
+            let box = self.box
+            let ok = reactor.execute { _ in box.core?.enqueue(payload, options, .continuation(c)) }
             if !ok { c.resume(returning: .failure(SupervisorError(.shutDown, "the pool is stopped"))) }
         }
         return try result.get()
