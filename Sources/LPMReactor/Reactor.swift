@@ -169,6 +169,17 @@ public final class Reactor {
     private var isClosed = false
     private var wakeRegistration: Registration?
 
+    /// How long each iteration polls without blocking before it sleeps in the kernel; `nil` or
+    /// zero (the default): never. Polling trades CPU (the thread spins for up to this long
+    /// whenever it is idle) for lower wake-up latency when the peer runs on another CPU. Do not
+    /// use it when the peer shares this thread's CPU: the spin then only delays it.
+    /// `LPM_BUSY_POLL_US` sets it at creation.
+    public var busyPoll: Duration? {
+        get { busyPollNanoseconds > 0 ? .nanoseconds(busyPollNanoseconds) : nil }
+        set { busyPollNanoseconds = newValue.map { max(0, Reactor.nanoseconds($0)) } ?? 0 }
+    }
+    private var busyPollNanoseconds: Int64 = getenv("LPM_BUSY_POLL_US").flatMap { Int64(String(cString: $0)) }.map { $0 * 1000 } ?? 0
+
     /// The backend this reactor runs on.
     public var backendKind: Backend { backend.kind }
 
@@ -779,7 +790,24 @@ public final class Reactor {
             wait = min(wait ?? Int64.max, untilTimer)
         }
         events.removeAll(keepingCapacity: true)
-        do { try backend.wait(timeoutNanoseconds: wait, into: &events) } catch {
+        do {
+            if busyPollNanoseconds > 0 && wait != 0 {
+                // Poll without blocking for a while before sleeping: trades CPU for the wake-up
+                // latency of a blocking wait (large when the peer runs on another CPU).
+                let start = Sys.monotonicNanoseconds()
+                let limit = min(busyPollNanoseconds, wait ?? Int64.max)
+                repeat {
+                    try backend.wait(timeoutNanoseconds: 0, into: &events)
+                } while events.isEmpty && Sys.monotonicNanoseconds() &- start < limit
+                // (Jobs from other threads wake the eventfd, which is one of the polled descriptors.)
+                if events.isEmpty {
+                    let left = wait.map { max(0, $0 &- (Sys.monotonicNanoseconds() &- start)) }
+                    try backend.wait(timeoutNanoseconds: left, into: &events)
+                }
+            } else {
+                try backend.wait(timeoutNanoseconds: wait, into: &events)
+            }
+        } catch {
             throw ReactorError(.systemCall, "waiting for events failed", underlying: error)
         }
         var ran = 0

@@ -26,6 +26,10 @@ struct Spawner {
         env[Wire.channelEnvironmentKey] = "3"
         env[Wire.maxPayloadEnvironmentKey] = String(configuration.maxPayload)
         env["LPM_PARENT_PID"] = String(getpid())
+        if let poll = configuration.busyPoll {
+            let (seconds, attoseconds) = poll.components
+            env["LPM_BUSY_POLL_US"] = String(seconds * 1_000_000 + attoseconds / 1_000_000_000_000)
+        }
         envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
     }
 

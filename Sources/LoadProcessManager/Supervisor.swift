@@ -41,6 +41,7 @@ public final class Supervisor: Sendable {
         let box = CoreBox()
         self.box = box
         thread.handle.execute { reactor in
+            if let poll = configuration.busyPoll { reactor.busyPoll = poll }
             let core = Core(reactor: reactor, config: configuration)
             core.onStopped = { thread.handle.stop() }
             box.core = core

@@ -325,6 +325,27 @@ struct ReactorTests {
         finish(r, fdsBefore: fds)
     }
 
+    @Test("busy polling still delivers readiness, timers and jobs", arguments: availableBackends)
+    func busyPoll(_ backend: Reactor.Backend) throws {
+        let fds = openFDCount()
+        let r = try Reactor(backend: .only(backend))
+        r.busyPoll = .microseconds(200)
+        #expect(r.busyPoll == .microseconds(200))
+        let (rd, wr) = makePipe()
+        var reads = 0, fired = false, jobRan = false
+        let reg = try r.register(rd, interest: .readable) { _ in reads += drain(rd) }
+        try r.schedule(after: .milliseconds(5)) { fired = true }
+        r.execute { _ in jobRan = true }
+        writeByte(wr)
+        try run(r) { reads == 1 && fired && jobRan }
+        #expect(reads == 1 && fired && jobRan)
+        r.busyPoll = nil
+        #expect(r.busyPoll == nil)
+        try r.deregister(reg)
+        close(rd); close(wr)
+        finish(r, fdsBefore: fds)
+    }
+
     @Test("stop from another thread ends run()", arguments: availableBackends)
     func stopFromThread(_ backend: Reactor.Backend) throws {
         let fds = openFDCount()

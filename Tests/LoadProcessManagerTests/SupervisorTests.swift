@@ -142,6 +142,16 @@ struct SupervisorTests {
         #expect(all.filter { $0.error?.code == .shutDown }.count == 3)
     }
 
+    @Test("with busy polling on both sides, requests are answered")
+    func busyPollPool() async throws {
+        var c = testConfig()
+        c.busyPoll = .microseconds(50)
+        let (s, _) = try await startOnline(c)
+        for i in 0..<200 { #expect(try await s.enqueue("p\(i)").text == "p\(i)") }
+        await s.softKill()
+        #expect(hasNoChildren())
+    }
+
     @Test("ready() twice is harmless")
     func readyTwice() async throws {
         let (s, log) = try await startOnline(testConfig("ready-twice"))
