@@ -361,6 +361,11 @@ public final class Reactor {
 
     /// Stops watching a descriptor. Its handler is not called again, even for events already
     /// collected in this iteration. Safe to call from inside any callback, including its own.
+    ///
+    /// - Warning: On the io_uring backend the kernel keeps a reference to the file until the
+    ///   removal is submitted, with the next wait: a descriptor deregistered and closed is
+    ///   released (its peer sees end of file) only when the loop next runs. Do not deregister,
+    ///   close, and then block this thread waiting for the peer to notice.
     /// - Throws: ``ReactorError`` `.unknownRegistration` for a stale registration.
     public func deregister(_ registration: Registration) throws(ReactorError) {
         checkThread()
