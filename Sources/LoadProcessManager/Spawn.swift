@@ -40,7 +40,8 @@ struct Spawner {
 
     /// Spawns a worker; returns its pid and the supervisor's end of the channel (non-blocking).
     func spawn(cpu: Int?) throws(SyscallError) -> (pid: pid_t, channel: CInt) {
-        let pair = try Sys.socketpair()
+        // Non-blocking at birth (both ends; the worker's runtime wants its end non-blocking too).
+        let pair = try Sys.socketpair(flags: CInt(SOCK_NONBLOCK.rawValue))
         let parentEnd = pair.first, childEnd = pair.second
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -78,12 +79,6 @@ struct Spawner {
             cloop_CPU_ZERO(&set)
             cloop_CPU_SET(CInt(cpu), &set)
             _ = sched_setaffinity(pid, MemoryLayout<cpu_set_t>.size, &set)
-        }
-        do { try Sys.setNonBlocking(parentEnd.rawValue) } catch {
-            _ = kill(pid, SIGKILL)
-            _ = waitpid(pid, nil, 0)  // this pid only; never waitpid(-1)
-            parentEnd.close()
-            throw error
         }
         return (pid, parentEnd.release())
     }

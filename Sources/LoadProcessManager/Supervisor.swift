@@ -218,6 +218,10 @@ public final class Supervisor: Sendable {
     /// its own copy of the descriptor (`Request.stream` on the worker side) and reads it to end
     /// of file; the bytes never pass through the supervisor or the control channel. `fd` stays
     /// yours (the supervisor sends a duplicate). Not retried once sent.
+    ///
+    /// - Note: the duplicate shares `fd`'s open file description, so its file offset and status
+    ///   flags are shared too: the worker's runtime makes it non-blocking (`O_NONBLOCK`), which
+    ///   your `fd` then is as well. Pass a descriptor you do not read from yourself.
     public func enqueue(_ payload: [UInt8], stream fd: CInt, options: RequestOptions = RequestOptions(),
                         completion: @escaping @Sendable (Result<Response, SupervisorError>) -> Void) {
         let copy: CInt
@@ -251,7 +255,7 @@ public final class Supervisor: Sendable {
     public func enqueue<Chunks: AsyncSequence>(_ payload: [UInt8], stream chunks: Chunks, options: RequestOptions = RequestOptions()) async throws -> Response
     where Chunks.Element == [UInt8] {
         let pair: DescriptorPair
-        do { pair = try Sys.pipe() } catch { throw SupervisorError(.invalidArgument, "enqueue(stream:): \(error)") }
+        do { pair = try Sys.pipe(flags: O_NONBLOCK) } catch { throw SupervisorError(.invalidArgument, "enqueue(stream:): \(error)") }
         let readEnd = pair.first.release(), writeEnd = pair.second.release()
         let pump = StreamPump(writeEnd: writeEnd, reactor: reactor)
         async let answer: Result<Response, SupervisorError> = withUnsafeContinuation { c in

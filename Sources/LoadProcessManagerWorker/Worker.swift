@@ -228,7 +228,7 @@ public final class Worker {
     fileprivate func finishStreaming(_ request: Request, _ data: [UInt8]) -> OutputStream? {
         guard !request.answered, inFlight[request.wireID] != nil else { return nil }
         let pair: DescriptorPair
-        do { pair = try Sys.pipe() } catch {
+        do { pair = try Sys.pipe(flags: O_NONBLOCK) } catch {
             finish(request, .error, Array("could not create the response stream: \(error)".utf8))
             return nil
         }
