@@ -142,16 +142,10 @@ public final class Pool: Sendable {
     /// `n` requests handed over in one `enqueue(contentsOf:)` call (one hop); returns when all are
     /// answered.
     public func burstBatched(_ n: Int) throws {
-        let done = Semaphore()
-        let counter = Counter(n)
-        let failures = Tally()
+        let answers = Answers(n)
         let payloads = [[UInt8]](repeating: payload, count: n)
-        supervisor.enqueue(contentsOf: payloads) { _, result in
-            if case .failure = result { failures.add() }
-            if counter.decrement() { done.signal() }
-        }
-        guard done.wait(seconds: 600) else { throw BenchError("batched burst timed out with \(counter.current) left") }
-        if failures.value > 0 { throw BenchError("\(failures.value) requests failed") }
+        supervisor.enqueue(contentsOf: payloads) { _, result in answers.record(result) }
+        try answers.wait(seconds: 600, what: "batched burst")
     }
 
     // MARK: Bursts
@@ -159,16 +153,10 @@ public final class Pool: Sendable {
     /// `n` requests enqueued at once from this thread (completion-handler API); returns when all
     /// are answered.
     public func burstHandler(_ n: Int) throws {
-        let done = Semaphore()
-        let counter = Counter(n)
-        let failures = Tally()
-        let completion: @Sendable (Result<Response, SupervisorError>) -> Void = { result in
-            if case .failure = result { failures.add() }
-            if counter.decrement() { done.signal() }
-        }
+        let answers = Answers(n)
+        let completion = answers.completion
         for _ in 0..<n { supervisor.enqueue(payload, completion: completion) }
-        guard done.wait(seconds: 600) else { throw BenchError("burst timed out with \(counter.current) left") }
-        if failures.value > 0 { throw BenchError("\(failures.value) requests failed") }
+        try answers.wait(seconds: 600, what: "burst")
     }
 
     /// `n` requests through the async API from `tasks` concurrent tasks (each awaits its answers
@@ -320,13 +308,8 @@ public func queuedBeforeStart(workerPath: String, n: Int, workers: Int = 2, maxI
     barrier.wait()
     let rss0 = ProcessFigures.residentBytes()
 
-    let done = Semaphore()
-    let counter = Counter(n)
-    let failures = Tally()
-    let completion: @Sendable (Result<Response, SupervisorError>) -> Void = { result in
-        if case .failure = result { failures.add() }
-        if counter.decrement() { done.signal() }
-    }
+    let answers = Answers(n)
+    let completion = answers.completion
     let t0 = monotonicNanoseconds()
     for _ in 0..<n { supervisor.enqueue(payload, completion: completion) }
     supervisor.health { _ in barrier.signal() }  // runs after every enqueue above
@@ -335,10 +318,9 @@ public func queuedBeforeStart(workerPath: String, n: Int, workers: Int = 2, maxI
     let rss1 = ProcessFigures.residentBytes()
 
     supervisor.start()
-    guard done.wait(seconds: 1200) else { throw BenchError("queued requests not drained: \(counter.current) left") }
+    do { try answers.wait(seconds: 1200, what: "queued requests") } catch { pool.stop(); throw error }
     let t2 = monotonicNanoseconds()
     pool.stop()
-    if failures.value > 0 { throw BenchError("\(failures.value) queued requests failed") }
     let drain = Double(t2 - t1) / 1e9
     return QueuedFigures(enqueueNsPerRequest: Double(t1 - t0) / Double(n),
                          rssBytesPerRequest: Double(rss1 - rss0) / Double(n),
@@ -379,4 +361,28 @@ public func manyWorkers(workerPath: String, count: Int) throws -> ManyWorkersFig
     let t3 = monotonicNanoseconds()
     return ManyWorkersFigures(onlineMs: Double(t1 - t0) / 1e6, requestsMs: Double(t2 - t1) / 1e6,
                               distinctWorkers: pids.withLock { $0.count }, stopMs: Double(t3 - t2) / 1e6)
+}
+
+/// Counts `n` answers down: failures are tallied, and `wait` returns once all have arrived.
+final class Answers: Sendable {
+    private let done = Semaphore()
+    private let left: Counter
+    private let failures = Tally()
+
+    init(_ n: Int) { left = Counter(n) }
+
+    /// Records one answer (any thread).
+    func record(_ result: Result<Response, SupervisorError>) {
+        if case .failure = result { failures.add() }
+        if left.decrement() { done.signal() }
+    }
+
+    /// A completion handler that records its answer.
+    var completion: @Sendable (Result<Response, SupervisorError>) -> Void { { self.record($0) } }
+
+    /// Waits for every answer; throws if they do not all come in time, or if any failed.
+    func wait(seconds: Double, what: String) throws {
+        guard done.wait(seconds: seconds) else { throw BenchError("\(what) timed out with \(left.current) left") }
+        if failures.value > 0 { throw BenchError("\(failures.value) of the \(what) failed") }
+    }
 }
