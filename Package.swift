@@ -48,7 +48,7 @@ let package = Package(
         .target(name: "LPMTestSupport", path: "Tests/Helpers/TestSupport", swiftSettings: strict),
         .executableTarget(name: "lpm-test-worker", dependencies: ["LoadProcessManagerWorker", "LPMWire", "LPMTestSupport"], path: "Tests/Helpers/TestWorker", swiftSettings: strict),
 
-        .testTarget(name: "LPMReactorTests", dependencies: ["LPMReactor", "CLoop"], swiftSettings: strict),
+        .testTarget(name: "LPMReactorTests", dependencies: ["LPMReactor", "CLoop", "LPMTestSupport"], swiftSettings: strict),
         .testTarget(name: "LPMWireTests", dependencies: ["LPMWire"], swiftSettings: strict),
         .testTarget(
             name: "LoadProcessManagerTests",

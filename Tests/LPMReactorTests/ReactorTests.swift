@@ -1,3 +1,4 @@
+import LPMTestSupport
 import CLoop
 import Glibc
 import LPMReactor

@@ -1,6 +1,7 @@
 import CLoop
 import Glibc
 import LPMReactor
+import LPMTestSupport
 import Synchronization
 import Testing
 
@@ -16,15 +17,6 @@ let availableBackends: [Reactor.Backend] = {
     }
     return result
 }()
-
-/// How many descriptors this process has open (entries of /proc/self/fd, less the one used to list).
-func openFDCount() -> Int {
-    guard let dir = opendir("/proc/self/fd") else { return -1 }
-    var n = 0
-    while readdir(dir) != nil { n += 1 }
-    closedir(dir)
-    return n - 3  // ".", ".." and the directory's own descriptor
-}
 
 func makePipe() -> (CInt, CInt) {
     var fds: [CInt] = [-1, -1]

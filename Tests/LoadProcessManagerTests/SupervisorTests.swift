@@ -1,3 +1,4 @@
+import LPMTestSupport
 import Glibc
 import LoadProcessManager
 import LPMReactor

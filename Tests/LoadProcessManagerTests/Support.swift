@@ -1,6 +1,7 @@
 import Glibc
 import LoadProcessManager
 import LPMReactor
+import LPMTestSupport
 import Synchronization
 import Testing
 
@@ -19,22 +20,6 @@ func testConfig(_ mode: String = "echo", count: Int = 2, env: [String: String] =
     c.count = count
     c.handleSIGINT = false
     return c
-}
-
-func openFDCount() -> Int {
-    guard let dir = opendir("/proc/self/fd") else { return -1 }
-    var n = 0
-    while readdir(dir) != nil { n += 1 }
-    closedir(dir)
-    return n - 3
-}
-
-func threadCount() -> Int {
-    guard let dir = opendir("/proc/self/task") else { return -1 }
-    var n = 0
-    while readdir(dir) != nil { n += 1 }
-    closedir(dir)
-    return n - 2
 }
 
 /// True when this process has no child at all, live or zombie.
