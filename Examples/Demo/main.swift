@@ -28,10 +28,10 @@ let supervisor = Supervisor(configuration, reactor: reactor)
 supervisor.onSIGINT {
     print("SIGINT received through supervisor")
     // supervisor.hardKill()  // would kill the workers without waiting for their requests
-    supervisor.softKill {
+    supervisor.softKill(completion: {
         print("soft kill done")
         exit(0)
-    }
+    })
 }
 
 supervisor.onEvent { event in
@@ -52,10 +52,10 @@ supervisor.onEvent { event in
                     for h in workers { print("worker \(h.pid): rss \(h.rss / 1024) KiB, \(h.completed) answered") }
                 }
                 if exitWhenDone {
-                    supervisor.softKill {
+                    supervisor.softKill(completion: {
                         print("soft kill done")
                         exit(0)
-                    }
+                    })
                 } else {
                     print("Press Ctrl-C to soft-kill the pool.")
                 }
@@ -64,5 +64,7 @@ supervisor.onEvent { event in
     }
 }
 
-supervisor.start()
+supervisor.start(completion: { error in
+    if let error { print("could not start: \(error)"); exit(1) }
+})
 try reactor.run()

@@ -8,6 +8,7 @@
 import CLoop
 import Glibc
 import LoadProcessManager
+import LPMReactor
 
 func siblingExecutable(_ name: String) -> String {
     var buffer = [CChar](repeating: 0, count: 4096)
@@ -71,10 +72,12 @@ supervisor.onSIGINT {
         try? reactor.deregister(acceptRegistration)
         close(listener)
     }
-    supervisor.softKill {
+    supervisor.softKill(completion: {
         print("served \(stats.served) connections (\(stats.failed) failed); soft kill done")
         exit(0)
-    }
+    })
 }
-supervisor.start()
+supervisor.start(completion: { error in
+    if let error { print("could not start: \(error)"); exit(1) }
+})
 try reactor.run()

@@ -9,7 +9,7 @@ extension Supervisor {
     /// Queues `value` encoded as JSON and waits for the answer.
     /// - Throws: `EncodingError`, or ``SupervisorError``.
     public func enqueue<Value: Encodable>(json value: Value, options: RequestOptions = RequestOptions(),
-                                          encoder: JSONEncoder = JSONEncoder()) async throws -> Response {
+                                          encoder: JSONEncoder = JSONEncoder()) async throws -> WorkerResponse {
         try await enqueue(Array(encoder.encode(value)), options: options)
     }
 
@@ -25,7 +25,7 @@ extension Supervisor {
     }
 }
 
-extension Response {
+extension WorkerResponse {
     /// The data decoded from JSON.
     public func decode<T: Decodable>(_ type: T.Type, decoder: JSONDecoder = JSONDecoder()) throws -> T {
         try decoder.decode(type, from: Data(data))

@@ -27,7 +27,7 @@ struct SupervisorSignalTests {
             c.count = 2
             let s = try Supervisor(c)
             let log = EventLog(s)
-            s.onSIGINT { s.softKill { if hasNoChildren() { exit(0) } else { exit(3) } } }
+            s.onSIGINT { s.softKill(completion: { if hasNoChildren() { exit(0) } else { exit(3) } }) }
             try await s.start()
             guard await log.wait(isOnline) else { exit(1) }
             async let answer = s.enqueue("in flight during SIGINT")

@@ -63,7 +63,7 @@ struct SupervisorTests {
         c.retries = 2
         let (s, log) = try await startOnline(c)
         let victim = await s.health()[0].pid
-        let results = Mutex<[Result<Response, SupervisorError>]>([])
+        let results = Mutex<[Result<WorkerResponse, SupervisorError>]>([])
         for i in 0..<8 { s.enqueue([UInt8(i)]) { r in results.withLock { $0.append(r) } } }
         try await Task.sleep(for: .milliseconds(100))
         kill(victim, SIGKILL)
@@ -128,7 +128,7 @@ struct SupervisorTests {
         while await !s.health().allSatisfy({ $0.state == .busy }) && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(10))
         }
-        let results = Mutex<[Result<Response, SupervisorError>]>([])
+        let results = Mutex<[Result<WorkerResponse, SupervisorError>]>([])
         for _ in 0..<4 { s.enqueue([1]) { r in results.withLock { $0.append(r) } } }
         try await Task.sleep(for: .milliseconds(300))
         let health = await s.health()
@@ -205,7 +205,7 @@ struct SupervisorTests {
     @Test("softKill with requests in flight answers every one, then refuses new ones")
     func softKillDrains() async throws {
         let (s, _) = try await startOnline(testConfig("slow", env: ["LPM_TEST_DELAY_MS": "200"]))
-        let results = Mutex<[Result<Response, SupervisorError>]>([])
+        let results = Mutex<[Result<WorkerResponse, SupervisorError>]>([])
         for i in 0..<200 { s.enqueue([UInt8(i)]) { r in results.withLock { $0.append(r) } } }
         await s.softKill()
         let all = results.withLock { $0 }
@@ -357,7 +357,7 @@ struct SupervisorThreadTests {
         let s = Supervisor(c, reactor: reactor)
         final class Box: @unchecked Sendable { var answered = 0; var stopped = false }  // reactor thread only
         let box = Box()
-        s.start()
+        s.start(completion: { _ in })
         for i in 0..<1000 { s.enqueue([UInt8(i & 0xFF)]) { r in if case .success = r { box.answered += 1 } } }
         let deadline = ContinuousClock.now + .seconds(30)
         while box.answered < 1000 && ContinuousClock.now < deadline { try reactor.runOnce(timeout: .milliseconds(10)) }

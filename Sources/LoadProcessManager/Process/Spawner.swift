@@ -38,6 +38,13 @@ struct Spawner {
         envp.forEach { Glibc.free($0) }
     }
 
+    /// Kills `pid` (SIGKILL) and reaps it, waiting: for a child that could not be watched.
+    func killAndReap(_ pid: pid_t) {
+        _ = kill(pid, SIGKILL)
+        var status: CInt = 0
+        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+    }
+
     /// Spawns a worker; returns its pid and the supervisor's end of the channel (non-blocking).
     func spawn(cpu: Int?) throws(SyscallError) -> (pid: pid_t, channel: CInt) {
         // Non-blocking at birth (both ends; the worker's runtime wants its end non-blocking too).

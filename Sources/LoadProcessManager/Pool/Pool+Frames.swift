@@ -1,0 +1,145 @@
+import Glibc
+import LPMReactor
+import LPMWire
+
+extension Pool {
+    /// A frame from worker `w`. Anything a worker may not send, or sends malformed, is a
+    /// protocol violation: the worker is killed, its requests retried or failed on its exit.
+    func frame(_ w: WorkerProcess, _ h: FrameHeader, _ payload: UnsafeRawBufferPointer) {
+        switch h.type {
+        case .response, .ack, .error:
+            answered(w, h, payload)
+        case .ready:
+            apply(w.lifecycle.handle(.readyFrame), to: w)
+        case .busy:
+            _ = w.lifecycle.handle(.busyFrame)
+        case .event:
+            guard let (name, data) = EventPayload.decode(payload) else {
+                return violation(w, "malformed event frame: the name runs past the payload")
+            }
+            outbox.push(.workerEvent(workerEvent(name: name, data: data, replyID: h.id, from: w)))
+        case .healthReport:
+            guard let report = HealthReport.decode(payload) else {
+                return violation(w, "health report shorter than \(HealthReport.size) bytes")
+            }
+            w.heapTotal = Int(truncatingIfNeeded: report.heapTotal)
+            w.heapUsed = Int(truncatingIfNeeded: report.heapUsed)
+        case .ping:
+            w.channel.send(.pong, id: h.id)
+        case .pong:
+            break
+        case .eventReply:
+            guard let entry = pendingReplies[h.id], entry.pid == w.pid else { return }
+            pendingReplies[h.id] = nil
+            outbox.push(.reply(entry.handler, .success(Array(payload))))
+        case .socketClosed:
+            if w.sockets > 0 { w.sockets -= 1 }
+            pump()
+        case .streamEnd:
+            guard let end = StreamEnd.decode(payload) else {
+                return violation(w, "streamEnd shorter than \(StreamEnd.size) bytes")
+            }
+            guard let core = w.streams.removeValue(forKey: h.id) else { return }
+            core.markEnd(count: Int(truncatingIfNeeded: end.count), ok: end.ok)
+            pump()
+        case .request, .broadcast, .healthRequest, .softKill, .hardKill, .cancel:
+            violation(w, "a worker may not send \(h.type) frames")
+        }
+    }
+
+    /// A response, an acknowledgement or an error for a request.
+    private func answered(_ w: WorkerProcess, _ h: FrameHeader, _ payload: UnsafeRawBufferPointer) {
+        let index: UInt32
+        switch table.lookup(wireID: h.id, from: w.slot) {
+        case .pending(let i): index = i
+        case .late: return  // timed out, retried elsewhere, or finished: dropped
+        case .unknown: return violation(w, "answered request \(h.id), which was never sent")
+        case .elsewhere: return violation(w, "answered request \(h.id), which is not on this worker")
+        }
+        var stream: ResponseStream?
+        if h.flags.contains(.stream) {
+            guard h.type == .response, let fd = w.channel.takeDescriptor() else {
+                return violation(w, "a streamed response without its descriptor")
+            }
+            let core = ResponseStreamCore(fd: fd, reactor: reactor, workerPID: w.pid, requestID: table[index].id)
+            w.streams[h.id] = core
+            stream = ResponseStream(core: core, reactor: reactor.handle)
+        } else if h.flags.contains(.descriptor) {
+            if let fd = w.channel.takeDescriptor() { FileDescriptor.closeRaw(fd) }
+            return violation(w, "a response may carry a descriptor only as a stream")
+        }
+        w.inFlight -= 1
+        w.completed += 1
+        guard let f = table.finish(index) else { return }
+        release(f)
+        if h.type == .error {
+            answer(f.completion, .failure(SupervisorError(.workerError, String(decoding: payload, as: UTF8.self),
+                                                          requestID: f.id, workerPID: w.pid, attempts: f.attempts)))
+        } else {
+            answer(f.completion, .success(WorkerResponse(data: Array(payload), id: f.id, createdAt: f.createdAt, stream: stream,
+                                                   workerPID: w.pid, attempts: f.attempts)))
+        }
+        pump()
+    }
+
+    private func workerEvent(name: String, data: [UInt8], replyID: UInt64, from w: WorkerProcess) -> WorkerEvent {
+        let handle = reactor.handle
+        let box = UnsafeSendableBox(self)
+        let pid = w.pid, slot = w.slot
+        return WorkerEvent(name: name, data: data, pid: pid, wantsReply: replyID != 0) { reply in
+            guard replyID != 0 else { return }
+            handle.execute { _ in box.value.sendReply(slot: slot, pid: pid, id: replyID, data: reply) }
+        }
+    }
+
+    private func sendReply(slot: Int, pid: pid_t, id: UInt64, data: [UInt8]) {
+        guard let w = slots[slot].process, w.pid == pid else { return }
+        w.channel.send(.eventReply, id: id, payload: data)
+    }
+
+    /// Kills a worker that broke the protocol (once); its requests are retried or failed on exit.
+    func violation(_ w: WorkerProcess, _ reason: String) {
+        apply(w.lifecycle.handle(.violation(reason)), to: w)
+    }
+
+    func channelEnded(_ w: WorkerProcess, _ end: ChannelEnd) {
+        switch end {
+        case .violation(let v): violation(w, v.reason)
+        default: apply(w.lifecycle.handle(.channelClosed), to: w)
+        }
+    }
+
+    /// Carries out what a worker's lifecycle decided.
+    func apply(_ action: WorkerLifecycle.Action, to w: WorkerProcess) {
+        switch action {
+        case .none, .reap:
+            break
+        case .becameReady:
+            checkOnline()
+            pump()
+        case .sendSoftKill:
+            w.channel.send(.softKill)
+        case .killProcess:
+            killProcess(w)
+        case .reportViolationAndKill(let reason):
+            emit(.protocolViolation(slot: w.slot, pid: w.pid, reason: reason))
+            killProcess(w)
+        }
+    }
+
+    /// SIGKILL through the pidfd, and the channel closed; the exit arrives through the pidfd.
+    private func killProcess(_ w: WorkerProcess) {
+        if let watch = w.watch {
+            // Fails only for a process already reaped (ESRCH): then it is gone anyway.
+            try? reactor.signalChild(watch, SIGKILL)
+        }
+        w.channel.close()
+    }
+}
+
+/// Carries a reactor-thread object through `Sendable` plumbing back to the reactor thread.
+/// `@unchecked Sendable`: `value` is only dereferenced inside jobs run on the reactor thread.
+struct UnsafeSendableBox<T: AnyObject>: @unchecked Sendable {
+    let value: T
+    init(_ v: T) { value = v }
+}

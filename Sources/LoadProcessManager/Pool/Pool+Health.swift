@@ -1,0 +1,82 @@
+import Glibc
+import LPMReactor
+import LPMWire
+
+extension Pool {
+    // MARK: Health
+
+    /// On the health timer: RSS from statm, and a health request to each worker (its heap
+    /// figures come back in a health report).
+    func sampleHealth() {
+        healthSequence &+= 1
+        for s in slots {
+            guard let w = s.process else { continue }
+            w.sampleRSS()
+            w.channel.send(.healthRequest, id: healthSequence)
+        }
+    }
+
+    func health() -> [WorkerHealth] {
+        slots.enumerated().filter { $0.1.membership != .retired || $0.1.process != nil }.map { i, s in
+            let w = s.process
+            w?.sampleRSS()
+            return WorkerHealth(slot: i, pid: w?.pid ?? 0, rss: w?.rss ?? 0, heapTotal: w?.heapTotal ?? 0, heapUsed: w?.heapUsed ?? 0,
+                                inFlight: w?.inFlight ?? 0, completed: s.completedBefore + (w?.completed ?? 0),
+                                restarts: s.restarts, lastExit: s.lastExit, state: w?.lifecycle.publicState ?? .down)
+        }
+    }
+
+    func status() -> PoolStatus {
+        PoolStatus(queued: table.queuedCount, pending: table.pendingCount, workers: activeCount,
+                   ready: slots.reduce(0) { $0 + ($1.process?.lifecycle.acceptsWork == true ? 1 : 0) },
+                   isShutDown: phase != .idle && phase != .running)
+    }
+
+    // MARK: Events to workers
+
+    /// Sends a custom event to the worker `pid` (or, with `nil`, to the least-loaded ready
+    /// worker); `reply` gets the worker's reply, or an error if it exits first.
+    func emit(_ name: String, _ data: [UInt8], to pid: pid_t?, reply: ReplyHandler?) {
+        defer { deliver() }
+        let target: WorkerProcess?
+        if let pid {
+            target = slots.lazy.compactMap(\.process).first { $0.pid == pid && $0.lifecycle.isServing }
+        } else {
+            target = pickWorker().flatMap { slots[$0].process }
+        }
+        guard let w = target, phase == .running else {
+            if let reply {
+                outbox.push(.reply(reply, .failure(SupervisorError(
+                    .noWorkers, pid.map { "no running worker with pid \($0)" } ?? "no ready worker to send the event to"))))
+            }
+            return
+        }
+        var id: UInt64 = 0
+        if let reply {
+            nextEventID &+= 1
+            id = nextEventID
+            pendingReplies[id] = (w.pid, reply)
+        }
+        w.channel.send(.event, id: id, payload: EventPayload.encode(name: name, data: data))
+    }
+
+    /// Sends an event to every worker; with `descriptor`, each gets its own copy of it (a
+    /// listening socket, say) and the supervisor's copy is closed.
+    func broadcast(_ name: String, _ data: [UInt8], descriptor: CInt = -1) {
+        let body = EventPayload.encode(name: name, data: data)
+        for s in slots {
+            guard let w = s.process, w.lifecycle.isServing else { continue }
+            guard descriptor >= 0 else {
+                w.channel.send(.broadcast, id: 0, payload: body)
+                continue
+            }
+            do {
+                w.channel.send(.broadcast, id: 0, passing: try Sys.duplicate(descriptor).release(), payload: body)
+            } catch {
+                emit(.broadcastFailed(slot: s.process?.slot ?? 0, pid: w.pid, reason: "could not copy the descriptor: \(error)"))
+            }
+        }
+        if descriptor >= 0 { FileDescriptor.closeRaw(descriptor) }
+        deliver()
+    }
+}

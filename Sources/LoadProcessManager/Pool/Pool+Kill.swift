@@ -1,0 +1,140 @@
+import Glibc
+import LPMReactor
+import LPMWire
+
+extension Pool {
+    func sigint() {
+        if let handler = sigintHandler {
+            outbox.push(.call(handler))
+        } else {
+            // The default for SIGINT, as for a process without a handler: end the process.
+            hardKill { exit(130) }
+        }
+    }
+
+    /// Stops intake, lets every accepted request finish, tells each worker to finish, and
+    /// completes once every worker is reaped.
+    func softKill(_ done: @escaping @Sendable () -> Void) {
+        defer { deliver() }
+        switch phase {
+        case .stopped:
+            outbox.push(.call(done))
+        case .softKilling, .hardKilling:
+            killCompletions.append(done)
+        case .idle:
+            killCompletions.append(done)
+            phase = .softKilling
+            for index in table.takeQueued() {
+                fail(index, .shutDown, "the pool was shut down before it started")
+            }
+            finishKillIfDone()
+        case .running:
+            killCompletions.append(done)
+            phase = .softKilling
+            if let t = config.softKillTimeout {
+                do {
+                    softKillTimer = try reactor.schedule(after: t) { [unowned self] in
+                        self.softKillTimer = nil
+                        self.killAll()
+                        self.deliver()
+                    }
+                } catch {
+                    // A deadline that cannot be armed (negative): kill now rather than wait for ever.
+                    killAll()
+                }
+            }
+            advanceSoftKill()
+        }
+    }
+
+    /// Once every accepted request has gone to a worker, tells each worker to finish.
+    func advanceSoftKill() {
+        if table.queuedCount > 0 {
+            // Requests are still queued: a worker must remain to take them.
+            guard !slots.contains(where: { $0.process?.lifecycle.isServing ?? false }) else { return }
+            for index in table.takeQueued() {
+                fail(index, .shutDown, "no worker is left to take the request during the soft kill")
+            }
+        }
+        for s in slots {
+            guard let w = s.process else { continue }
+            apply(w.lifecycle.handle(.drain), to: w)
+        }
+        finishKillIfDone()
+    }
+
+    /// Kills every process now (the soft kill's deadline, or a hard kill).
+    private func killAll() {
+        for s in slots {
+            guard let w = s.process else { continue }
+            apply(w.lifecycle.handle(.kill), to: w)
+        }
+    }
+
+    /// Kills every worker now; every pending request fails with `shutDown`.
+    func hardKill(_ done: @escaping @Sendable () -> Void) {
+        defer { deliver() }
+        killCompletions.append(done)
+        switch phase {
+        case .stopped:
+            return finishKillIfDone()
+        case .hardKilling:
+            return
+        case .idle, .running, .softKilling:
+            phase = .hardKilling
+        }
+        if let t = softKillTimer { reactor.cancel(t); softKillTimer = nil }
+        for s in slots {
+            guard let w = s.process else { continue }
+            if !w.channel.isClosed {
+                // Its hard-kill handler gets a chance if it reads before SIGKILL lands.
+                w.channel.send(.hardKill)
+                flusher.flushAll()
+            }
+            apply(w.lifecycle.handle(.kill), to: w)
+        }
+        for index in table.takeAll() {
+            fail(index, .shutDown, "the pool was hard-killed")
+        }
+        finishKillIfDone()
+    }
+
+    /// Once every worker is reaped during a kill: nothing left unanswered, the pool stops, and
+    /// the kill completions run.
+    func finishKillIfDone() {
+        switch phase {
+        case .softKilling, .hardKilling:
+            guard slots.allSatisfy({ $0.process == nil }) else { return }
+        case .stopped:
+            break
+        case .idle, .running:
+            return
+        }
+        for index in table.takeAll() {
+            fail(index, .shutDown, "the pool stopped")
+        }
+        failReplies(from: nil, SupervisorError(.shutDown, "the pool stopped before the worker replied"))
+        if phase != .stopped {
+            phase = .stopped
+            if let t = healthTimer { reactor.cancel(t); healthTimer = nil }
+            if let t = softKillTimer { reactor.cancel(t); softKillTimer = nil }
+            if let s = sigintWatch {
+                // Unwatching a watch this pool made: it fails only if the reactor is closed.
+                try? reactor.unwatchSignal(s)
+                sigintWatch = nil
+            }
+            onStopped?()
+        }
+        for done in killCompletions { outbox.push(.call(done)) }
+        killCompletions = []
+        if let status = config.exitStatusAfterKill { outbox.push(.call { exit(status) }) }
+    }
+
+    /// Fails the replies awaited from `pid` (all of them with `nil`).
+    func failReplies(from pid: pid_t?, _ error: SupervisorError) {
+        for (id, entry) in pendingReplies where pid == nil || entry.pid == pid {
+            pendingReplies[id] = nil
+            outbox.push(.reply(entry.handler, .failure(error)))
+        }
+    }
+}

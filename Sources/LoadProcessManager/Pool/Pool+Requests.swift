@@ -1,0 +1,153 @@
+import Glibc
+import LPMReactor
+import LPMWire
+
+extension Pool {
+    // MARK: Admission
+
+    /// Takes a request, or refuses it at once (the refusal is delivered like any answer, never
+    /// by recursion). A descriptor not handed on is closed here, on every refusal.
+    func enqueue(_ payload: [UInt8], _ options: RequestOptions, _ completion: Completion,
+                 descriptor: CInt = -1, isStream: Bool = false) {
+        defer { deliver() }
+        if let refusal = refusal(payloadCount: payload.count, options) {
+            if descriptor >= 0 { FileDescriptor.closeRaw(descriptor) }
+            return answer(completion, .failure(refusal))
+        }
+        table.admit(.init(payload: payload, id: RequestID.random(using: &ids), createdAt: UInt64(Sys.monotonicNanoseconds()),
+                          maxAttempts: 1 + max(0, options.retries ?? config.retries),
+                          timeout: options.timeout ?? config.requestTimeout, descriptor: descriptor, isStream: isStream),
+                    completion: completion)
+        if phase == .running { pump() }
+    }
+
+    /// Why a request cannot be taken now, if it cannot.
+    private func refusal(payloadCount: Int, _ options: RequestOptions) -> SupervisorError? {
+        switch phase {
+        case .softKilling, .hardKilling, .stopped:
+            return SupervisorError(.shutDown, "the pool is shutting down or stopped; no new requests")
+        case .idle, .running:
+            break
+        }
+        if let timeout = options.timeout, timeout < .zero {
+            return SupervisorError(.invalidArgument, "the request timeout must not be negative, got \(timeout)")
+        }
+        if let retries = options.retries, retries < 0 {
+            return SupervisorError(.invalidArgument, "retries must not be negative, got \(retries)")
+        }
+        if payloadCount + RequestHead.size > config.maxPayload {
+            return SupervisorError(.payloadTooLarge, "payload of \(payloadCount) bytes exceeds maxPayload (\(config.maxPayload), less the \(RequestHead.size)-byte request head)")
+        }
+        if phase == .running && !hasLiveWorker {
+            return SupervisorError(.noWorkers, activeCount == 0 && !slots.contains { $0.membership == .down }
+                                   ? "the pool was resized to 0 workers" : "no worker is left: the restart budget is spent")
+        }
+        if let limit = config.maxQueueLength, table.queuedCount >= limit {
+            return SupervisorError(.queueFull, "the queue holds \(table.queuedCount) requests, its limit")
+        }
+        return nil
+    }
+
+    // MARK: Dispatch
+
+    /// Hands queued requests to workers while some worker can take one.
+    func pump() {
+        while let next = table.firstQueued {
+            guard let slot = pickWorker(forSocket: table.carriesSocket(next)), let w = slots[slot].process,
+                  let index = table.dispatchFirst(to: slot) else { break }
+            send(index, to: w)
+        }
+        if phase == .softKilling { advanceSoftKill() }
+    }
+
+    /// The slot the dispatch policy picks among the ready workers of the pool.
+    func pickWorker(forSocket: Bool = false) -> Int? {
+        policy.pick(count: slots.count, forSocket: forSocket) { i in
+            guard let w = slots[i].process, w.lifecycle.acceptsWork, slots[i].membership == .active else { return .ineligible }
+            return .init(eligible: true, load: w.load, rss: w.rss, sockets: w.sockets)
+        }
+    }
+
+    private func send(_ index: UInt32, to w: WorkerProcess) {
+        w.inFlight += 1
+        let head = RequestHead(id: table[index].id, createdAt: table[index].createdAt)
+        let wireID = table.wireID(index)
+        let descriptor = table[index].descriptor
+        if descriptor >= 0 {
+            // The descriptor travels with the frame and the channel closes our copy once sent.
+            let isStream = table[index].isStream
+            var body: [UInt8] = []
+            body.reserveCapacity(RequestHead.size + table[index].payload.count)
+            head.encode(into: &body)
+            body.append(contentsOf: table[index].payload)
+            w.channel.send(.request, id: wireID, flags: isStream ? .stream : [], passing: descriptor, payload: body)
+            table.descriptorSent(index)
+            if !isStream { w.sockets += 1 }
+        } else {
+            let payload = table[index].payload
+            w.channel.send(.request, id: wireID, length: RequestHead.size + payload.count) { out in
+                head.encode(into: &out)
+                out.append(contentsOf: payload)
+            }
+        }
+        if let timeout = table[index].timeout {
+            let generation = UInt32(truncatingIfNeeded: wireID >> 32), attempt = table[index].attempts
+            do {
+                table.setTimer(index, try reactor.schedule(after: timeout) { [unowned self] in
+                    self.timedOut(index, generation: generation, attempt: attempt)
+                    self.deliver()
+                })
+            } catch {
+                // Validated at admission (not negative): a reactor that cannot schedule is closed.
+                attemptFailed(index, on: w, .shutDown, "could not arm the request's timeout: \(error)")
+            }
+        }
+    }
+
+    private func timedOut(_ index: UInt32, generation: UInt32, attempt: Int) {
+        guard table.isCurrent(index, generation: generation, attempt: attempt) else { return }
+        table.setTimer(index, nil)  // it fired
+        // In flight on its slot's current process: a process that exits takes its requests with it.
+        let w = slots[table[index].worker].process
+        w?.channel.send(.cancel, id: table.wireID(index))
+        let timeout = table[index].timeout ?? .zero
+        attemptFailed(index, on: w, .timedOut, "timed out after \(timeout)")
+        pump()
+    }
+
+    // MARK: Finishing
+
+    /// An attempt on `w` failed: retried while attempts are left and the pool runs, else
+    /// failed with `code`, saying why and after how many attempts.
+    func attemptFailed(_ index: UInt32, on w: WorkerProcess?, _ code: SupervisorError.Code, _ why: String,
+                       exitStatus: Reactor.ExitStatus? = nil) {
+        let pid = w?.pid
+        w?.inFlight -= 1
+        switch table.attemptFailed(index, retryAllowed: phase == .running) {
+        case .retried(let timer)?:
+            if let timer { reactor.cancel(timer) }
+        case .finished(let f)?:
+            release(f)
+            let subject = pid.map { "worker \($0): request \(f.id)" } ?? "request \(f.id)"
+            answer(f.completion, .failure(SupervisorError(
+                code, "\(subject) \(why) (attempt \(f.attempts) of \(f.maxAttempts))",
+                requestID: f.id, workerPID: pid, exitStatus: exitStatus, attempts: f.attempts)))
+        case nil:
+            break
+        }
+    }
+
+    /// Fails a pending request with `code`, whatever its attempts.
+    func fail(_ index: UInt32, _ code: SupervisorError.Code, _ message: String) {
+        if table[index].worker >= 0 { slots[table[index].worker].process?.inFlight -= 1 }
+        guard let f = table.finish(index) else { return }
+        release(f)
+        answer(f.completion, .failure(SupervisorError(code, message, requestID: f.id, attempts: f.attempts)))
+    }
+
+    /// Releases what a finished request still held: its timer, its descriptor.
+    func release(_ f: RequestTable<Completion>.Finished) {
+        if let timer = f.timer { reactor.cancel(timer) }
+        if f.descriptor >= 0 { FileDescriptor.closeRaw(f.descriptor) }
+    }
+}

@@ -1,0 +1,218 @@
+import Glibc
+import LPMReactor
+import LPMWire
+
+/// A worker slot: a place in the pool, and the process in it, if any.
+struct WorkerSlot {
+    /// Whether the slot counts as part of the pool.
+    enum Membership: Equatable {
+        /// Part of the pool: has a process, or gets one (at start, or by a restart).
+        case active
+        /// Out of the pool until a resize brings it back: its restarts were refused by the
+        /// budget, or its process could not be spawned.
+        case down
+        /// Removed by a resize: its process (if any) drains and is not replaced.
+        case retired
+    }
+
+    var membership: Membership = .active
+    var process: WorkerProcess?
+    var restarts = 0
+    var lastExit: Reactor.ExitStatus?
+    var completedBefore = 0
+}
+
+/// The supervisor's state and the I/O that goes with it, confined to the reactor thread.
+///
+/// Its parts each have one job: the ``RequestTable`` (requests, exactly once, retries), one
+/// ``WorkerLifecycle`` per process, the ``RestartBudget`` and the ``DispatchPolicy`` are pure
+/// values; the pool applies what they decide (spawn, send, kill) and queues every call into
+/// user code in its ``Outbox``, delivered once its own state is consistent.
+final class Pool {
+    enum Phase { case idle, running, softKilling, hardKilling, stopped }
+    typealias ReplyHandler = @Sendable (Result<[UInt8], SupervisorError>) -> Void
+
+    let reactor: Reactor
+    let config: SupervisorConfiguration
+    let flusher: ChannelFlusher
+    let spawner: Spawner
+    var phase: Phase = .idle
+    var slots: [WorkerSlot]
+    var table = RequestTable<Completion>()
+    var budget: RestartBudget
+    var policy: DispatchPolicy
+    var outbox = Outbox()
+    var ids = IDGenerator()
+    var onlineAnnounced = false
+    /// Set while the pool has no live worker and that has been announced; cleared by a spawn.
+    var noWorkersAnnounced = false
+    var healthTimer: Reactor.Timer?
+    var healthSequence: UInt64 = 0
+    var sigintWatch: Reactor.SignalWatch?
+    var killCompletions: [@Sendable () -> Void] = []
+    var softKillTimer: Reactor.Timer?
+    /// Replies awaited from workers, by event id.
+    var pendingReplies: [UInt64: (pid: pid_t, handler: ReplyHandler)] = [:]
+    var nextEventID: UInt64 = 0
+    /// Called once the pool has stopped (the supervisor's own reactor thread then ends).
+    var onStopped: (() -> Void)?
+
+    var eventHandler: (@Sendable (SupervisorEvent) -> Void)?
+    var workerEventHandlers: [String: @Sendable (WorkerEvent) -> Void] = [:]
+    var anyWorkerEventHandler: (@Sendable (WorkerEvent) -> Void)?
+    var sigintHandler: (@Sendable () -> Void)?
+
+    init(reactor: Reactor, config: SupervisorConfiguration) {
+        self.reactor = reactor
+        self.config = config
+        flusher = ChannelFlusher(reactor: reactor)
+        spawner = Spawner(config)
+        slots = Array(repeating: WorkerSlot(), count: max(0, config.count))
+        budget = RestartBudget(limit: config.restarts, window: config.maxRestartsInInterval)
+        policy = DispatchPolicy(capacity: config.maxConcurrentRequestsPerWorker)
+    }
+
+    deinit { spawner.free() }
+
+    // MARK: Calls into user code
+
+    func emit(_ e: SupervisorEvent) { outbox.push(.event(e)) }
+
+    func answer(_ completion: Completion, _ result: Result<WorkerResponse, SupervisorError>) {
+        outbox.push(.answer(completion, result))
+    }
+
+    /// Delivers what the pool owes user code. Every entry into the pool ends with it; a nested
+    /// entry (a handler calling the API) returns at once and the outer loop delivers.
+    func deliver() {
+        guard outbox.beginDrain() else { return }
+        while let d = outbox.next() {
+            switch d {
+            case .answer(let completion, let result): completion(result)
+            case .event(let e): eventHandler?(e)
+            case .workerEvent(let e): (workerEventHandlers[e.name] ?? anyWorkerEventHandler)?(e)
+            case .reply(let handler, let result): handler(result)
+            case .call(let body): body()
+            }
+        }
+    }
+
+    // MARK: Start
+
+    func start() throws(SupervisorError) {
+        defer { deliver() }
+        guard phase == .idle else {
+            if phase == .running { return }
+            throw SupervisorError(.shutDown, "start() after the pool was shut down")
+        }
+        // What the configuration asks for and cannot be had is an error, before any worker runs.
+        var sigint: Reactor.SignalWatch?
+        if config.handleSIGINT {
+            do {
+                sigint = try reactor.watchSignal(SIGINT) { [unowned self] _ in self.sigint(); self.deliver() }
+            } catch {
+                throw SupervisorError(.invalidArgument, "cannot watch SIGINT (set handleSIGINT to false to run without): \(error)")
+            }
+        }
+        let timer: Reactor.Timer
+        do {
+            timer = try reactor.schedule(after: config.healthInterval, repeating: config.healthInterval) { [unowned self] in
+                self.sampleHealth()
+            }
+        } catch {
+            if let sigint { try? reactor.unwatchSignal(sigint) }  // undoing a watch just made: cannot fail
+            throw SupervisorError(.invalidArgument, "healthInterval \(config.healthInterval): \(error)")
+        }
+        sigintWatch = sigint
+        healthTimer = timer
+        phase = .running
+        var firstError: SupervisorError?
+        for i in slots.indices where slots[i].membership == .active {
+            if let error = spawnOrMarkDown(slot: i) { firstError = firstError ?? error }
+        }
+        if !hasLiveWorker {
+            noWorkersLeft()
+            if let firstError { throw firstError }
+        }
+    }
+
+    /// Spawns a process into slot `i`. On failure the slot goes down and the failure is reported
+    /// (an event), and returned.
+    func spawnOrMarkDown(slot i: Int) -> SupervisorError? {
+        do {
+            try spawn(slot: i)
+            return nil
+        } catch {
+            slots[i].membership = .down
+            emit(.workerSpawnFailed(slot: i, reason: error.message))
+            return error
+        }
+    }
+
+    private func spawn(slot i: Int) throws(SupervisorError) {
+        let cpu = config.cpuAffinity.isEmpty ? nil : config.cpuAffinity[i % config.cpuAffinity.count]
+        let spawned: (pid: pid_t, channel: CInt)
+        do { spawned = try spawner.spawn(cpu: cpu) } catch {
+            throw SupervisorError(.spawnFailed, "could not start the worker \(config.executable.path): \(error)",
+                                  underlying: .init(error))
+        }
+        let channel = Channel(fd: spawned.channel, reactor: reactor, flusher: flusher, maxPayload: config.maxPayload)
+        let w = WorkerProcess(slot: i, pid: spawned.pid, channel: channel, statm: StatmReader(pid: spawned.pid))
+        channel.onFrame = { [unowned self, unowned w] h, p in self.frame(w, h, p); self.deliver() }
+        channel.onEnd = { [unowned self, unowned w] end in self.channelEnded(w, end); self.deliver() }
+        do {
+            let pidfd = try Sys.pidfdOpen(spawned.pid).release()
+            w.watch = try reactor.watchPidfd(pidfd, pid: spawned.pid) { [unowned self] status in
+                self.exited(w, status)
+                self.deliver()
+            }
+            try channel.start()
+        } catch {
+            // Cannot watch it: kill and reap it here, synchronously.
+            spawner.killAndReap(spawned.pid)
+            if let watch = w.watch { try? reactor.unwatchChild(watch) }  // reaped above: nothing left to watch
+            channel.close()
+            w.statm.close()
+            throw SupervisorError(.spawnFailed, "could not watch worker \(spawned.pid): \(error)",
+                                  underlying: (error as? SyscallError).map { .init($0) })
+        }
+        slots[i].process = w
+        slots[i].membership = .active
+        noWorkersAnnounced = false
+        emit(.workerStarted(slot: i, pid: spawned.pid))
+    }
+
+    // MARK: The pool's shape
+
+    /// Whether some slot of the pool has a process.
+    var hasLiveWorker: Bool { slots.contains { $0.membership == .active && $0.process != nil } }
+
+    /// Slots that are part of the pool.
+    var activeCount: Int { slots.reduce(0) { $0 + ($1.membership == .active ? 1 : 0) } }
+
+    /// Fails the queue when no worker is left to take it; says so once.
+    func noWorkersLeft() {
+        if !noWorkersAnnounced {
+            noWorkersAnnounced = true
+            emit(.noWorkersLeft)
+        }
+        let reason = slots.contains { $0.membership == .down }
+            ? "no worker is left: the restart budget is spent or workers could not be spawned"
+            : "the pool has 0 workers"
+        for index in table.takeQueued() {
+            fail(index, .noWorkers, reason)
+        }
+    }
+
+    /// Announces `online` once every slot of the pool has a worker that has been ready.
+    func checkOnline() {
+        guard !onlineAnnounced, phase == .running, activeCount > 0 else { return }
+        for s in slots where s.membership == .active {
+            guard let w = s.process, w.lifecycle.hasBeenReady else { return }
+        }
+        onlineAnnounced = true
+        emit(.online)
+    }
+
+    var isStopped: Bool { phase == .stopped }
+}

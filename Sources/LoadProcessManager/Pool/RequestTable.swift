@@ -1,0 +1,220 @@
+import Glibc
+import LPMReactor
+import LPMWire
+
+/// Every request the pool holds, queued or in flight: the only place a request is admitted,
+/// dispatched, retried and finished.
+///
+/// Exactly once is structural: a request's completion is stored when it is admitted and taken
+/// out by ``finish(_:)`` (directly, or through ``attemptFailed(_:retryAllowed:)``), which also
+/// frees the entry; nothing else reads it. A pure value: no I/O, no clock, no user code, so it is
+/// tested as plain logic (`RequestTableTests`). `Completion` is generic for those tests; the pool
+/// uses ``Pool/Completion``.
+///
+/// Wire ids are `generation << 32 | index`: the generation changes whenever the request is
+/// finished or sent again, so a late answer to an earlier attempt (or to an earlier request in
+/// the same entry) is recognised and dropped.
+struct RequestTable<Completion> {
+    struct Entry {
+        var payload: [UInt8] = []
+        /// Set while the request is pending (queued or in flight); taken by `finish`.
+        var completion: Completion?
+        var id = RequestID.zero
+        var createdAt: UInt64 = 0
+        var attempts = 0
+        var maxAttempts = 1
+        var timeout: Duration?
+        var timer: Reactor.Timer?
+        /// The worker slot it is in flight on; -1 while queued.
+        var worker = -1
+        var generation: UInt32 = 0
+        /// A descriptor to pass with the request (a socket, or a stream's read end); -1: none.
+        /// Owned by the request until it is sent; closed by the pool when the request finishes.
+        var descriptor: CInt = -1
+        var isStream = false
+
+        var isPending: Bool { completion != nil }
+    }
+
+    /// What a request needs to be admitted.
+    struct Admission {
+        var payload: [UInt8]
+        var id: RequestID
+        var createdAt: UInt64
+        var maxAttempts: Int
+        var timeout: Duration?
+        var descriptor: CInt = -1
+        var isStream = false
+    }
+
+    /// A request that finished: its completion, to be called once, and what the pool must
+    /// release (a timer to cancel, a descriptor still owned).
+    struct Finished {
+        var completion: Completion
+        var id: RequestID
+        var createdAt: UInt64
+        var attempts: Int
+        var maxAttempts: Int
+        var timeout: Duration?
+        var worker: Int
+        var timer: Reactor.Timer?
+        var descriptor: CInt
+    }
+
+    /// What became of a failed attempt.
+    enum AttemptOutcome {
+        /// Queued again at the front, under a new generation; `timer` is the old attempt's, to cancel.
+        case retried(timer: Reactor.Timer?)
+        /// No attempt left (or retrying not allowed): finished.
+        case finished(Finished)
+    }
+
+    /// An answer from a worker, matched against the table.
+    enum Lookup: Equatable {
+        /// In flight on that worker: `index` is the entry.
+        case pending(UInt32)
+        /// An answer to an attempt that timed out or was retried elsewhere, or to a finished request.
+        case late
+        /// An id the pool never sent.
+        case unknown
+        /// Pending, but on another worker.
+        case elsewhere
+    }
+
+    private(set) var entries: [Entry] = []
+    private var free: [UInt32] = []
+    private var queue = Ring<UInt32>()
+    /// Requests admitted and not finished (queued plus in flight).
+    private(set) var pendingCount = 0
+
+    var queuedCount: Int { queue.count }
+    var firstQueued: UInt32? { queue.first }
+
+    subscript(index: UInt32) -> Entry { entries[Int(index)] }
+
+    func wireID(_ index: UInt32) -> UInt64 { UInt64(entries[Int(index)].generation) << 32 | UInt64(index) }
+
+    /// Whether the request carries a socket (dispatch then prefers the worker with fewest sockets).
+    func carriesSocket(_ index: UInt32) -> Bool {
+        entries[Int(index)].descriptor >= 0 && !entries[Int(index)].isStream
+    }
+
+    /// Admits a request at the back of the queue.
+    @discardableResult
+    mutating func admit(_ a: Admission, completion: Completion) -> UInt32 {
+        let index: UInt32
+        if let reused = free.popLast() { index = reused } else {
+            index = UInt32(entries.count)
+            entries.append(Entry())
+        }
+        let i = Int(index)
+        entries[i].payload = a.payload
+        entries[i].completion = completion
+        entries[i].id = a.id
+        entries[i].createdAt = a.createdAt
+        entries[i].attempts = 0
+        entries[i].maxAttempts = max(1, a.maxAttempts)
+        entries[i].timeout = a.timeout
+        entries[i].timer = nil
+        entries[i].worker = -1
+        entries[i].descriptor = a.descriptor
+        entries[i].isStream = a.isStream
+        pendingCount += 1
+        queue.pushBack(index)
+        return index
+    }
+
+    /// Takes the first queued request for `worker`: one more attempt, now in flight there.
+    /// A request with a descriptor gets no further attempt: the descriptor goes with this one.
+    mutating func dispatchFirst(to worker: Int) -> UInt32? {
+        guard let index = queue.popFront() else { return nil }
+        let i = Int(index)
+        entries[i].attempts += 1
+        entries[i].worker = worker
+        if entries[i].descriptor >= 0 { entries[i].maxAttempts = entries[i].attempts }
+        return index
+    }
+
+    /// The request's descriptor has been handed to the channel: no longer the table's to close.
+    mutating func descriptorSent(_ index: UInt32) {
+        entries[Int(index)].descriptor = -1
+    }
+
+    mutating func setTimer(_ index: UInt32, _ timer: Reactor.Timer?) {
+        entries[Int(index)].timer = timer
+    }
+
+    /// Matches an answer from `worker` to the request it names.
+    func lookup(wireID: UInt64, from worker: Int) -> Lookup {
+        let i = Int(UInt32(truncatingIfNeeded: wireID))
+        guard i < entries.count else { return .unknown }
+        guard entries[i].generation == UInt32(truncatingIfNeeded: wireID >> 32), entries[i].isPending else { return .late }
+        guard entries[i].worker == worker else { return entries[i].worker < 0 ? .late : .elsewhere }
+        return .pending(UInt32(i))
+    }
+
+    /// Whether `attempt` is still the request's current attempt (a timer of an older one is stale).
+    func isCurrent(_ index: UInt32, generation: UInt32, attempt: Int) -> Bool {
+        let i = Int(index)
+        return entries[i].generation == generation && entries[i].isPending && entries[i].attempts == attempt
+            && entries[i].worker >= 0
+    }
+
+    /// Finishes a pending request: takes its completion and frees the entry. `nil` if it is not
+    /// pending (already finished): the caller then has nothing to answer.
+    mutating func finish(_ index: UInt32) -> Finished? {
+        let i = Int(index)
+        guard let completion = entries[i].completion else { return nil }
+        // Field by field: copying the whole entry would retain and release its payload for nothing.
+        let done = Finished(completion: completion, id: entries[i].id, createdAt: entries[i].createdAt,
+                            attempts: entries[i].attempts, maxAttempts: entries[i].maxAttempts,
+                            timeout: entries[i].timeout, worker: entries[i].worker, timer: entries[i].timer,
+                            descriptor: entries[i].descriptor)
+        entries[i].completion = nil
+        entries[i].payload = []
+        entries[i].timer = nil
+        entries[i].worker = -1
+        entries[i].descriptor = -1
+        entries[i].generation &+= 1
+        free.append(index)
+        pendingCount -= 1
+        return done
+    }
+
+    /// An attempt in flight failed (its worker died, or it timed out). With an attempt left and
+    /// `retryAllowed`, the request goes back to the front of the queue under a new generation
+    /// (a late answer to the failed attempt is then dropped); otherwise it finishes. The one
+    /// place where retries are decided.
+    mutating func attemptFailed(_ index: UInt32, retryAllowed: Bool) -> AttemptOutcome? {
+        let i = Int(index)
+        guard entries[i].isPending else { return nil }
+        if retryAllowed && entries[i].attempts < entries[i].maxAttempts {
+            let timer = entries[i].timer
+            entries[i].timer = nil
+            entries[i].generation &+= 1
+            entries[i].worker = -1
+            queue.pushFront(index)
+            return .retried(timer: timer)
+        }
+        return finish(index).map { .finished($0) }
+    }
+
+    /// The requests in flight on `worker`, most recently admitted entry last.
+    func inFlight(on worker: Int) -> [UInt32] {
+        entries.indices.filter { entries[$0].isPending && entries[$0].worker == worker }.map { UInt32($0) }
+    }
+
+    /// Empties the queue; the requests it held are returned, still pending, for the caller to finish.
+    mutating func takeQueued() -> [UInt32] {
+        var out: [UInt32] = []
+        out.reserveCapacity(queue.count)
+        while let index = queue.popFront() { out.append(index) }
+        return out
+    }
+
+    /// Every pending request, queued or in flight (the queue is emptied).
+    mutating func takeAll() -> [UInt32] {
+        queue.removeAll()
+        return entries.indices.filter { entries[$0].isPending }.map { UInt32($0) }
+    }
+}

@@ -1,0 +1,54 @@
+import Glibc
+/// A first-in first-out ring with O(1) push at either end and pop at the front. Its storage is
+/// kept when it empties (up to a bound), so a steady flow allocates nothing.
+struct Ring<Element> {
+    private var storage: [Element?] = Array(repeating: nil, count: 16)
+    private var head = 0
+    private(set) var count = 0
+
+    var isEmpty: Bool { count == 0 }
+    var first: Element? { count > 0 ? storage[head] : nil }
+
+    private var mask: Int { storage.count - 1 }
+
+    private mutating func grow() {
+        var bigger = [Element?](repeating: nil, count: storage.count * 2)
+        for i in 0..<count { bigger[i] = storage[(head + i) & mask] }
+        storage = bigger
+        head = 0
+    }
+
+    mutating func pushBack(_ x: Element) {
+        if count == storage.count { grow() }
+        storage[(head + count) & mask] = x
+        count += 1
+    }
+
+    mutating func pushFront(_ x: Element) {
+        if count == storage.count { grow() }
+        head = (head - 1) & mask
+        storage[head] = x
+        count += 1
+    }
+
+    mutating func popFront() -> Element? {
+        guard count > 0 else { return nil }
+        let x = storage[head]
+        storage[head] = nil
+        head = (head + 1) & mask
+        count -= 1
+        return x
+    }
+
+    /// Empties the ring; storage grown past 1,024 entries is given back.
+    mutating func removeAll() {
+        if storage.count > 1024 {
+            storage = Array(repeating: nil, count: 16)
+        } else {
+            for i in 0..<count { storage[(head + i) & mask] = nil }
+        }
+        head = 0
+        count = 0
+    }
+}
+extension Ring: Sendable where Element: Sendable {}

@@ -1,0 +1,40 @@
+import Glibc
+import LPMReactor
+import LPMWire
+
+/// One worker process, as the pool sees it: its channel, its pidfd watch, its `/proc/PID/statm`
+/// descriptor, its lifecycle and its counters. Confined to the reactor thread.
+final class WorkerProcess {
+    let slot: Int
+    let pid: pid_t
+    let channel: Channel
+    var watch: Reactor.ChildWatch?
+    let statm: StatmReader
+    var lifecycle: WorkerLifecycle = .starting
+    /// Requests in flight on it (pending, with `worker` equal to this slot in the request table).
+    var inFlight = 0
+    var rss = 0
+    var heapTotal = 0
+    var heapUsed = 0
+    var completed = 0
+    /// Sockets handed to it and not reported closed.
+    var sockets = 0
+    /// Response streams still flowing from it, by wire id.
+    var streams: [UInt64: ResponseStreamCore] = [:]
+
+    /// Requests in flight plus streams still flowing.
+    var load: Int { inFlight + streams.count }
+
+    init(slot: Int, pid: pid_t, channel: Channel, statm: StatmReader) {
+        self.slot = slot
+        self.pid = pid
+        self.channel = channel
+        self.statm = statm
+    }
+
+    /// Samples RSS (a `pread` of statm on the kept-open descriptor); keeps the last value if the
+    /// read fails.
+    func sampleRSS() {
+        if let bytes = statm.residentBytes() { rss = bytes }
+    }
+}
