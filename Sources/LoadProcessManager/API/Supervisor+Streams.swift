@@ -14,7 +14,7 @@ extension Supervisor {
         let ok = onLoop { pool in pool.enqueue(payload, options, .handler(completion), descriptor: socket) }
         if !ok {
             FileDescriptor.closeRaw(socket)
-            completion(.failure(SupervisorError(.shutDown, "the pool is stopped")))
+            CallerTrampoline.run { completion(.failure(SupervisorError(.shutDown, "the pool is stopped"))) }
         }
     }
 
@@ -38,7 +38,9 @@ extension Supervisor {
                         completion: @escaping @Sendable (Result<WorkerResponse, SupervisorError>) -> Void) {
         let copy: CInt
         do { copy = try Sys.duplicate(fd).release() } catch {
-            return completion(.failure(SupervisorError(.invalidArgument, "enqueue(stream:): \(error)")))
+            let failure = SupervisorError(.invalidArgument, "enqueue(stream:): cannot copy the descriptor: \(error)",
+                                          underlying: .init(error))
+            return CallerTrampoline.run { completion(.failure(failure)) }
         }
         enqueueStream(payload, readEnd: copy, options: options, completion: completion)
     }
@@ -48,7 +50,7 @@ extension Supervisor {
         let ok = onLoop { pool in pool.enqueue(payload, options, .handler(completion), descriptor: readEnd, isStream: true) }
         if !ok {
             FileDescriptor.closeRaw(readEnd)
-            completion(.failure(SupervisorError(.shutDown, "the pool is stopped")))
+            CallerTrampoline.run { completion(.failure(SupervisorError(.shutDown, "the pool is stopped"))) }
         }
     }
 

@@ -81,7 +81,7 @@ public final class Supervisor: Sendable {
         let ok = onLoop { pool in
             do throws(SupervisorError) { try pool.start(); completion(nil) } catch { completion(error) }
         }
-        if !ok { completion(SupervisorError(.shutDown, "the supervisor's reactor is stopped")) }
+        if !ok { CallerTrampoline.run { completion(SupervisorError(.shutDown, "the supervisor's reactor is stopped")) } }
     }
 
     /// Spawns the workers and returns once they are spawned (not yet ready: see
@@ -133,7 +133,7 @@ public final class Supervisor: Sendable {
         // One closure for the hop (not one wrapped in another, as `onLoop` would): one allocation.
         let box = self.box
         let ok = reactor.execute { _ in box.pool?.enqueue(payload, options, .handler(completion)) }
-        if !ok { completion(.failure(SupervisorError(.shutDown, "the pool is stopped"))) }
+        if !ok { CallerTrampoline.run { completion(.failure(SupervisorError(.shutDown, "the pool is stopped"))) } }
     }
 
     /// Queues many requests with one hop to the reactor thread; `completion` is called once per
@@ -143,7 +143,9 @@ public final class Supervisor: Sendable {
         let ok = onLoop { pool in
             for (i, p) in payloads.enumerated() { pool.enqueue(p, options, .handler { completion(i, $0) }) }
         }
-        if !ok { for i in payloads.indices { completion(i, .failure(SupervisorError(.shutDown, "the pool is stopped"))) } }
+        if !ok {
+            CallerTrampoline.run { for i in payloads.indices { completion(i, .failure(SupervisorError(.shutDown, "the pool is stopped"))) } }
+        }
     }
 
     /// Queues a request and waits for its answer.
@@ -183,7 +185,7 @@ public final class Supervisor: Sendable {
     public func emit(_ name: String, _ payload: [UInt8] = [], to pid: pid_t? = nil,
                      reply: (@Sendable (Result<[UInt8], SupervisorError>) -> Void)? = nil) {
         if !onLoop({ $0.emit(name, payload, to: pid, reply: reply) }) {
-            reply?(.failure(SupervisorError(.shutDown, "the pool is stopped")))
+            if let reply { CallerTrampoline.run { reply(.failure(SupervisorError(.shutDown, "the pool is stopped"))) } }
         }
     }
 
@@ -210,7 +212,7 @@ public final class Supervisor: Sendable {
         let ok = onLoop { pool in
             do throws(SupervisorError) { try pool.resize(count); completion(nil) } catch { completion(error) }
         }
-        if !ok { completion(SupervisorError(.shutDown, "the pool is stopped")) }
+        if !ok { CallerTrampoline.run { completion(SupervisorError(.shutDown, "the pool is stopped")) } }
     }
 
     /// ``resize(_:completion:)``, returning once the change is under way.
@@ -223,7 +225,7 @@ public final class Supervisor: Sendable {
 
     /// Per-worker figures; `completion` runs on the reactor thread.
     public func health(_ completion: @escaping @Sendable ([WorkerHealth]) -> Void) {
-        if !onLoop({ completion($0.health()) }) { completion([]) }
+        if !onLoop({ completion($0.health()) }) { CallerTrampoline.run { completion([]) } }
     }
 
     /// Per-worker figures: pid, RSS, heap, requests, restarts, state.
@@ -246,7 +248,7 @@ public final class Supervisor: Sendable {
     /// soft-kill handler (or exit when idle), reaps them all, then calls `completion` (on the
     /// reactor thread). Does not exit the process. In async code, use ``softKill()``.
     public func softKill(completion: @escaping @Sendable () -> Void) {
-        if !onLoop({ $0.softKill(completion) }) { completion() }
+        if !onLoop({ $0.softKill(completion) }) { CallerTrampoline.run(completion) }
     }
 
     /// ``softKill(_:)``, waiting until it is done.
@@ -258,7 +260,7 @@ public final class Supervisor: Sendable {
     /// `completion` runs once every worker is reaped. Does not exit the process. In async code,
     /// use ``hardKill()``.
     public func hardKill(completion: @escaping @Sendable () -> Void) {
-        if !onLoop({ $0.hardKill(completion) }) { completion() }
+        if !onLoop({ $0.hardKill(completion) }) { CallerTrampoline.run(completion) }
     }
 
     /// ``hardKill(_:)``, waiting until every worker is reaped.

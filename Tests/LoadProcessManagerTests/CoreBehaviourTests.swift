@@ -1,0 +1,119 @@
+import Glibc
+import LoadProcessManager
+import Synchronization
+import Testing
+
+/// Re-enqueues a refused request from its own completion, `remaining` more times, then resumes.
+private func refuseInARow(_ s: Supervisor, _ n: Int, options: RequestOptions,
+                          done: @escaping @Sendable (Int, SupervisorError.Code?) -> Void) {
+    let refused = Atomic<Int>(0)
+    @Sendable func again() {
+        s.enqueue([1], options: options) { result in
+            guard case .failure(let e) = result else { return done(refused.load(ordering: .relaxed), nil) }
+            let k = refused.add(1, ordering: .relaxed).newValue
+            if k < n { again() } else { done(k, e.code) }
+        }
+    }
+    again()
+}
+
+@Suite("Supervisor core: refusals, resize, errors", .serialized, .timeLimit(.minutes(3)))
+struct CoreBehaviourTests {
+    @Test("a completion that re-enqueues a refused request 1,000,000 times in a row: no stack growth (pool running)")
+    func millionRefusalsRunning() async throws {
+        let (s, _) = try await startOnline(testConfig(count: 1))
+        let n = 1_000_000
+        // A negative timeout is refused at once, on the reactor thread, from the completion.
+        let (count, code) = await withCheckedContinuation { c in
+            refuseInARow(s, n, options: RequestOptions(timeout: .milliseconds(-1))) { c.resume(returning: ($0, $1)) }
+        }
+        #expect(count == n)
+        #expect(code == .invalidArgument)
+        let answer = try await s.enqueue("still serving")
+        #expect(answer.text == "still serving")
+        await s.softKill()
+    }
+
+    @Test("the same after the pool was killed (answers on the caller's thread)")
+    func millionRefusalsStopped() async throws {
+        let (s, _) = try await startOnline(testConfig(count: 1))
+        await s.softKill()
+        let (count, code) = await withCheckedContinuation { c in
+            refuseInARow(s, 1_000_000, options: RequestOptions()) { c.resume(returning: ($0, $1)) }
+        }
+        #expect(count == 1_000_000)
+        #expect(code == .shutDown)
+    }
+
+    @Test("a negative timeout or retry count is invalidArgument at enqueue")
+    func invalidOptions() async throws {
+        let (s, _) = try await startOnline(testConfig(count: 1))
+        for options in [RequestOptions(timeout: .seconds(-1)), RequestOptions(retries: -1)] {
+            do { _ = try await s.enqueue("x", options: options); Issue.record("accepted \(options)") } catch {
+                #expect(error.code == .invalidArgument, "\(error)")
+            }
+        }
+        await s.softKill()
+    }
+
+    @Test("after the restart budget is spent, resize to the original count brings the pool back")
+    func resizeAfterBudget() async throws {
+        var c = testConfig("exit-on-request", count: 2)
+        c.restarts = 1
+        let (s, log) = try await startOnline(c)
+        // Each request kills its worker: 1 restart is allowed, then both slots go down.
+        for _ in 0..<3 { _ = try? await s.enqueue("die") }
+        #expect(await log.wait(isExhausted))
+        #expect(await log.wait { if case .noWorkersLeft = $0 { return true }; return false })
+        var status = await s.status()
+        #expect(status.workers == 0, "down slots are not part of the pool")
+        let startedBefore = log.count { if case .workerStarted = $0 { return true }; return false }
+        try await s.resize(2)
+        status = await s.status()
+        #expect(status.workers == 2)
+        let started = log.count { if case .workerStarted = $0 { return true }; return false }
+        #expect(started == startedBefore + 2, "two workers spawned by the resize")
+        #expect(await log.wait(for: 2, isOnline), "online again")
+        await s.hardKill()
+    }
+
+    @Test("spawn failures keep their errno, are reported one by one, and a grow that adds nothing fails")
+    func spawnErrors() async throws {
+        var c = SupervisorConfiguration(workerPath: "/nonexistent/worker", count: 2)
+        c.handleSIGINT = false
+        let s = try Supervisor(c)
+        let log = EventLog(s)
+        do { try await s.start(); Issue.record("started") } catch {
+            #expect(error.code == .spawnFailed)
+            #expect(error.underlying?.errno == ENOENT, "\(error)")
+        }
+        let failed: (SupervisorEvent) -> Bool = { if case .workerSpawnFailed = $0 { return true }; return false }
+        #expect(await log.wait(for: 2, failed), "one event per slot")
+        do { try await s.resize(3); Issue.record("grew") } catch {
+            #expect(error.code == .spawnFailed)
+        }
+        #expect(await log.wait(for: 5, failed), "three more")
+        await s.hardKill()
+    }
+
+    @Test("a handler may re-enter the API: hard kill from a completion, resize from an event")
+    func reentrantHandlers() async throws {
+        let (s, _) = try await startOnline(testConfig(count: 2))
+        let answers = Mutex<[SupervisorError.Code?]>([])
+        let exits = Atomic<Int>(0)
+        s.onEvent { e in  // replaces the log's handler
+            guard case .workerExited = e else { return }
+            exits.add(1, ordering: .relaxed)
+            s.resize(2, completion: { _ in })  // refused (shut down): no harm
+        }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            s.enqueue(Array("a".utf8)) { r in
+                answers.withLock { $0.append(r.error?.code) }
+                s.hardKill(completion: { c.resume() })
+                s.enqueue([2]) { r in answers.withLock { $0.append(r.error?.code) } }
+            }
+        }
+        #expect(answers.withLock { $0 } == [nil, .shutDown])
+        #expect(exits.load(ordering: .relaxed) == 2)
+    }
+}
