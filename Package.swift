@@ -43,6 +43,8 @@ let package = Package(
         .executableTarget(name: "lpm-prefork-server", dependencies: ["LoadProcessManager", "CLoop"], path: "Examples/PreforkServer", swiftSettings: strict),
         .executableTarget(name: "lpm-prefork-worker", dependencies: ["LoadProcessManagerWorker"], path: "Examples/PreforkWorker", swiftSettings: strict),
         .executableTarget(name: "reactor-example", dependencies: ["LPMReactor"], path: "Examples/ReactorExample", swiftSettings: strict),
+        // The README's supervisor snippet as top-level code; run by the tests.
+        .executableTarget(name: "lpm-readme-example", dependencies: ["LoadProcessManager"], path: "Examples/ReadmeSnippet", swiftSettings: strict),
 
         // Helpers for the tests: a worker whose behaviour the test picks, and what both share.
         .target(name: "LPMTestSupport", path: "Tests/Helpers/TestSupport", swiftSettings: strict),
@@ -52,7 +54,7 @@ let package = Package(
         .testTarget(name: "LPMWireTests", dependencies: ["LPMWire"], swiftSettings: strict),
         .testTarget(
             name: "LoadProcessManagerTests",
-            dependencies: ["LoadProcessManager", "LoadProcessManagerWorker", "LoadProcessManagerCodable", "LPMWire", "CLoop", "LPMTestSupport", "lpm-test-worker", "lpm-demo-worker"],
+            dependencies: ["LoadProcessManager", "LoadProcessManagerWorker", "LoadProcessManagerCodable", "LPMWire", "CLoop", "LPMTestSupport", "lpm-test-worker", "lpm-demo-worker", "lpm-readme-example"],
             swiftSettings: strict
         ),
     ]
