@@ -7,14 +7,16 @@ final class StatmReader {
     private var fd: CInt
     private static let pageSize = Sys.pageSize
 
-    /// Opens `/proc/<pid>/statm`; a reader that could not open it reports nothing.
+    /// Opens `/proc/<pid>/statm`; a reader that could not open it (the process already gone, no
+    /// procfs, no descriptor left) reports nothing: RSS is then 0 in ``Supervisor/health()`` and
+    /// dispatch falls back to load alone. Not an error worth failing a spawn for.
     init(pid: pid_t) {
         fd = (try? Sys.open("/proc/\(pid)/statm", flags: O_RDONLY).release()) ?? -1
     }
 
     deinit { close() }
 
-    /// Resident bytes, or `nil` if the file cannot be read (the process is gone).
+    /// Resident bytes, or `nil` if the file cannot be read (the process is gone: `ESRCH`).
     func residentBytes() -> Int? {
         guard fd >= 0 else { return nil }
         var buffer = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
