@@ -97,3 +97,19 @@ struct CodecTests {
         #expect(long.count == 2 + 65_535 && long[0] == 0xFF && long[1] == 0xFF)
     }
 }
+
+extension CodecTests {
+    @Test("the request frame example of docs/PROTOCOL.md, byte for byte")
+    func protocolExample() {
+        let uuid: [UInt8] = [0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x46, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]
+        let head = RequestHead(id: uuid.withUnsafeBytes { RequestID(loading: $0) }, createdAt: 0x0102_0304_0506_0708)
+        #expect(head.id.description == "00112233-4455-4677-8899-aabbccddeeff")
+        var frame: [UInt8] = []
+        frame.appendFrameHeader(.request, length: RequestHead.size + 2, id: 5)
+        head.encode(into: &frame)
+        frame += Array("hi".utf8)
+        let expected: [UInt8] = [0x4c, 0x01, 0x03, 0x00, 0x1a, 0x00, 0x00, 0x00, 0x05, 0, 0, 0, 0, 0, 0, 0]
+            + uuid + [0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01] + [0x68, 0x69]
+        #expect(frame == expected)
+    }
+}
