@@ -10,6 +10,7 @@ package enum ChannelEnd: Sendable, Hashable, CustomStringConvertible {
     /// A read or write failed.
     case failed(SyscallError)
 
+    /// The end in words.
     package var description: String {
         switch self {
         case .endOfFile: return "the peer closed the channel"

@@ -107,6 +107,7 @@ package struct ProtocolViolation: Error, Hashable, Sendable, CustomStringConvert
     package var reason: String
     /// A violation for `reason`.
     package init(_ reason: String) { self.reason = reason }
+    /// `protocol violation: ` and the reason.
     package var description: String { "protocol violation: \(reason)" }
 }
 

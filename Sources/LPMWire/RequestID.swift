@@ -32,10 +32,12 @@ public struct RequestID: Hashable, Sendable, CustomStringConvertible {
         return RequestID(high: high, low: low)
     }
 
+    /// Whether the two ids have the same 16 bytes.
     public static func == (a: RequestID, b: RequestID) -> Bool {
         withUnsafeBytes(of: a.bytes) { x in withUnsafeBytes(of: b.bytes) { y in x.elementsEqual(y) } }
     }
 
+    /// Hashes the 16 bytes.
     public func hash(into hasher: inout Hasher) {
         withUnsafeBytes(of: bytes) { hasher.combine(bytes: $0) }
     }
@@ -83,6 +85,7 @@ package struct IDGenerator: RandomNumberGenerator {
     @inline(__always)
     private static func rotl(_ x: UInt64, _ k: UInt64) -> UInt64 { (x << k) | (x >> (64 - k)) }
 
+    /// The next 64 random bits.
     package mutating func next() -> UInt64 {
         let result = IDGenerator.rotl(s.1 &* 5, 7) &* 9
         let t = s.1 << 17

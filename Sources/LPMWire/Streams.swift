@@ -200,7 +200,9 @@ package final class StreamWriter {
 
 /// A 64-bit FNV-1a digest, for checking streams end to end.
 package struct StreamDigest: Sendable, Hashable, CustomStringConvertible {
+    /// The digest so far.
     package private(set) var value: UInt64 = 0xcbf2_9ce4_8422_2325
+    /// The bytes digested so far.
     package private(set) var count = 0
     /// The digest of no bytes.
     package init() {}
@@ -216,5 +218,6 @@ package struct StreamDigest: Sendable, Hashable, CustomStringConvertible {
         value = v
         count += bytes.count
     }
+    /// `count:digest`, the digest in hexadecimal.
     package var description: String { "\(count):\(String(value, radix: 16))" }
 }
