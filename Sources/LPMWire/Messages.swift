@@ -6,6 +6,24 @@
 // `Channel.send(_:id:flags:length:_:)`), and decoders read straight from the frame's payload view:
 // neither allocates.
 
+/// A message with a fixed-size layout filling a frame's payload: ``HealthReport``, ``StreamEnd``.
+@usableFromInline package protocol FixedSizeMessage: Sendable, Equatable {
+    /// The encoded size in bytes.
+    static var size: Int { get }
+    /// Reads the message from the first ``size`` bytes of `payload`, which holds at least that many.
+    init(unchecked payload: UnsafeRawBufferPointer)
+    /// Appends the ``size`` bytes.
+    func encode(into out: inout [UInt8])
+}
+
+extension FixedSizeMessage {
+    /// The message; nil when `payload` is shorter than ``size``. Bytes past it are not read.
+    @inlinable
+    package static func decode(_ payload: UnsafeRawBufferPointer) -> Self? {
+        payload.count >= size ? Self(unchecked: payload) : nil
+    }
+}
+
 /// The start of a `request` frame's payload: the request's UUID and the time the supervisor
 /// accepted it. The request data follows it.
 ///
@@ -39,8 +57,7 @@
     @inlinable
     package static func decode(_ payload: UnsafeRawBufferPointer) -> (head: RequestHead, body: UnsafeRawBufferPointer)? {
         guard payload.count >= size else { return nil }
-        let head = RequestHead(id: RequestID(loading: payload),
-                               createdAt: payload.readLittleEndian(at: 16, as: UInt64.self))
+        let head = RequestHead(id: RequestID(loading: payload), createdAt: payload.readLittleEndian(at: 16, as: UInt64.self))
         return (head, UnsafeRawBufferPointer(rebasing: payload[size...]))
     }
 }
@@ -51,7 +68,7 @@
 /// |---|---|---|
 /// | 0 | 8 | heapTotal: u64 |
 /// | 8 | 8 | heapUsed: u64 |
-@usableFromInline package struct HealthReport: Sendable, Equatable {
+@usableFromInline package struct HealthReport: FixedSizeMessage {
     /// The encoded size in bytes.
     @usableFromInline package static let size = 16
     /// The bytes the allocator holds from the system.
@@ -73,12 +90,10 @@
         out.appendLittleEndian(heapUsed)
     }
 
-    /// The report; nil when `payload` is shorter than `size`. Bytes past `size` are ignored.
     @inlinable
-    package static func decode(_ payload: UnsafeRawBufferPointer) -> HealthReport? {
-        guard payload.count >= size else { return nil }
-        return HealthReport(heapTotal: payload.readLittleEndian(at: 0, as: UInt64.self),
-                            heapUsed: payload.readLittleEndian(at: 8, as: UInt64.self))
+    package init(unchecked payload: UnsafeRawBufferPointer) {
+        self.init(heapTotal: payload.readLittleEndian(at: 0, as: UInt64.self),
+                  heapUsed: payload.readLittleEndian(at: 8, as: UInt64.self))
     }
 }
 
@@ -89,7 +104,7 @@
 /// |---|---|---|
 /// | 0 | 8 | count: u64 |
 /// | 8 | 1 | status: 0 complete; 1 (any other value) failed |
-@usableFromInline package struct StreamEnd: Sendable, Equatable {
+@usableFromInline package struct StreamEnd: FixedSizeMessage {
     /// The encoded size in bytes.
     @usableFromInline package static let size = 9
     /// The bytes written to the stream.
@@ -111,11 +126,9 @@
         out.append(ok ? 0 : 1)
     }
 
-    /// The end; nil when `payload` is shorter than `size`. Bytes past `size` are ignored.
     @inlinable
-    package static func decode(_ payload: UnsafeRawBufferPointer) -> StreamEnd? {
-        guard payload.count >= size else { return nil }
-        return StreamEnd(count: payload.readLittleEndian(at: 0, as: UInt64.self), ok: payload[8] == 0)
+    package init(unchecked payload: UnsafeRawBufferPointer) {
+        self.init(count: payload.readLittleEndian(at: 0, as: UInt64.self), ok: payload[8] == 0)
     }
 }
 
