@@ -17,8 +17,8 @@ public typealias RequestID = LPMWire.RequestID
 /// ```
 ///
 /// Everything runs on one thread, the worker's reactor thread (``reactor``). Call
-/// ``Worker/Request/respond(_:)-([UInt8])`` and the other methods from that thread; from another thread, hop with
-/// `worker.reactor.handle.execute { _ in ... }`.
+/// ``Worker/Request/respond(_:)-([UInt8])`` and the other methods from that thread; from another
+/// thread, hop with `worker.reactor.handle.execute { _ in ... }`.
 ///
 /// The worker exits cleanly when its channel reaches end of file (the supervisor is gone), and
 /// asks the kernel to kill it if the supervisor thread that spawned it dies
