@@ -1,7 +1,8 @@
 // The demo's worker: answers every request with {"dummy":"world"} after a short delay, as the
 // load-process-manager example does (it waits 2 s; this one 200 ms, to keep the demo brisk).
-import LoadProcessManagerWorker
 import Glibc
+import LPMReactor
+import LoadProcessManagerWorker
 
 let worker = Worker.connect()
 worker.onRequest { request in

@@ -1,6 +1,7 @@
 // The prefork server's worker: reads an HTTP request from the socket it is handed, answers
 // with a small response naming its pid, and closes the connection.
 import Glibc
+import LPMReactor
 import LoadProcessManagerWorker
 
 let worker = Worker.connect()
@@ -10,7 +11,7 @@ let response = Array("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Len
 worker.onRequest { request in
     guard request.hasSocket, let fd = request.socket else { return request.fail("expected a socket") }
     // Read the request head on the reactor (the socket is non-blocking), then answer.
-    let reader = StreamReader(fd: dup(fd), reactor: worker.reactor)
+    let reader = Worker.InputStream(fd: dup(fd), reactor: worker.reactor)
     var head: [UInt8] = []
     func answer() {
         reader.close()

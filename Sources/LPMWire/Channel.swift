@@ -2,7 +2,7 @@ import LPMReactor
 import CLoop
 
 /// Why a channel stopped.
-public enum ChannelEnd: Sendable, Hashable, CustomStringConvertible {
+package enum ChannelEnd: Sendable, Hashable, CustomStringConvertible {
     /// The peer closed its end (end of file).
     case endOfFile
     /// The peer sent bytes that are not a valid frame stream.
@@ -10,7 +10,8 @@ public enum ChannelEnd: Sendable, Hashable, CustomStringConvertible {
     /// A read or write failed.
     case failed(SyscallError)
 
-    public var description: String {
+    /// The end in words.
+    package var description: String {
         switch self {
         case .endOfFile: return "the peer closed the channel"
         case .violation(let v): return v.description
@@ -21,7 +22,7 @@ public enum ChannelEnd: Sendable, Hashable, CustomStringConvertible {
 
 /// Collects the channels that have frames to write and flushes them all once per reactor
 /// iteration: every frame due for a peer in one iteration goes out in one `send`.
-public final class ChannelFlusher {
+package final class ChannelFlusher {
     private let reactor: Reactor
     private var dirty: [Channel] = []
     private var scheduled = false
@@ -29,7 +30,7 @@ public final class ChannelFlusher {
     private var flushJob: ((Reactor) -> Void)?
 
     /// Creates a flusher for channels on `reactor`.
-    public init(reactor: Reactor) { self.reactor = reactor }
+    package init(reactor: Reactor) { self.reactor = reactor }
 
     func markDirty(_ channel: Channel) {
         dirty.append(channel)
@@ -43,7 +44,7 @@ public final class ChannelFlusher {
     }
 
     /// Flushes every dirty channel now.
-    public func flushAll() {
+    package func flushAll() {
         scheduled = false
         var i = 0
         while i < dirty.count {
@@ -56,9 +57,9 @@ public final class ChannelFlusher {
 
 /// One end of a supervisor–worker socketpair, on a reactor: reads and decodes frames, and
 /// buffers frames to write until the end of the reactor iteration.
-public final class Channel {
+package final class Channel {
     /// The socket. Owned by the channel; closed by ``close()``.
-    public let fd: CInt
+    package let fd: CInt
     private let reactor: Reactor
     private let flusher: ChannelFlusher
     private var registration: Reactor.Registration?
@@ -72,14 +73,14 @@ public final class Channel {
     @exclusivity(unchecked) private var waitingForWritable = false
     private let decoder: FrameDecoder
     /// Whether the channel has been closed or has failed.
-    public private(set) var isClosed = false
+    package private(set) var isClosed = false
     /// Called for each frame received; the payload is valid only during the call.
-    public var onFrame: (FrameHeader, UnsafeRawBufferPointer) -> Void = { _, _ in }
+    package var onFrame: (FrameHeader, UnsafeRawBufferPointer) -> Void = { _, _ in }
     /// Called once when the channel stops for any reason other than ``close()``.
-    public var onEnd: (ChannelEnd) -> Void = { _ in }
+    package var onEnd: (ChannelEnd) -> Void = { _ in }
 
     /// Takes ownership of `fd` (a non-blocking stream socket).
-    public init(fd: CInt, reactor: Reactor, flusher: ChannelFlusher, maxPayload: Int) {
+    package init(fd: CInt, reactor: Reactor, flusher: ChannelFlusher, maxPayload: Int) {
         self.fd = fd
         self.reactor = reactor
         self.flusher = flusher
@@ -88,27 +89,27 @@ public final class Channel {
     }
 
     /// The largest payload accepted in either direction.
-    public var maxPayload: Int { decoder.maxPayload }
+    package var maxPayload: Int { decoder.maxPayload }
 
     /// Starts reading.
-    public func start() throws(ReactorError) {
+    package func start() throws(ReactorError) {
         registration = try reactor.register(fd, interest: .readable) { [unowned self] ready in
             self.handle(ready)
         }
     }
 
     /// Bytes queued and not yet written.
-    public var pendingOutput: Int { out.count - outStart }
+    package var pendingOutput: Int { out.count - outStart }
 
     /// Queues a frame with no payload.
-    public func send(_ type: FrameType, id: UInt64 = 0) {
+    package func send(_ type: FrameType, id: UInt64 = 0) {
         guard !isClosed else { return }
         out.appendFrameHeader(type, length: 0, id: id)
         markDirty()
     }
 
     /// Queues a frame; `write` appends exactly `length` payload bytes to the buffer it is given.
-    public func send(_ type: FrameType, id: UInt64, flags: FrameFlags = [], length: Int, _ write: (inout [UInt8]) -> Void) {
+    package func send(_ type: FrameType, id: UInt64, flags: FrameFlags = [], length: Int, _ write: (inout [UInt8]) -> Void) {
         guard !isClosed else { return }
         out.appendFrameHeader(type, flags: flags, length: length, id: id)
         let before = out.count
@@ -119,7 +120,7 @@ public final class Channel {
 
     /// Queues a frame that carries `descriptor` (SCM_RIGHTS). The channel owns the descriptor
     /// from now on and closes it once sent (or when the channel closes).
-    public func send(_ type: FrameType, id: UInt64, flags: FrameFlags = [], passing descriptor: CInt, payload: [UInt8]) {
+    package func send(_ type: FrameType, id: UInt64, flags: FrameFlags = [], passing descriptor: CInt, payload: [UInt8]) {
         guard !isClosed else { FileDescriptor.closeRaw(descriptor); return }
         outgoingFDs.append((out.count, descriptor))
         out.appendFrame(type, flags: flags.union(.descriptor), id: id, payload: payload)
@@ -129,12 +130,12 @@ public final class Channel {
     /// Takes the descriptor that came with the frame being delivered (one whose flags contain
     /// ``FrameFlags/descriptor``). The caller owns it. `nil` if none arrived: the peer broke the
     /// protocol.
-    public func takeDescriptor() -> CInt? {
+    package func takeDescriptor() -> CInt? {
         incomingFDs.isEmpty ? nil : incomingFDs.removeFirst()
     }
 
     /// Queues a frame whose payload is `payload`.
-    public func send(_ type: FrameType, id: UInt64, payload: [UInt8]) {
+    package func send(_ type: FrameType, id: UInt64, payload: [UInt8]) {
         guard !isClosed else { return }
         out.appendFrame(type, id: id, payload: payload)
         markDirty()
@@ -239,7 +240,7 @@ public final class Channel {
 
     /// Writes everything queued, blocking until the socket takes it (used just before a worker
     /// exits, so that no answer is lost).
-    public func flushBlocking() {
+    package func flushBlocking() {
         guard !isClosed else { return }
         while outStart < out.count {
             var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
@@ -251,7 +252,7 @@ public final class Channel {
 
     /// Deregisters and closes the socket. Frames still queued are written first if the socket
     /// takes them without blocking.
-    public func close() {
+    package func close() {
         guard !isClosed else { return }
         isClosed = true
         if outStart < out.count && outgoingFDs.isEmpty {

@@ -12,29 +12,29 @@ import LPMReactor
 /// | 3 | 1 | flags (``FrameFlags``) |
 /// | 4 | 4 | payload length (u32) |
 /// | 8 | 8 | id (u64): request id, event id or sequence number |
-public enum Wire {
+@usableFromInline package enum Wire {
     /// The first byte of every frame.
-    public static let magic: UInt8 = 0x4C
+    @usableFromInline package static let magic: UInt8 = 0x4C
     /// The protocol version this build speaks.
-    public static let version: UInt8 = 1
+    @usableFromInline package static let version: UInt8 = 1
     /// The header size in bytes.
-    public static let headerSize = 16
+    package static let headerSize = 16
     /// The default largest payload accepted, 16 MiB.
-    public static let defaultMaxPayload = 16 << 20
+    package static let defaultMaxPayload = 16 << 20
     /// The environment variable that carries the channel's descriptor number to a worker.
-    public static let channelEnvironmentKey = "LPM_CHANNEL_FD"
+    package static let channelEnvironmentKey = "LPM_CHANNEL_FD"
     /// The environment variable that carries the largest payload the worker may send or receive.
-    public static let maxPayloadEnvironmentKey = "LPM_MAX_FRAME"
+    package static let maxPayloadEnvironmentKey = "LPM_MAX_FRAME"
 }
 
 /// The kind of a frame. The direction is in each case's comment (S: supervisor, W: worker).
-public enum FrameType: UInt8, Sendable, CaseIterable {
+@usableFromInline package enum FrameType: UInt8, Sendable, CaseIterable {
     /// W→S: ready to take requests (also after ``busy``).
     case ready = 1
     /// W→S: take no new requests until the next ``ready``.
     case busy = 2
-    /// S→W: a request. id: request id. Payload: 16-byte UUID, u64 createdAt (ns, monotonic in the
-    /// supervisor), then the request data.
+    /// S→W: a request. id: request id. Payload: a ``RequestHead`` (16-byte UUID, u64 createdAt in
+    /// ns on the supervisor's monotonic clock), then the request data.
     case request = 3
     /// W→S: the answer to request `id`. Payload: the response data.
     case response = 4
@@ -43,7 +43,7 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     /// W→S: request `id` failed in the worker. Payload: a UTF-8 message.
     case error = 6
     /// Both ways: a custom event. id: 0, or a reply id when the sender wants a reply. Payload:
-    /// u16 name length, the UTF-8 name, then the event data.
+    /// an ``EventPayload`` (u16 name length, the UTF-8 name, then the event data).
     case event = 7
     /// Both ways: the reply to event `id`. Payload: the reply data.
     case eventReply = 8
@@ -51,7 +51,8 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case broadcast = 9
     /// S→W: report your memory. id: a sequence number echoed back.
     case healthRequest = 10
-    /// W→S: memory report. Payload: u64 heapTotal, u64 heapUsed (bytes, from malloc statistics).
+    /// W→S: memory report. Payload: a ``HealthReport`` (u64 heapTotal, u64 heapUsed: bytes, from
+    /// malloc statistics).
     case healthReport = 11
     /// S→W: finish the requests you have, run your soft-kill handler, then exit.
     case softKill = 12
@@ -65,34 +66,34 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case pong = 16
     /// W→S: a socket passed with a request was closed by the worker. id: the request id.
     case socketClosed = 17
-    /// W→S: the response stream of request `id` is complete. Payload: u64 byte count, u8 status
-    /// (0: complete; 1: the worker failed to produce it).
+    /// W→S: the response stream of request `id` is complete. Payload: a ``StreamEnd`` (u64 byte
+    /// count, u8 status: 0 complete, 1 the worker failed to produce it).
     case streamEnd = 18
 }
 
 /// Frame flags.
-public struct FrameFlags: OptionSet, Sendable, Hashable {
-    public let rawValue: UInt8
-    public init(rawValue: UInt8) { self.rawValue = rawValue }
+@usableFromInline package struct FrameFlags: OptionSet, Sendable, Hashable {
+    @usableFromInline package let rawValue: UInt8
+    @usableFromInline package init(rawValue: UInt8) { self.rawValue = rawValue }
     /// One file descriptor travels with this frame (SCM_RIGHTS on the same `sendmsg`).
-    public static let descriptor = FrameFlags(rawValue: 1)
+    package static let descriptor = FrameFlags(rawValue: 1)
     /// A stream accompanies the frame: the descriptor passed with it is the stream's read end.
-    public static let stream = FrameFlags(rawValue: 2)
+    package static let stream = FrameFlags(rawValue: 2)
 }
 
 /// A decoded frame header.
-public struct FrameHeader: Sendable, Hashable {
+package struct FrameHeader: Sendable, Hashable {
     /// The frame type.
-    public var type: FrameType
+    package var type: FrameType
     /// The flags.
-    public var flags: FrameFlags
+    package var flags: FrameFlags
     /// The payload length in bytes.
-    public var length: Int
+    package var length: Int
     /// The request id, event id or sequence number.
-    public var id: UInt64
+    package var id: UInt64
 
     /// A header with these fields.
-    public init(type: FrameType, flags: FrameFlags = [], length: Int, id: UInt64) {
+    package init(type: FrameType, flags: FrameFlags = [], length: Int, id: UInt64) {
         self.type = type
         self.flags = flags
         self.length = length
@@ -101,18 +102,19 @@ public struct FrameHeader: Sendable, Hashable {
 }
 
 /// Why a byte sequence is not a valid frame stream.
-public struct ProtocolViolation: Error, Hashable, Sendable, CustomStringConvertible {
+package struct ProtocolViolation: Error, Hashable, Sendable, CustomStringConvertible {
     /// What is wrong, in words.
-    public var reason: String
+    package var reason: String
     /// A violation for `reason`.
-    public init(_ reason: String) { self.reason = reason }
-    public var description: String { "protocol violation: \(reason)" }
+    package init(_ reason: String) { self.reason = reason }
+    /// `protocol violation: ` and the reason.
+    package var description: String { "protocol violation: \(reason)" }
 }
 
 extension Array where Element == UInt8 {
     /// Appends a frame header.
     @inlinable
-    public mutating func appendFrameHeader(_ type: FrameType, flags: FrameFlags = [], length: Int, id: UInt64) {
+    package mutating func appendFrameHeader(_ type: FrameType, flags: FrameFlags = [], length: Int, id: UInt64) {
         precondition(length >= 0 && length <= Int(UInt32.max))
         append(Wire.magic)
         append(Wire.version)
@@ -124,14 +126,14 @@ extension Array where Element == UInt8 {
 
     /// Appends a whole frame.
     @inlinable
-    public mutating func appendFrame(_ type: FrameType, flags: FrameFlags = [], id: UInt64, payload: some Collection<UInt8>) {
+    package mutating func appendFrame(_ type: FrameType, flags: FrameFlags = [], id: UInt64, payload: some Collection<UInt8>) {
         appendFrameHeader(type, flags: flags, length: payload.count, id: id)
         append(contentsOf: payload)
     }
 
     /// Appends a fixed-width integer, little-endian.
     @inlinable
-    public mutating func appendLittleEndian<T: FixedWidthInteger>(_ value: T) {
+    package mutating func appendLittleEndian<T: FixedWidthInteger>(_ value: T) {
         var v = value.littleEndian
         Swift.withUnsafeBytes(of: &v) { append(contentsOf: $0) }
     }
@@ -140,7 +142,7 @@ extension Array where Element == UInt8 {
 extension UnsafeRawBufferPointer {
     /// Reads a little-endian integer at `offset` (no alignment needed).
     @inlinable
-    public func readLittleEndian<T: FixedWidthInteger>(at offset: Int, as: T.Type = T.self) -> T {
+    package func readLittleEndian<T: FixedWidthInteger>(at offset: Int, as: T.Type = T.self) -> T {
         T(littleEndian: loadUnaligned(fromByteOffset: offset, as: T.self))
     }
 }
@@ -150,16 +152,16 @@ extension UnsafeRawBufferPointer {
 ///
 /// Owns a raw buffer that `read(from:)` fills straight from the descriptor (no zero-filling,
 /// no intermediate copy); payloads are handed out as views into it.
-public final class FrameDecoder {
+package final class FrameDecoder {
     /// The largest payload accepted.
-    public let maxPayload: Int
+    package let maxPayload: Int
     @exclusivity(unchecked) private var storage: UnsafeMutableRawPointer
     @exclusivity(unchecked) private var capacity: Int
     @exclusivity(unchecked) private var start = 0
     @exclusivity(unchecked) private var end = 0
 
     /// A decoder refusing payloads over `maxPayload`, with `capacity` bytes of buffer to start.
-    public init(maxPayload: Int = Wire.defaultMaxPayload, capacity: Int = 64 * 1024) {
+    package init(maxPayload: Int = Wire.defaultMaxPayload, capacity: Int = 64 * 1024) {
         self.maxPayload = maxPayload
         self.capacity = capacity
         storage = .allocate(byteCount: capacity, alignment: 16)
@@ -168,7 +170,7 @@ public final class FrameDecoder {
     deinit { storage.deallocate() }
 
     /// Bytes buffered and not yet decoded.
-    public var bufferedCount: Int { end - start }
+    package var bufferedCount: Int { end - start }
 
     /// Makes room for at least `count` more bytes at the end.
     private func reserve(_ count: Int) {
@@ -191,7 +193,7 @@ public final class FrameDecoder {
 
     /// Reads from `fd` into the buffer; the corresponding C function is `read(2)`.
     /// - Returns: the byte count (0 at end of file), or `nil` when nothing is available (EAGAIN).
-    public func read(from fd: CInt) throws(SyscallError) -> Int? {
+    package func read(from fd: CInt) throws(SyscallError) -> Int? {
         // Room for a whole frame header and a good batch; more when a large frame is pending.
         reserve(16 * 1024)
         let room = capacity - end
@@ -206,7 +208,7 @@ public final class FrameDecoder {
     /// Receives from the socket `fd` into the buffer with `recvmsg(2)`; descriptors passed with
     /// SCM_RIGHTS are appended to `descriptors` (already CLOEXEC).
     /// - Returns: the byte count (0 at end of file), or `nil` when nothing is available (EAGAIN).
-    public func receive(from fd: CInt, descriptors: inout [CInt]) throws(SyscallError) -> Int? {
+    package func receive(from fd: CInt, descriptors: inout [CInt]) throws(SyscallError) -> Int? {
         reserve(16 * 1024)
         let room = capacity - end
         switch try Sys.recvmsg(fd, UnsafeMutableRawBufferPointer(start: storage + end, count: room), descriptors: &descriptors) {
@@ -218,7 +220,7 @@ public final class FrameDecoder {
     }
 
     /// Appends bytes received some other way.
-    public func append(_ bytes: UnsafeRawBufferPointer) {
+    package func append(_ bytes: UnsafeRawBufferPointer) {
         reserve(bytes.count)
         (storage + end).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
         end += bytes.count
@@ -228,7 +230,7 @@ public final class FrameDecoder {
     /// payload (valid only during the call; `body` must not call back into this decoder).
     /// - Throws: ``ProtocolViolation`` at the first invalid header; the remaining bytes are
     ///   dropped. Errors thrown by `body` propagate.
-    public func decode(_ body: (FrameHeader, UnsafeRawBufferPointer) throws -> Void) throws {
+    package func decode(_ body: (FrameHeader, UnsafeRawBufferPointer) throws -> Void) throws {
         while end - start >= Wire.headerSize {
             let h = UnsafeRawBufferPointer(start: storage + start, count: Wire.headerSize)
             guard h[0] == Wire.magic else { return try fail("bad magic byte 0x\(String(h[0], radix: 16))") }
@@ -256,31 +258,5 @@ public final class FrameDecoder {
         start = 0
         end = 0
         throw ProtocolViolation(reason)
-    }
-}
-
-/// The payload of `event` and `broadcast` frames: u16 name length, the UTF-8 name, the data.
-public enum EventPayload {
-    /// Encodes an event's name and data. A name longer than 65,535 UTF-8 bytes is cut there.
-    public static func encode(name: String, data: [UInt8]) -> [UInt8] {
-        var body: [UInt8] = []
-        var name = name
-        name.withUTF8 { n in
-            let count = min(n.count, Int(UInt16.max))
-            body.reserveCapacity(2 + count + data.count)
-            body.appendLittleEndian(UInt16(count))
-            body.append(contentsOf: UnsafeBufferPointer(rebasing: n[..<count]))
-        }
-        body.append(contentsOf: data)
-        return body
-    }
-
-    /// Decodes an event's name and data; `nil` when the name runs past the payload.
-    public static func decode(_ payload: UnsafeRawBufferPointer) -> (name: String, data: [UInt8])? {
-        guard payload.count >= 2 else { return nil }
-        let n = Int(payload.readLittleEndian(at: 0, as: UInt16.self))
-        guard payload.count >= 2 + n else { return nil }
-        let name = String(decoding: UnsafeRawBufferPointer(rebasing: payload[2..<2 + n]), as: UTF8.self)
-        return (name, Array(UnsafeRawBufferPointer(rebasing: payload[(2 + n)...])))
     }
 }

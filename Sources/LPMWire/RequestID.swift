@@ -1,5 +1,9 @@
 /// A request's identity: a version 4 (random) UUID, without Foundation.
 ///
+/// The one public type of this internal module: `LoadProcessManager` (`Response.id`) and
+/// `LoadProcessManagerWorker` (`Worker.Request.id`) each name it with a public typealias
+/// `RequestID`, so a file that imports both sees one type.
+///
 /// The random bits come from a per-process generator seeded once from the kernel
 /// (`SystemRandomNumberGenerator`); they are unique, not secret.
 public struct RequestID: Hashable, Sendable, CustomStringConvertible {
@@ -20,7 +24,7 @@ public struct RequestID: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// A new random version 4 UUID from `generator`.
-    public static func random(using generator: inout some RandomNumberGenerator) -> RequestID {
+    package static func random(using generator: inout some RandomNumberGenerator) -> RequestID {
         var high = generator.next() as UInt64
         var low = generator.next() as UInt64
         high = (high & ~0xF000) | 0x4000          // version 4
@@ -28,10 +32,12 @@ public struct RequestID: Hashable, Sendable, CustomStringConvertible {
         return RequestID(high: high, low: low)
     }
 
+    /// Whether the two ids have the same 16 bytes.
     public static func == (a: RequestID, b: RequestID) -> Bool {
         withUnsafeBytes(of: a.bytes) { x in withUnsafeBytes(of: b.bytes) { y in x.elementsEqual(y) } }
     }
 
+    /// Hashes the 16 bytes.
     public func hash(into hasher: inout Hasher) {
         withUnsafeBytes(of: bytes) { hasher.combine(bytes: $0) }
     }
@@ -51,18 +57,27 @@ public struct RequestID: Hashable, Sendable, CustomStringConvertible {
         return String(decoding: out, as: UTF8.self)
     }
 
-    /// Writes the 16 bytes.
-    public func append(to out: inout [UInt8]) {
+    /// The id in the first 16 bytes of `raw`, which must hold at least 16.
+    @inlinable
+    package init(loading raw: UnsafeRawBufferPointer) {
+        precondition(raw.count >= 16, "a request id needs 16 bytes")
+        bytes = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        withUnsafeMutableBytes(of: &bytes) { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[0..<16])) }
+    }
+
+    /// Appends the 16 bytes.
+    @inlinable
+    package func append(to out: inout [UInt8]) {
         withUnsafeBytes(of: bytes) { out.append(contentsOf: $0) }
     }
 }
 
 /// A fast generator for request ids (xoshiro256**), seeded once from the system generator.
-public struct IDGenerator: RandomNumberGenerator {
+package struct IDGenerator: RandomNumberGenerator {
     private var s: (UInt64, UInt64, UInt64, UInt64)
 
     /// A generator seeded from the system generator.
-    public init() {
+    package init() {
         var system = SystemRandomNumberGenerator()
         s = (system.next(), system.next(), system.next(), system.next() | 1)
     }
@@ -70,7 +85,8 @@ public struct IDGenerator: RandomNumberGenerator {
     @inline(__always)
     private static func rotl(_ x: UInt64, _ k: UInt64) -> UInt64 { (x << k) | (x >> (64 - k)) }
 
-    public mutating func next() -> UInt64 {
+    /// The next 64 random bits.
+    package mutating func next() -> UInt64 {
         let result = IDGenerator.rotl(s.1 &* 5, 7) &* 9
         let t = s.1 << 17
         s.2 ^= s.0

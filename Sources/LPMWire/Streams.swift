@@ -4,23 +4,23 @@ import LPMReactor
 /// Reads a descriptor (a pipe's read end, a socket) on the reactor, chunk by chunk, only while
 /// there is demand: pausing it leaves the bytes in the kernel, so the writer feels the
 /// back-pressure.
-public final class StreamReader {
+package final class StreamReader {
     /// The descriptor read. Owned by the reader; closed at the end.
-    public let fd: CInt
+    package let fd: CInt
     private let reactor: Reactor
     private var registration: Reactor.Registration?
     private var paused = true
     private var finished = false
     private let chunkSize: Int
     /// Called with each chunk read.
-    public var onChunk: ([UInt8]) -> Void = { _ in }
+    package var onChunk: ([UInt8]) -> Void = { _ in }
     /// Called once: `nil` at end of file, or the error that ended reading.
-    public var onEnd: (SyscallError?) -> Void = { _ in }
+    package var onEnd: (SyscallError?) -> Void = { _ in }
     /// Bytes delivered so far.
-    public private(set) var count = 0
+    package private(set) var count = 0
 
     /// Takes ownership of `fd` (made non-blocking here).
-    public init(fd: CInt, reactor: Reactor, chunkSize: Int = 64 * 1024) {
+    package init(fd: CInt, reactor: Reactor, chunkSize: Int = 64 * 1024) {
         self.fd = fd
         self.reactor = reactor
         self.chunkSize = chunkSize
@@ -28,10 +28,10 @@ public final class StreamReader {
     }
 
     /// Whether the stream has ended (end of file, error, or ``close()``).
-    public var isFinished: Bool { finished }
+    package var isFinished: Bool { finished }
 
     /// Starts or resumes delivering chunks.
-    public func resume() {
+    package func resume() {
         guard paused, !finished else { return }
         paused = false
         if registration == nil {
@@ -46,14 +46,14 @@ public final class StreamReader {
     }
 
     /// Stops delivering chunks until ``resume()``.
-    public func pause() {
+    package func pause() {
         guard !paused, !finished else { return }
         paused = true
         if let r = registration { try? reactor.deregister(r); registration = nil }
     }
 
     /// Delivers every byte to `done` at the end (for small streams and tests).
-    public func readAll(_ done: @escaping (Result<[UInt8], SyscallError>) -> Void) {
+    package func readAll(_ done: @escaping (Result<[UInt8], SyscallError>) -> Void) {
         var all: [UInt8] = []
         onChunk = { all.append(contentsOf: $0) }
         onEnd = { error in done(error.map { .failure($0) } ?? .success(all)) }
@@ -82,7 +82,7 @@ public final class StreamReader {
     }
 
     /// Stops reading and closes the descriptor; ``onEnd`` is not called.
-    public func close() {
+    package func close() {
         guard !finished else { return }
         finished = true
         if let r = registration { try? reactor.deregister(r); registration = nil }
@@ -92,9 +92,9 @@ public final class StreamReader {
 
 /// Writes to a descriptor (a pipe's write end, a socket) on the reactor, buffering what the
 /// kernel does not take yet.
-public final class StreamWriter {
+package final class StreamWriter {
     /// The descriptor written. Owned by the writer; closed by ``finish(_:)`` or ``close()``.
-    public let fd: CInt
+    package let fd: CInt
     private let reactor: Reactor
     private var buffer: [UInt8] = []
     private var start = 0
@@ -105,27 +105,27 @@ public final class StreamWriter {
     private var blocked = false
     /// Called when the buffer has emptied after the kernel refused bytes (for back-pressure:
     /// write more then). Never called from inside ``write(_:)``.
-    public var onDrain: () -> Void = {}
+    package var onDrain: () -> Void = {}
     /// Called once if a write fails (the reader went away: `EPIPE`).
-    public var onError: (SyscallError) -> Void = { _ in }
+    package var onError: (SyscallError) -> Void = { _ in }
     /// Bytes accepted so far.
-    public private(set) var count = 0
+    package private(set) var count = 0
 
     /// Takes ownership of `fd` (made non-blocking here).
-    public init(fd: CInt, reactor: Reactor) {
+    package init(fd: CInt, reactor: Reactor) {
         self.fd = fd
         self.reactor = reactor
         try? Sys.setNonBlocking(fd)
     }
 
     /// Bytes accepted and not yet written.
-    public var bufferedCount: Int { buffer.count - start }
+    package var bufferedCount: Int { buffer.count - start }
 
     /// Whether a write failed.
-    public var error: SyscallError? { failed }
+    package var error: SyscallError? { failed }
 
     /// Queues `bytes` and writes what the kernel takes now.
-    public func write(_ bytes: [UInt8]) {
+    package func write(_ bytes: [UInt8]) {
         guard !closed, failed == nil, finishing == nil else { return }
         count += bytes.count
         buffer.append(contentsOf: bytes)
@@ -134,7 +134,7 @@ public final class StreamWriter {
 
     /// Once everything is written, closes the descriptor (the reader sees end of file) and
     /// calls `done` with `nil`, or with the error that stopped writing.
-    public func finish(_ done: @escaping (SyscallError?) -> Void) {
+    package func finish(_ done: @escaping (SyscallError?) -> Void) {
         guard !closed, finishing == nil else { return }
         if let failed { close(); return done(failed) }
         finishing = done
@@ -190,7 +190,7 @@ public final class StreamWriter {
     }
 
     /// Closes the descriptor now, dropping anything unwritten.
-    public func close() {
+    package func close() {
         guard !closed else { return }
         closed = true
         if let r = registration { try? reactor.deregister(r); registration = nil }
@@ -199,22 +199,25 @@ public final class StreamWriter {
 }
 
 /// A 64-bit FNV-1a digest, for checking streams end to end.
-public struct StreamDigest: Sendable, Hashable, CustomStringConvertible {
-    public private(set) var value: UInt64 = 0xcbf2_9ce4_8422_2325
-    public private(set) var count = 0
+package struct StreamDigest: Sendable, Hashable, CustomStringConvertible {
+    /// The digest so far.
+    package private(set) var value: UInt64 = 0xcbf2_9ce4_8422_2325
+    /// The bytes digested so far.
+    package private(set) var count = 0
     /// The digest of no bytes.
-    public init() {}
+    package init() {}
     /// Adds `bytes`.
-    public mutating func update(_ bytes: [UInt8]) {
+    package mutating func update(_ bytes: [UInt8]) {
         bytes.withUnsafeBufferPointer { update($0) }
     }
 
     /// Adds `bytes`.
-    public mutating func update(_ bytes: UnsafeBufferPointer<UInt8>) {
+    package mutating func update(_ bytes: UnsafeBufferPointer<UInt8>) {
         var v = value
         for i in 0..<bytes.count { v = (v ^ UInt64(bytes[i])) &* 0x100_0000_01b3 }
         value = v
         count += bytes.count
     }
-    public var description: String { "\(count):\(String(value, radix: 16))" }
+    /// `count:digest`, the digest in hexadecimal.
+    package var description: String { "\(count):\(String(value, radix: 16))" }
 }

@@ -40,7 +40,7 @@ extension WorkerEvent {
     public func reply<T: Encodable>(json value: T) throws { reply(Array(try JSONEncoder().encode(value))) }
 }
 
-extension Request {
+extension Worker.Request {
     /// The request's data decoded from JSON.
     public func decode<T: Decodable>(_ type: T.Type, decoder: JSONDecoder = JSONDecoder()) throws -> T {
         try decoder.decode(type, from: Data(data))
@@ -52,7 +52,7 @@ extension Request {
     }
 }
 
-extension Event {
+extension Worker.Event {
     /// The event's data decoded from JSON.
     public func decode<T: Decodable>(_ type: T.Type) throws -> T { try JSONDecoder().decode(type, from: Data(data)) }
 }

@@ -1,6 +1,10 @@
-@_exported import LPMReactor
-@_exported import LPMWire
 import CLoop
+import LPMReactor
+import LPMWire
+
+/// A request's identity, a version 4 UUID (``Worker/Request/id``). The same type as
+/// `LoadProcessManager.RequestID`: a file that imports both modules sees one `RequestID`.
+public typealias RequestID = LPMWire.RequestID
 
 /// The runtime of a worker process: reads requests from the supervisor's channel, runs your
 /// handlers, and sends the answers.
@@ -13,8 +17,8 @@ import CLoop
 /// ```
 ///
 /// Everything runs on one thread, the worker's reactor thread (``reactor``). Call
-/// ``Request/respond(_:)-([UInt8])`` and the other methods from that thread; from another thread, hop with
-/// `worker.reactor.handle.execute { _ in ... }`.
+/// ``Worker/Request/respond(_:)-([UInt8])`` and the other methods from that thread; from another
+/// thread, hop with `worker.reactor.handle.execute { _ in ... }`.
 ///
 /// The worker exits cleanly when its channel reaches end of file (the supervisor is gone), and
 /// asks the kernel to kill it if the supervisor thread that spawned it dies
@@ -78,7 +82,7 @@ public final class Worker {
     }
 
     /// Sets the handler for requests. Runs on the reactor thread for each request; answer with
-    /// ``Request/respond(_:)-([UInt8])``, ``Request/ack()`` or ``Request/fail(_:)``, now or later.
+    /// ``Worker/Request/respond(_:)-([UInt8])``, ``Worker/Request/ack()`` or ``Worker/Request/fail(_:)``, now or later.
     public func onRequest(_ handler: @escaping (Request) -> Void) {
         requestHandler = handler
     }
@@ -150,16 +154,14 @@ public final class Worker {
     private func frame(_ h: FrameHeader, _ payload: UnsafeRawBufferPointer) {
         switch h.type {
         case .request:
-            guard payload.count >= 24 else { return violation("request frame shorter than its 24-byte prefix") }
-            var uuid = RequestID.zero
-            withUnsafeMutableBytes(of: &uuid.bytes) { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: payload[0..<16])) }
-            let createdAt = payload.readLittleEndian(at: 16, as: UInt64.self)
-            let request = Request(worker: self, wireID: h.id, id: uuid, createdAt: createdAt,
-                                  data: Array(UnsafeRawBufferPointer(rebasing: payload[24...])))
+            guard let (head, body) = RequestHead.decode(payload) else {
+                return violation("request frame shorter than its \(RequestHead.size)-byte head")
+            }
+            let request = Request(worker: self, wireID: h.id, id: head.id, createdAt: head.createdAt, data: Array(body))
             if h.flags.contains(.descriptor) {
                 guard let fd = channel.takeDescriptor() else { return violation("a request announced a descriptor that did not arrive") }
                 if h.flags.contains(.stream) {
-                    request.stream = StreamReader(fd: fd, reactor: reactor)
+                    request.stream = InputStream(reader: StreamReader(fd: fd, reactor: reactor))
                 } else {
                     request.socket = fd
                 }
@@ -179,10 +181,8 @@ public final class Worker {
             pendingReplies.removeValue(forKey: h.id)?(Array(payload))
         case .healthRequest:
             let m = mallinfo2()
-            channel.send(.healthReport, id: h.id, length: 16) { out in
-                out.appendLittleEndian(UInt64(m.arena + m.hblkhd))
-                out.appendLittleEndian(UInt64(m.uordblks + m.hblkhd))
-            }
+            let report = HealthReport(heapTotal: UInt64(m.arena + m.hblkhd), heapUsed: UInt64(m.uordblks + m.hblkhd))
+            channel.send(.healthReport, id: h.id, length: HealthReport.size) { report.encode(into: &$0) }
         case .softKill:
             softKillRequested = true
             maybeFinishSoftKill()
@@ -209,7 +209,7 @@ public final class Worker {
         exit(code: 76)
     }
 
-    fileprivate func finish(_ request: Request, _ type: FrameType, _ data: [UInt8]) {
+    func finish(_ request: Request, _ type: FrameType, _ data: [UInt8]) {
         guard !request.answered, inFlight[request.wireID] != nil else { return }
         request.answered = true
         inFlight[request.wireID] = nil
@@ -225,7 +225,7 @@ public final class Worker {
     }
 
     /// Answers with `data` and a stream: the request stays in flight until the stream ends.
-    fileprivate func finishStreaming(_ request: Request, _ data: [UInt8]) -> OutputStream? {
+    func finishStreaming(_ request: Request, _ data: [UInt8]) -> OutputStream? {
         guard !request.answered, inFlight[request.wireID] != nil else { return nil }
         let pair: DescriptorPair
         do { pair = try Sys.pipe(flags: O_NONBLOCK) } catch {
@@ -237,16 +237,14 @@ public final class Worker {
         channel.send(.response, id: request.wireID, flags: .stream, passing: readEnd, payload: data)
         let wireID = request.wireID
         return OutputStream(writer: StreamWriter(fd: writeEnd, reactor: reactor)) { [unowned self] count, ok in
-            self.channel.send(.streamEnd, id: wireID, length: 9) { out in
-                out.appendLittleEndian(UInt64(count))
-                out.append(ok ? 0 : 1)
-            }
+            let end = StreamEnd(count: UInt64(count), ok: ok)
+            self.channel.send(.streamEnd, id: wireID, length: StreamEnd.size) { end.encode(into: &$0) }
             self.inFlight[wireID] = nil
             if self.softKillRequested { self.maybeFinishSoftKill() }
         }
     }
 
-    fileprivate func socketClosed(_ request: Request) {
+    func socketClosed(_ request: Request) {
         channel.send(.socketClosed, id: request.wireID)
     }
 
@@ -278,146 +276,3 @@ public struct WorkerError: Error, CustomStringConvertible, Sendable {
     init(_ d: String) { description = d }
 }
 
-/// A request received from the supervisor. Answer it exactly once; later answers are ignored.
-public final class Request {
-    private unowned let worker: Worker
-    let wireID: UInt64
-    /// The request's id, a UUID (version 4) assigned by the supervisor.
-    public let id: RequestID
-    /// When the supervisor accepted it: nanoseconds on the supervisor's monotonic clock
-    /// (`CLOCK_MONOTONIC`, shared by all processes of the machine).
-    public let createdAt: UInt64
-    /// The request's payload.
-    public let data: [UInt8]
-    /// Whether the supervisor cancelled it (it timed out there); answers are then dropped.
-    public fileprivate(set) var isCancelled = false
-    /// Called if the supervisor cancels the request.
-    public var onCancel: (() -> Void)?
-    fileprivate var answered = false
-    /// The stream sent with the request, if any: read it with ``StreamReader/resume()`` and its
-    /// callbacks, or ``StreamReader/readAll(_:)``. End of file marks its end.
-    public fileprivate(set) var stream: StreamReader?
-    /// The socket (or other descriptor) sent with the request, if any. The worker owns it:
-    /// close it with ``closeSocket()`` so the supervisor knows this worker handles one fewer.
-    public fileprivate(set) var socket: CInt?
-    /// Whether a stream accompanies the request.
-    public var hasStream: Bool { stream != nil }
-    /// Whether a socket accompanies the request.
-    public var hasSocket: Bool { socket != nil }
-
-    init(worker: Worker, wireID: UInt64, id: RequestID, createdAt: UInt64, data: [UInt8]) {
-        self.worker = worker
-        self.wireID = wireID
-        self.id = id
-        self.createdAt = createdAt
-        self.data = data
-    }
-
-    /// Answers with `data`.
-    public func respond(_ data: [UInt8]) { worker.finish(self, .response, data) }
-
-    /// Answers with `data` and a stream of bytes: write them to the returned stream, then call
-    /// ``OutputStream/finish()``. The request counts as in flight until the stream is finished.
-    /// Returns `nil` if the request was already answered.
-    public func respondWithStream(_ data: [UInt8] = []) -> OutputStream? { worker.finishStreaming(self, data) }
-
-    /// Answers with `data` and streams everything readable from `fd` (a file, a pipe, a socket;
-    /// the worker takes ownership and closes it) to the caller.
-    public func respond(_ data: [UInt8], stream fd: CInt) {
-        guard let out = worker.finishStreaming(self, data) else { return FileDescriptor.closeRaw(fd) }
-        let reader = StreamReader(fd: fd, reactor: worker.reactor)
-        reader.onChunk = { chunk in
-            out.write(chunk)
-            if out.bufferedCount > 1 << 20 { reader.pause() }
-        }
-        out.onDrain = { reader.resume() }
-        reader.onEnd = { error in if error == nil { out.finish() } else { out.fail() } }
-        reader.resume()
-    }
-
-    /// Closes the socket that came with the request and tells the supervisor.
-    public func closeSocket() {
-        guard let fd = socket else { return }
-        socket = nil
-        FileDescriptor.closeRaw(fd)
-        worker.socketClosed(self)
-    }
-
-    /// Answers with a UTF-8 string.
-    public func respond(_ text: String) { worker.finish(self, .response, Array(text.utf8)) }
-
-    /// Acknowledges the request without data: the caller gets an empty response.
-    public func ack() { worker.finish(self, .ack, []) }
-
-    /// Fails the request: the caller gets a `workerError` with this message.
-    public func fail(_ message: String) { worker.finish(self, .error, Array(message.utf8)) }
-}
-
-/// A custom event or broadcast from the supervisor.
-public struct Event {
-    /// The event's name.
-    public let name: String
-    /// Its payload.
-    public let data: [UInt8]
-    let replyID: UInt64
-    let channel: Channel
-    /// The descriptor broadcast with the event (a listening socket, say), if any; the worker owns it.
-    public let socket: CInt?
-
-    /// Whether the supervisor waits for a reply.
-    public var wantsReply: Bool { replyID != 0 }
-
-    /// Replies to the supervisor (ignored unless it asked for a reply).
-    public func reply(_ data: [UInt8]) {
-        guard replyID != 0 else { return }
-        channel.send(.eventReply, id: replyID, payload: data)
-    }
-}
-
-/// The byte stream of a streamed response (``Request/respondWithStream(_:)``).
-public final class OutputStream {
-    private let writer: StreamWriter
-    private var done: ((Int, Bool) -> Void)?
-
-    init(writer: StreamWriter, done: @escaping (Int, Bool) -> Void) {
-        self.writer = writer
-        self.done = done
-        // Strong references until the stream ends (then ``end(ok:)`` drops them): the stream
-        // lives as long as it is being written, whoever else holds it.
-        writer.onError = { _ in self.end(ok: false) }
-    }
-
-    /// Called when everything written so far has gone to the kernel: write more then.
-    public var onDrain: () -> Void {
-        get { writer.onDrain }
-        set { writer.onDrain = newValue }
-    }
-
-    /// Bytes written and not yet taken by the kernel (the caller reads slowly: back-pressure).
-    public var bufferedCount: Int { writer.bufferedCount }
-
-    /// Whether the caller went away (the stream can no longer be written).
-    public var isBroken: Bool { writer.error != nil }
-
-    /// Writes bytes to the stream.
-    public func write(_ bytes: [UInt8]) { writer.write(bytes) }
-
-    /// Ends the stream once everything is written; the caller sees it complete.
-    public func finish() {
-        writer.finish { error in self.end(ok: error == nil) }
-    }
-
-    /// Ends the stream as failed: the caller's stream throws.
-    public func fail() {
-        writer.close()
-        end(ok: false)
-    }
-
-    private func end(ok: Bool) {
-        guard let d = done else { return }
-        done = nil
-        writer.onError = { _ in }
-        writer.onDrain = {}
-        d(writer.count, ok)
-    }
-}

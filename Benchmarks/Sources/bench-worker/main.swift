@@ -7,8 +7,9 @@
 //
 // Under compare.sh's allocation counter (LD_PRELOAD=malloc_count.so, LPM_COUNT_MALLOCS=1) the
 // request "?mallocs" is answered with this process's allocation count instead.
-import LoadProcessManagerWorker
 import LPMBenchJobs
+import LPMReactor
+import LoadProcessManagerWorker
 #if canImport(Glibc)
 import Glibc
 #endif

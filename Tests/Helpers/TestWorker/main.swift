@@ -17,6 +17,7 @@
 //   stream-out      payload "N:seed": answers with a stream of N pattern bytes
 //   stream-die      starts a response stream, then exits mid-way
 //   socket-echo     echoes one line on the request's socket, closes it, answers with its pid
+import LPMReactor
 import LoadProcessManagerWorker
 import LPMWire
 import LPMTestSupport

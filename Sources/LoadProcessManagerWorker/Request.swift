@@ -1,0 +1,104 @@
+import CLoop
+import LPMReactor
+import LPMWire
+
+extension Worker {
+    /// A request received from the supervisor. Answer it exactly once; later answers are ignored.
+    ///
+    /// Use it on the worker's thread only (see ``Worker``).
+    public final class Request {
+        private unowned let worker: Worker
+        let wireID: UInt64
+        /// The request's id, a UUID (version 4) assigned by the supervisor.
+        public let id: RequestID
+        /// When the supervisor accepted it: nanoseconds on the supervisor's monotonic clock
+        /// (`CLOCK_MONOTONIC`, shared by all processes of the machine).
+        public let createdAt: UInt64
+        /// The request's payload.
+        public let data: [UInt8]
+        /// Whether the supervisor cancelled it (it timed out there); answers are then dropped.
+        public internal(set) var isCancelled = false
+        /// Called if the supervisor cancels the request.
+        public var onCancel: (() -> Void)?
+        var answered = false
+        /// The stream sent with the request, if any: read it with ``InputStream/resume()`` and its
+        /// callbacks, or ``InputStream/readAll(_:)``. End of file marks its end.
+        public internal(set) var stream: InputStream?
+        /// The socket (or other descriptor) sent with the request, if any. The worker owns it:
+        /// close it with ``closeSocket()`` so the supervisor knows this worker handles one fewer.
+        public internal(set) var socket: CInt?
+        /// Whether a stream accompanies the request.
+        public var hasStream: Bool { stream != nil }
+        /// Whether a socket accompanies the request.
+        public var hasSocket: Bool { socket != nil }
+
+        init(worker: Worker, wireID: UInt64, id: RequestID, createdAt: UInt64, data: [UInt8]) {
+            self.worker = worker
+            self.wireID = wireID
+            self.id = id
+            self.createdAt = createdAt
+            self.data = data
+        }
+
+        /// Answers with `data`.
+        public func respond(_ data: [UInt8]) { worker.finish(self, .response, data) }
+
+        /// Answers with `data` and a stream of bytes: write them to the returned stream, then call
+        /// ``OutputStream/finish()``. The request counts as in flight until the stream is finished.
+        /// Returns `nil` if the request was already answered.
+        public func respondWithStream(_ data: [UInt8] = []) -> OutputStream? { worker.finishStreaming(self, data) }
+
+        /// Answers with `data` and streams everything readable from `fd` (a file, a pipe, a socket;
+        /// the worker takes ownership and closes it) to the caller.
+        public func respond(_ data: [UInt8], stream fd: CInt) {
+            guard let out = worker.finishStreaming(self, data) else { return FileDescriptor.closeRaw(fd) }
+            let reader = StreamReader(fd: fd, reactor: worker.reactor)
+            reader.onChunk = { chunk in
+                out.write(chunk)
+                if out.bufferedCount > 1 << 20 { reader.pause() }
+            }
+            out.onDrain = { reader.resume() }
+            reader.onEnd = { error in if error == nil { out.finish() } else { out.fail() } }
+            reader.resume()
+        }
+
+        /// Closes the socket that came with the request and tells the supervisor.
+        public func closeSocket() {
+            guard let fd = socket else { return }
+            socket = nil
+            FileDescriptor.closeRaw(fd)
+            worker.socketClosed(self)
+        }
+
+        /// Answers with a UTF-8 string.
+        public func respond(_ text: String) { worker.finish(self, .response, Array(text.utf8)) }
+
+        /// Acknowledges the request without data: the caller gets an empty response.
+        public func ack() { worker.finish(self, .ack, []) }
+
+        /// Fails the request: the caller gets a `workerError` with this message.
+        public func fail(_ message: String) { worker.finish(self, .error, Array(message.utf8)) }
+    }
+
+    /// A custom event or broadcast from the supervisor (see ``Worker/on(_:_:)``).
+    public struct Event {
+        /// The event's name.
+        public let name: String
+        /// Its payload.
+        public let data: [UInt8]
+        let replyID: UInt64
+        let channel: Channel
+        /// The descriptor broadcast with the event (a listening socket, say), if any; the worker
+        /// owns it.
+        public let socket: CInt?
+
+        /// Whether the supervisor waits for a reply.
+        public var wantsReply: Bool { replyID != 0 }
+
+        /// Replies to the supervisor (ignored unless it asked for a reply).
+        public func reply(_ data: [UInt8]) {
+            guard replyID != 0 else { return }
+            channel.send(.eventReply, id: replyID, payload: data)
+        }
+    }
+}
