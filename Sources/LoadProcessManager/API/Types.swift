@@ -116,3 +116,7 @@ public struct WorkerEvent: Sendable {
     /// Replies to the worker (ignored unless it asked for a reply).
     public func reply(_ data: [UInt8]) { replyBody(data) }
 }
+
+/// A request's id: a version 4 UUID. The same type as the worker module's `RequestID`, so a file
+/// importing both modules names it without ambiguity.
+public typealias RequestID = LPMWire.RequestID
