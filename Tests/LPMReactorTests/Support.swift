@@ -69,5 +69,5 @@ func spawnShell(_ script: String) -> pid_t {
 func finish(_ reactor: Reactor, fdsBefore: Int) {
     #expect(reactor.registrationCount == 0)
     reactor.close()
-    #expect(openFDCount() == fdsBefore)
+    #expect(openFDCount() == fdsBefore, "\(fdsBefore) descriptors before, now: \(fdList())")
 }

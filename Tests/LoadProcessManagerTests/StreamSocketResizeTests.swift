@@ -38,6 +38,9 @@ func expectedDigest(_ total: Int, seed: UInt8) -> String {
     return d.description
 }
 
+// Tests that count the process's descriptors, threads or children run their body in an exit test
+// (`#expect(processExitsWith:)`, a child process of its own), so that tests running in parallel
+// cannot disturb the counts; issues recorded there are reported here.
 @Suite("Streams, sockets and resize", .serialized, .timeLimit(.minutes(3)))
 struct StreamSocketResizeTests {
     @Test("parent → child streams of 0, 1 and 64 MiB arrive intact", arguments: [0, 1, 64 << 20])
@@ -107,40 +110,43 @@ struct StreamSocketResizeTests {
 
     @Test("100 TCP connections passed to 2 workers are all served and spread; no descriptor leaks")
     func tcpConnections() async throws {
-        try await Task.sleep(for: .milliseconds(1))
-        let fds = openFDCount()
-        let (s, _) = try await startOnline(testConfig("socket-echo"))
-        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = 0
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, len) } }
-        listen(listener, 128)
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &len) } }
-        var served: [String: Int] = [:]
-        for i in 0..<100 {
-            let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, len) } }
-            #expect(rc == 0)
-            let accepted = accept4(listener, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
-            let line = Array("hello \(i)\n".utf8)
-            _ = line.withUnsafeBytes { write(client, $0.baseAddress, $0.count) }
-            let r = try await s.enqueue([], socket: accepted)
-            served[r.text, default: 0] += 1
-            var echo = [UInt8](repeating: 0, count: 64)
-            let n = read(client, &echo, echo.count)
-            #expect(n == line.count && Array(echo[..<max(0, n)]) == line)
-            close(client)
+        await #expect(processExitsWith: .success) {
+            await settleChildProcess()
+            try await Task.sleep(for: .milliseconds(1))
+            let fds = openFDCount()
+            let (s, _) = try await startOnline(testConfig("socket-echo"))
+            let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            addr.sin_port = 0
+            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+            _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, len) } }
+            listen(listener, 128)
+            _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &len) } }
+            var served: [String: Int] = [:]
+            for i in 0..<100 {
+                let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+                let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, len) } }
+                #expect(rc == 0)
+                let accepted = accept4(listener, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
+                let line = Array("hello \(i)\n".utf8)
+                _ = line.withUnsafeBytes { write(client, $0.baseAddress, $0.count) }
+                let r = try await s.enqueue([], socket: accepted)
+                served[r.text, default: 0] += 1
+                var echo = [UInt8](repeating: 0, count: 64)
+                let n = read(client, &echo, echo.count)
+                #expect(n == line.count && Array(echo[..<max(0, n)]) == line)
+                close(client)
+            }
+            close(listener)
+            #expect(served.values.reduce(0, +) == 100)
+            #expect(served.count == 2)
+            #expect(served.values.allSatisfy { $0 >= 20 }, "spread: \(served)")
+            await s.softKill()
+            try await Task.sleep(for: .milliseconds(50))
+            #expect(openFDCount() == fds, "\(fdList())")
         }
-        close(listener)
-        #expect(served.values.reduce(0, +) == 100)
-        #expect(served.count == 2)
-        #expect(served.values.allSatisfy { $0 >= 20 }, "spread: \(served)")
-        await s.softKill()
-        try await Task.sleep(for: .milliseconds(50))
-        #expect(openFDCount() == fds, "\(fdList())")
     }
 
     @Test("broadcast carries a listening socket to every worker")
@@ -160,45 +166,49 @@ struct StreamSocketResizeTests {
 
     @Test("resize up and down under load loses no request")
     func resizeUnderLoad() async throws {
-        var c = testConfig("slow", env: ["LPM_TEST_DELAY_MS": "5"])
-        c.maxConcurrentRequestsPerWorker = 4
-        let (s, log) = try await startOnline(c)
-        let ok = Atomic<Int>(0), failed = Atomic<Int>(0)
-        let n = 2000
-        for i in 0..<n {
-            s.enqueue([UInt8(i & 0xFF)]) { r in
-                if case .success = r { ok.add(1, ordering: .relaxed) } else { failed.add(1, ordering: .relaxed) }
+        await #expect(processExitsWith: .success) {
+            var c = testConfig("slow", env: ["LPM_TEST_DELAY_MS": "5"])
+            c.maxConcurrentRequestsPerWorker = 4
+            let (s, log) = try await startOnline(c)
+            let ok = Atomic<Int>(0), failed = Atomic<Int>(0)
+            let n = 2000
+            for i in 0..<n {
+                s.enqueue([UInt8(i & 0xFF)]) { r in
+                    if case .success = r { ok.add(1, ordering: .relaxed) } else { failed.add(1, ordering: .relaxed) }
+                }
             }
+            try await s.resize(4)
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(await s.health().count >= 4)
+            try await s.resize(1)
+            try await Task.sleep(for: .milliseconds(200))
+            try await s.resize(3)
+            let deadline = ContinuousClock.now + .seconds(60)
+            while ok.load(ordering: .relaxed) + failed.load(ordering: .relaxed) < n && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(ok.load(ordering: .relaxed) == n)
+            #expect(failed.load(ordering: .relaxed) == 0)
+            let h = await s.health()
+            #expect(h.filter { $0.state != .stopping && $0.state != .down }.count == 3)
+            #expect(log.count(isExhausted) == 0, "retiring workers does not charge the restart budget")
+            await s.softKill()
+            #expect(hasNoChildren())
         }
-        try await s.resize(4)
-        try await Task.sleep(for: .milliseconds(200))
-        #expect(await s.health().count >= 4)
-        try await s.resize(1)
-        try await Task.sleep(for: .milliseconds(200))
-        try await s.resize(3)
-        let deadline = ContinuousClock.now + .seconds(60)
-        while ok.load(ordering: .relaxed) + failed.load(ordering: .relaxed) < n && ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        #expect(ok.load(ordering: .relaxed) == n)
-        #expect(failed.load(ordering: .relaxed) == 0)
-        let h = await s.health()
-        #expect(h.filter { $0.state != .stopping && $0.state != .down }.count == 3)
-        #expect(log.count(isExhausted) == 0, "retiring workers does not charge the restart budget")
-        await s.softKill()
-        #expect(hasNoChildren())
     }
 
     @Test("resize to 0 fails requests at once; growing again serves; resize after a kill fails")
     func resizeToZero() async throws {
-        let (s, _) = try await startOnline(testConfig())
-        try await s.resize(0)
-        do { _ = try await s.enqueue("x"); Issue.record("answered") } catch { #expect(error.code == .noWorkers) }
-        try await s.resize(2)
-        #expect(try await s.enqueue(Array("back".utf8), options: RequestOptions(timeout: .seconds(10))).text == "back")
-        do { try await s.resize(-1); Issue.record("accepted") } catch { #expect(error.code == .invalidArgument) }
-        await s.softKill()
-        do { try await s.resize(3); Issue.record("accepted") } catch { #expect(error.code == .shutDown) }
-        #expect(hasNoChildren())
+        await #expect(processExitsWith: .success) {
+            let (s, _) = try await startOnline(testConfig())
+            try await s.resize(0)
+            do { _ = try await s.enqueue("x"); Issue.record("answered") } catch let error as SupervisorError { #expect(error.code == .noWorkers) }
+            try await s.resize(2)
+            #expect(try await s.enqueue(Array("back".utf8), options: RequestOptions(timeout: .seconds(10))).text == "back")
+            do { try await s.resize(-1); Issue.record("accepted") } catch let error as SupervisorError { #expect(error.code == .invalidArgument) }
+            await s.softKill()
+            do { try await s.resize(3); Issue.record("accepted") } catch let error as SupervisorError { #expect(error.code == .shutDown) }
+            #expect(hasNoChildren())
+        }
     }
 }

@@ -6,55 +6,63 @@ import LPMWire
 import Synchronization
 import Testing
 
+// Tests that count the process's descriptors, threads or children run their body in an exit test
+// (`#expect(processExitsWith:)`, a child process of its own), so that tests running in parallel
+// cannot disturb the counts; issues recorded there are reported here.
 @Suite("Supervisor and Worker", .serialized, .timeLimit(.minutes(2)))
 struct SupervisorTests {
     @Test("two echo workers answer requests; ids are UUIDs; nothing is left behind")
     func echo() async throws {
-        // Task.sleep opens the concurrency runtime's timerfd on first use: do that first.
-        try await Task.sleep(for: .milliseconds(1))
-        let fds = openFDCount()
-        let (s, log) = try await startOnline(testConfig())
-        var ids = Set<RequestID>()
-        for i in 0..<10 {
-            let r = try await s.enqueue("hello \(i)")
-            #expect(r.text == "hello \(i)")
-            #expect(!r.hasStream)
-            #expect(r.attempts == 1)
-            ids.insert(r.id)
+        await #expect(processExitsWith: .success) {
+            await settleChildProcess()
+            // Task.sleep opens the concurrency runtime's timerfd on first use: do that first.
+            try await Task.sleep(for: .milliseconds(1))
+            let fds = openFDCount()
+            let (s, log) = try await startOnline(testConfig())
+            var ids = Set<RequestID>()
+            for i in 0..<10 {
+                let r = try await s.enqueue("hello \(i)")
+                #expect(r.text == "hello \(i)")
+                #expect(!r.hasStream)
+                #expect(r.attempts == 1)
+                ids.insert(r.id)
+            }
+            #expect(ids.count == 10)
+            let health = await s.health()
+            #expect(health.count == 2)
+            #expect(health.allSatisfy { $0.pid > 0 && $0.state == .ready })
+            #expect(health.map(\.completed).reduce(0, +) == 10)
+            await s.softKill()
+            #expect(log.count(isExit) == 2)
+            #expect(hasNoChildren())
+            try await Task.sleep(for: .milliseconds(50))  // the reactor thread closes its descriptors as it ends
+            #expect(openFDCount() == fds, "\(fdList())")
         }
-        #expect(ids.count == 10)
-        let health = await s.health()
-        #expect(health.count == 2)
-        #expect(health.allSatisfy { $0.pid > 0 && $0.state == .ready })
-        #expect(health.map(\.completed).reduce(0, +) == 10)
-        await s.softKill()
-        #expect(log.count(isExit) == 2)
-        #expect(hasNoChildren())
-        try await Task.sleep(for: .milliseconds(50))  // the reactor thread closes its descriptors as it ends
-        #expect(openFDCount() == fds, "\(fdList())")
     }
 
     @Test("a burst of 10,000 requests spreads across both workers")
     func burstSpreads() async throws {
-        var c = testConfig("pid")
-        c.maxConcurrentRequestsPerWorker = 64
-        let (s, _) = try await startOnline(c)
-        let counts = Mutex<[String: Int]>([:])
-        let done = Atomic<Int>(0)
-        for _ in 0..<10_000 {
-            s.enqueue([1]) { result in
-                if case .success(let r) = result { counts.withLock { $0[r.text, default: 0] += 1 } }
-                done.add(1, ordering: .relaxed)
+        await #expect(processExitsWith: .success) {
+            var c = testConfig("pid")
+            c.maxConcurrentRequestsPerWorker = 64
+            let (s, _) = try await startOnline(c)
+            let counts = Mutex<[String: Int]>([:])
+            let done = Atomic<Int>(0)
+            for _ in 0..<10_000 {
+                s.enqueue([1]) { result in
+                    if case .success(let r) = result { counts.withLock { $0[r.text, default: 0] += 1 } }
+                    done.add(1, ordering: .relaxed)
+                }
             }
+            let deadline = ContinuousClock.now + .seconds(60)
+            while done.load(ordering: .relaxed) < 10_000 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+            let final = counts.withLock { $0 }
+            #expect(final.values.reduce(0, +) == 10_000)
+            #expect(final.count == 2)
+            #expect(final.values.allSatisfy { $0 >= 2_000 }, "each worker took a fair share: \(final)")
+            await s.hardKill()
+            #expect(hasNoChildren())
         }
-        let deadline = ContinuousClock.now + .seconds(60)
-        while done.load(ordering: .relaxed) < 10_000 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
-        let final = counts.withLock { $0 }
-        #expect(final.values.reduce(0, +) == 10_000)
-        #expect(final.count == 2)
-        #expect(final.values.allSatisfy { $0 >= 2_000 }, "each worker took a fair share: \(final)")
-        await s.hardKill()
-        #expect(hasNoChildren())
     }
 
     @Test("a worker SIGKILLed with requests in flight: retried when attempts are left")
@@ -101,20 +109,22 @@ struct SupervisorTests {
 
     @Test("a crash loop stops after exactly the restart budget; requests then fail at once")
     func crashLoop() async throws {
-        var c = testConfig("crash-on-start", count: 1)
-        c.restarts = 3
-        let s = try Supervisor(c)
-        let log = EventLog(s)
-        async let queued = s.enqueue("queued before the budget ran out")
-        try await s.start()
-        #expect(await log.wait { if case .noWorkersLeft = $0 { return true }; return false })
-        #expect(log.count(isRestart) == 3)
-        #expect(log.count(isExhausted) == 1)
-        #expect(log.count(isExit) == 4)
-        do { _ = try await queued; Issue.record("answered") } catch let error as SupervisorError { #expect(error.code == .noWorkers) }
-        do { _ = try await s.enqueue("late"); Issue.record("answered") } catch { #expect(error.code == .noWorkers) }
-        await s.hardKill()
-        #expect(hasNoChildren())
+        await #expect(processExitsWith: .success) {
+            var c = testConfig("crash-on-start", count: 1)
+            c.restarts = 3
+            let s = try Supervisor(c)
+            let log = EventLog(s)
+            async let queued = s.enqueue("queued before the budget ran out")
+            try await s.start()
+            #expect(await log.wait { if case .noWorkersLeft = $0 { return true }; return false })
+            #expect(log.count(isRestart) == 3)
+            #expect(log.count(isExhausted) == 1)
+            #expect(log.count(isExit) == 4)
+            do { _ = try await queued; Issue.record("answered") } catch let error as SupervisorError { #expect(error.code == .noWorkers) }
+            do { _ = try await s.enqueue("late"); Issue.record("answered") } catch let error as SupervisorError { #expect(error.code == .noWorkers) }
+            await s.hardKill()
+            #expect(hasNoChildren())
+        }
     }
 
     @Test("busy workers get nothing; the queue limit is enforced")
@@ -145,12 +155,14 @@ struct SupervisorTests {
 
     @Test("with busy polling on both sides, requests are answered")
     func busyPollPool() async throws {
-        var c = testConfig()
-        c.busyPoll = .microseconds(50)
-        let (s, _) = try await startOnline(c)
-        for i in 0..<200 { #expect(try await s.enqueue("p\(i)").text == "p\(i)") }
-        await s.softKill()
-        #expect(hasNoChildren())
+        await #expect(processExitsWith: .success) {
+            var c = testConfig()
+            c.busyPoll = .microseconds(50)
+            let (s, _) = try await startOnline(c)
+            for i in 0..<200 { #expect(try await s.enqueue("p\(i)").text == "p\(i)") }
+            await s.softKill()
+            #expect(hasNoChildren())
+        }
     }
 
     @Test("ready() twice is harmless")
@@ -183,58 +195,66 @@ struct SupervisorTests {
 
     @Test("garbage on a worker's channel kills only that worker", arguments: ["garbage", "lie"])
     func garbage(_ mode: String) async throws {
-        var c = testConfig(mode, count: 1)
-        c.restarts = 5
-        let (s, log) = try await startOnline(c)
-        let pid = await s.health()[0].pid
-        do {
-            _ = try await s.enqueue("x", options: RequestOptions(timeout: .seconds(5)))
-            if mode == "garbage" { Issue.record("answered") }
-        } catch {
-            #expect(error.code == .protocolViolation)
+        await #expect(processExitsWith: .success) { [mode] in
+            var c = testConfig(mode, count: 1)
+            c.restarts = 5
+            let (s, log) = try await startOnline(c)
+            let pid = await s.health()[0].pid
+            do {
+                _ = try await s.enqueue("x", options: RequestOptions(timeout: .seconds(5)))
+                if mode == "garbage" { Issue.record("answered") }
+            } catch let error as SupervisorError {
+                #expect(error.code == .protocolViolation)
+            }
+            #expect(await log.wait(isViolation))
+            #expect(await log.wait(isRestart))
+            let after = await s.health()
+            #expect(after[0].pid != pid && after[0].pid > 0)
+            #expect(after[0].restarts == 1)
+            await s.hardKill()
+            #expect(hasNoChildren())
         }
-        #expect(await log.wait(isViolation))
-        #expect(await log.wait(isRestart))
-        let after = await s.health()
-        #expect(after[0].pid != pid && after[0].pid > 0)
-        #expect(after[0].restarts == 1)
-        await s.hardKill()
-        #expect(hasNoChildren())
     }
 
     @Test("softKill with requests in flight answers every one, then refuses new ones")
     func softKillDrains() async throws {
-        let (s, _) = try await startOnline(testConfig("slow", env: ["LPM_TEST_DELAY_MS": "200"]))
-        let results = Mutex<[Result<WorkerResponse, SupervisorError>]>([])
-        for i in 0..<200 { s.enqueue([UInt8(i)]) { r in results.withLock { $0.append(r) } } }
-        await s.softKill()
-        let all = results.withLock { $0 }
-        #expect(all.count == 200)
-        #expect(all.allSatisfy { if case .success = $0 { return true }; return false })
-        do { _ = try await s.enqueue("after"); Issue.record("accepted") } catch { #expect(error.code == .shutDown) }
-        #expect(hasNoChildren())
+        await #expect(processExitsWith: .success) {
+            let (s, _) = try await startOnline(testConfig("slow", env: ["LPM_TEST_DELAY_MS": "200"]))
+            let results = Mutex<[Result<WorkerResponse, SupervisorError>]>([])
+            for i in 0..<200 { s.enqueue([UInt8(i)]) { r in results.withLock { $0.append(r) } } }
+            await s.softKill()
+            let all = results.withLock { $0 }
+            #expect(all.count == 200)
+            #expect(all.allSatisfy { if case .success = $0 { return true }; return false })
+            do { _ = try await s.enqueue("after"); Issue.record("accepted") } catch let error as SupervisorError { #expect(error.code == .shutDown) }
+            #expect(hasNoChildren())
+        }
     }
 
     @Test("soft-kill handlers run and the pool completes")
     func softKillHandler() async throws {
-        let (s, log) = try await startOnline(testConfig("softkill-handler"))
-        _ = try await s.enqueue("x")
-        await s.softKill()
-        #expect(log.all.allSatisfy { if case .workerExited(_, _, let status, let expected) = $0 { return status == .exited(0) && expected }; return true })
-        #expect(hasNoChildren())
+        await #expect(processExitsWith: .success) {
+            let (s, log) = try await startOnline(testConfig("softkill-handler"))
+            _ = try await s.enqueue("x")
+            await s.softKill()
+            #expect(log.all.allSatisfy { if case .workerExited(_, _, let status, let expected) = $0 { return status == .exited(0) && expected }; return true })
+            #expect(hasNoChildren())
+        }
     }
 
     @Test("hardKill fails every pending request with shutDown")
     func hardKillFails() async throws {
-        let (s, _) = try await startOnline(testConfig("never"))
-        let results = Mutex<[SupervisorError?]>([])
-        for _ in 0..<50 { s.enqueue([1]) { r in results.withLock { $0.append(r.error) } } }
-        try await Task.sleep(for: .milliseconds(100))
-        await s.hardKill()
-        let all = results.withLock { $0 }
-        #expect(all.count == 50)
-        #expect(all.allSatisfy { $0?.code == .shutDown })
-        #expect(hasNoChildren())
+        await #expect(processExitsWith: .success) {
+            let (s, _) = try await startOnline(testConfig("never"))
+            let results = Mutex<[SupervisorError?]>([])
+            for _ in 0..<50 { s.enqueue([1]) { r in results.withLock { $0.append(r.error) } } }
+            try await Task.sleep(for: .milliseconds(100))
+            await s.hardKill()
+            let all = results.withLock { $0 }
+            #expect(all.count == 50)
+            #expect(all.allSatisfy { $0?.code == .shutDown })
+            #expect(hasNoChildren())
+        }
     }
 
     @Test("custom events both ways, with replies; broadcasts reach every worker")
@@ -349,25 +369,32 @@ struct SupervisorTests {
 @Suite("Supervisor threads", .serialized)
 struct SupervisorThreadTests {
     @Test("the whole pool runs on the caller's reactor thread: no thread is created")
-    func noThreads() throws {
-        let reactor = try Reactor()
-        let before = threadCount()
-        var c = testConfig()
-        c.healthInterval = .milliseconds(20)
-        let s = Supervisor(c, reactor: reactor)
-        final class Box: @unchecked Sendable { var answered = 0; var stopped = false }  // reactor thread only
-        let box = Box()
-        s.start(completion: { _ in })
-        for i in 0..<1000 { s.enqueue([UInt8(i & 0xFF)]) { r in if case .success = r { box.answered += 1 } } }
-        let deadline = ContinuousClock.now + .seconds(30)
-        while box.answered < 1000 && ContinuousClock.now < deadline { try reactor.runOnce(timeout: .milliseconds(10)) }
-        #expect(box.answered == 1000)
-        #expect(threadCount() <= before, "no thread was created (threads of earlier tests may still be ending)")
-        s.softKill { box.stopped = true }
-        while !box.stopped && ContinuousClock.now < deadline { try reactor.runOnce(timeout: .milliseconds(10)) }
-        #expect(box.stopped)
-        #expect(threadCount() <= before, "no thread was created (threads of earlier tests may still be ending)")
-        reactor.close()
+    func noThreads() async throws {
+        await #expect(processExitsWith: .success) {
+            await settleChildProcess()
+            // Synchronous, as on a reactor thread: the non-async overloads of start, enqueue and softKill.
+            func pool() throws {
+                let reactor = try Reactor()
+                let before = threadCount()
+                var c = testConfig()
+                c.healthInterval = .milliseconds(20)
+                let s = Supervisor(c, reactor: reactor)
+                final class Box: @unchecked Sendable { var answered = 0; var stopped = false }  // reactor thread only
+                let box = Box()
+                s.start(completion: { _ in })
+                for i in 0..<1000 { s.enqueue([UInt8(i & 0xFF)]) { r in if case .success = r { box.answered += 1 } } }
+                let deadline = ContinuousClock.now + .seconds(30)
+                while box.answered < 1000 && ContinuousClock.now < deadline { try reactor.runOnce(timeout: .milliseconds(10)) }
+                #expect(box.answered == 1000)
+                #expect(threadCount() <= before, "no thread was created (threads of earlier tests may still be ending)")
+                s.softKill { box.stopped = true }
+                while !box.stopped && ContinuousClock.now < deadline { try reactor.runOnce(timeout: .milliseconds(10)) }
+                #expect(box.stopped)
+                #expect(threadCount() <= before, "no thread was created (threads of earlier tests may still be ending)")
+                reactor.close()
+            }
+            try pool()
+        }
     }
 }
 
@@ -376,34 +403,38 @@ struct SupervisorBackendTests {
     @Test("echo, a burst and a crash, with supervisor and workers on the same backend",
           arguments: [Reactor.Backend.epoll, .uring])
     func backends(_ backend: Reactor.Backend) async throws {
-        var c = testConfig("pid", env: ["LPM_REACTOR_BACKEND": backend.rawValue])
-        c.backend = .only(backend)
-        c.retries = 1
-        let s: Supervisor
-        do { s = try Supervisor(c) } catch {
-            print("note: \(backend) backend skipped: \(error)")
-            return
-        }
-        let log = EventLog(s)
-        try await s.start()
-        #expect(await log.wait(isOnline))
-        let done = Atomic<Int>(0)
-        let pids = Mutex<Set<String>>([])
-        for _ in 0..<5000 {
-            s.enqueue([1]) { r in
-                if case .success(let resp) = r { pids.withLock { _ = $0.insert(resp.text) } }
-                done.add(1, ordering: .relaxed)
+        let result = await #expect(processExitsWith: .success, observing: [\.standardOutputContent]) { [backend] in
+            var c = testConfig("pid", env: ["LPM_REACTOR_BACKEND": backend.rawValue])
+            c.backend = .only(backend)
+            c.retries = 1
+            let s: Supervisor
+            do { s = try Supervisor(c) } catch let error as SupervisorError {
+                print("note: \(backend) backend skipped: \(error)")
+                return
             }
+            let log = EventLog(s)
+            try await s.start()
+            #expect(await log.wait(isOnline))
+            let done = Atomic<Int>(0)
+            let pids = Mutex<Set<String>>([])
+            for _ in 0..<5000 {
+                s.enqueue([1]) { r in
+                    if case .success(let resp) = r { pids.withLock { _ = $0.insert(resp.text) } }
+                    done.add(1, ordering: .relaxed)
+                }
+            }
+            let deadline = ContinuousClock.now + .seconds(30)
+            while done.load(ordering: .relaxed) < 5000 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+            #expect(done.load(ordering: .relaxed) == 5000)
+            #expect(pids.withLock { $0.count } == 2)
+            kill(await s.health()[0].pid, SIGKILL)
+            #expect(await log.wait(isRestart))
+            #expect(try await s.enqueue("x").data.count > 0)
+            await s.hardKill()
+            #expect(hasNoChildren())
         }
-        let deadline = ContinuousClock.now + .seconds(30)
-        while done.load(ordering: .relaxed) < 5000 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
-        #expect(done.load(ordering: .relaxed) == 5000)
-        #expect(pids.withLock { $0.count } == 2)
-        kill(await s.health()[0].pid, SIGKILL)
-        #expect(await log.wait(isRestart))
-        #expect(try await s.enqueue("x").data.count > 0)
-        await s.hardKill()
-        #expect(hasNoChildren())
+        // The child's notes (a skip and its reason), shown here.
+        if let out = result?.standardOutputContent, !out.isEmpty { print(String(decoding: out, as: UTF8.self), terminator: "") }
     }
 }
 

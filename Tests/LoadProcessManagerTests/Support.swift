@@ -69,16 +69,3 @@ func startOnline(_ config: SupervisorConfiguration) async throws -> (Supervisor,
 extension Result {
     var error: Failure? { if case .failure(let e) = self { return e }; return nil }
 }
-
-func fdList() -> String {
-    guard let dir = opendir("/proc/self/fd") else { return "" }
-    var out: [String] = []
-    while let e = readdir(dir) {
-        let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        var buf = [CChar](repeating: 0, count: 512)
-        let n = readlink("/proc/self/fd/" + name, &buf, 511)
-        out.append(name + "->" + String(decoding: buf[..<max(0, n)].map { UInt8(bitPattern: $0) }, as: UTF8.self))
-    }
-    closedir(dir)
-    return out.joined(separator: " ")
-}
