@@ -1,5 +1,3 @@
-import Synchronization
-
 /// A one-thread event loop over the kernel: file-descriptor readiness, timers, signals, child
 /// processes, and jobs submitted from other threads.
 ///
