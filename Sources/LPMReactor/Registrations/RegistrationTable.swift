@@ -45,13 +45,7 @@ struct RegistrationTable {
         handler: @escaping Handler, attach: (_ token: UInt64) throws(E) -> Void
     ) throws(E) -> Reactor.Registration {
         if let old = slotIndex(ofFD: fd) { release(Int(old)) }
-        let index: UInt32
-        if let free = freeSlots.popLast() {
-            index = free
-        } else {
-            index = UInt32(slots.count)
-            slots.append(Slot())
-        }
+        let index = slots.takeSlot(reusing: &freeSlots, else: Slot())
         nextArm &+= 1
         let arm = nextArm
         do {
@@ -152,5 +146,16 @@ struct RegistrationTable {
         slots[i].arm = 0
         slots[i].isUser = false
         freeSlots.append(UInt32(i))
+    }
+}
+
+extension Array {
+    /// The index of a free slot: the last one `free` lists (taken off it), or a new one made by
+    /// appending `make()`. For the slot arrays of ``RegistrationTable`` and ``TimerHeap``.
+    @inline(__always)
+    mutating func takeSlot(reusing free: inout [UInt32], else make: @autoclosure () -> Element) -> UInt32 {
+        if let index = free.popLast() { return index }
+        append(make())
+        return UInt32(count - 1)
     }
 }

@@ -30,13 +30,7 @@ struct TimerHeap<Handler> {
 
     /// Schedules `handler` at `deadline`, then every `interval` after it when `interval > 0`.
     mutating func schedule(deadline: Int64, interval: Int64 = 0, _ handler: Handler) -> Reactor.Timer {
-        let index: UInt32
-        if let free = freeSlots.popLast() {
-            index = free
-        } else {
-            index = UInt32(slots.count)
-            slots.append(Slot())
-        }
+        let index = slots.takeSlot(reusing: &freeSlots, else: Slot())
         sequence &+= 1
         let i = Int(index)
         slots[i].deadline = deadline
