@@ -1,5 +1,3 @@
-import CLoop
-
 /// A thread that runs one reactor until stopped.
 ///
 /// The thread creates the reactor (so it owns it), runs it, and closes it when stopped. Use
@@ -13,22 +11,17 @@ public final class ReactorThread: Sendable {
     private let state: State
 
     /// Shared by the creating thread and the reactor thread.
+    ///
     /// `@unchecked Sendable`: `result` is written by the new thread before it posts `ready` and
-    /// read only after a wait on `ready`; the semaphores are thread-safe.
+    /// read only after a wait on `ready` (the semaphore orders the two); `ready` and `finished`
+    /// are ``Semaphore``s, thread-safe and at addresses of their own that stay valid while
+    /// either thread holds this object; `choice` is immutable.
     final class State: @unchecked Sendable {
         var result: Result<(Reactor.Handle, Reactor.Backend), ReactorError> = .failure(ReactorError(.closed, "not started"))
-        var ready = sem_t()
-        var finished = sem_t()
+        let ready = Semaphore()
+        let finished = Semaphore()
         let choice: Reactor.BackendChoice
-        init(_ c: Reactor.BackendChoice) {
-            choice = c
-            sem_init(&ready, 0, 0)
-            sem_init(&finished, 0, 0)
-        }
-        deinit {
-            sem_destroy(&ready)
-            sem_destroy(&finished)
-        }
+        init(_ c: Reactor.BackendChoice) { choice = c }
     }
 
     /// Starts a thread and a reactor on it.
@@ -36,31 +29,33 @@ public final class ReactorThread: Sendable {
     ///   thread cannot.
     public init(backend choice: Reactor.BackendChoice = .automatic) throws(ReactorError) {
         let state = State(choice)
-        let box = Unmanaged.passRetained(state)
-        var tid = pthread_t()
-        let rc = pthread_create(&tid, nil, { raw in
-            let state = Unmanaged<State>.fromOpaque(raw!).takeRetainedValue()
-            pthread_detach(pthread_self())
-            let reactor: Reactor
-            do throws(ReactorError) {
-                reactor = try Reactor(backend: state.choice)
-            } catch {
-                state.result = .failure(error)
-                sem_post(&state.ready)
-                return nil
+        do {
+            try Sys.startDetachedThread {
+                let reactor: Reactor
+                do throws(ReactorError) {
+                    reactor = try Reactor(backend: state.choice)
+                } catch {
+                    state.result = .failure(error)
+                    state.ready.post()
+                    return
+                }
+                state.result = .success((reactor.handle, reactor.backendKind))
+                state.ready.post()
+                do {
+                    try reactor.run()
+                } catch {
+                    // Waiting failed (not EINTR: that is retried): the loop cannot go on. Nobody
+                    // is left to report to but the log; the reactor is closed below, so jobs
+                    // submitted later are refused (`execute` returns false) rather than lost.
+                    print("ReactorThread: the reactor stopped: \(error)")
+                }
+                reactor.close()
+                state.finished.post()
             }
-            state.result = .success((reactor.handle, reactor.backendKind))
-            sem_post(&state.ready)
-            try? reactor.run()
-            reactor.close()
-            sem_post(&state.finished)
-            return nil
-        }, box.toOpaque())
-        guard rc == 0 else {
-            box.release()
-            throw ReactorError(.systemCall, "pthread_create failed", underlying: SyscallError("pthread_create", Errno(rawValue: rc)))
+        } catch {
+            throw ReactorError(.systemCall, "pthread_create failed", underlying: error)
         }
-        while sem_wait(&state.ready) != 0 {}
+        state.ready.wait()
         switch state.result {
         case .success(let (h, b)):
             handle = h
@@ -76,7 +71,7 @@ public final class ReactorThread: Sendable {
     public func stop() {
         precondition(!handle.isOnReactorThread, "ReactorThread.stop() called on its own thread")
         handle.stop()
-        while sem_wait(&state.finished) != 0 {}
-        sem_post(&state.finished)  // a later stop() returns at once
+        state.finished.wait()
+        state.finished.post()  // a later stop() returns at once
     }
 }

@@ -157,9 +157,9 @@ package enum Sys {
 
 /// Two owned descriptors made together (a pipe's read and write ends, a socketpair's ends).
 @frozen
-public struct DescriptorPair: ~Copyable {
+package struct DescriptorPair: ~Copyable {
     /// The read end of a pipe, or a socketpair's first end.
-    public var first: FileDescriptor
+    package var first: FileDescriptor
     /// The write end of a pipe, or a socketpair's second end.
-    public var second: FileDescriptor
+    package var second: FileDescriptor
 }

@@ -3,64 +3,72 @@ import CLoop
 /// An error number reported by the kernel or the C library.
 ///
 /// The Swift name of each well-known value reads as a word; the C spelling is in its doc comment.
-public struct Errno: RawRepresentable, Error, Hashable, Sendable, CustomStringConvertible {
+package struct Errno: RawRepresentable, Error, Hashable, Sendable, CustomStringConvertible {
     /// The raw C `errno` value.
-    public var rawValue: CInt
+    package var rawValue: CInt
 
     /// Creates an error number from its raw C value.
-    public init(rawValue: CInt) { self.rawValue = rawValue }
+    package init(rawValue: CInt) { self.rawValue = rawValue }
 
     /// `EINTR`: the call was interrupted by a signal.
-    public static var interrupted: Errno { Errno(rawValue: EINTR) }
+    package static var interrupted: Errno { Errno(rawValue: EINTR) }
     /// `EAGAIN` / `EWOULDBLOCK`: the operation would block.
-    public static var wouldBlock: Errno { Errno(rawValue: EAGAIN) }
+    package static var wouldBlock: Errno { Errno(rawValue: EAGAIN) }
     /// `EBADF`: not an open file descriptor.
-    public static var badFileDescriptor: Errno { Errno(rawValue: EBADF) }
+    package static var badFileDescriptor: Errno { Errno(rawValue: EBADF) }
     /// `EINVAL`: an argument is invalid.
-    public static var invalidArgument: Errno { Errno(rawValue: EINVAL) }
+    package static var invalidArgument: Errno { Errno(rawValue: EINVAL) }
     /// `ECHILD`: no such child process of the caller.
-    public static var noChildProcess: Errno { Errno(rawValue: ECHILD) }
+    package static var noChildProcess: Errno { Errno(rawValue: ECHILD) }
     /// `ESRCH`: no such process.
-    public static var noSuchProcess: Errno { Errno(rawValue: ESRCH) }
+    package static var noSuchProcess: Errno { Errno(rawValue: ESRCH) }
     /// `ENOENT`: no such file or directory (or registration).
-    public static var noSuchFileOrDirectory: Errno { Errno(rawValue: ENOENT) }
+    package static var noSuchFileOrDirectory: Errno { Errno(rawValue: ENOENT) }
     /// `EEXIST`: already exists (or already registered).
-    public static var fileExists: Errno { Errno(rawValue: EEXIST) }
+    package static var fileExists: Errno { Errno(rawValue: EEXIST) }
     /// `EPERM`: operation not permitted.
-    public static var notPermitted: Errno { Errno(rawValue: EPERM) }
+    package static var notPermitted: Errno { Errno(rawValue: EPERM) }
     /// `ENOSYS`: the kernel does not implement the call.
-    public static var noFunction: Errno { Errno(rawValue: ENOSYS) }
+    package static var noFunction: Errno { Errno(rawValue: ENOSYS) }
     /// `EPIPE`: the peer closed its end.
-    public static var brokenPipe: Errno { Errno(rawValue: EPIPE) }
+    package static var brokenPipe: Errno { Errno(rawValue: EPIPE) }
     /// `ECONNRESET`: the peer reset the connection.
-    public static var connectionReset: Errno { Errno(rawValue: ECONNRESET) }
+    package static var connectionReset: Errno { Errno(rawValue: ECONNRESET) }
     /// `ECANCELED`: the operation was cancelled.
-    public static var canceled: Errno { Errno(rawValue: ECANCELED) }
+    package static var canceled: Errno { Errno(rawValue: ECANCELED) }
     /// `ETIME`: a timer expired (io_uring timeouts).
-    public static var timerExpired: Errno { Errno(rawValue: ETIME) }
+    package static var timerExpired: Errno { Errno(rawValue: ETIME) }
 
     /// The text `strerror(3)` gives for this value.
-    public var description: String {
+    package var description: String {
         guard let text = strerror(rawValue) else { return "errno \(rawValue)" }
         return String(cString: text)
     }
 
     /// The calling thread's current `errno`.
     @inline(never)
-    public static var current: Errno { Errno(rawValue: cloop_errno()) }
+    package static var current: Errno { Errno(rawValue: cloop_errno()) }
 }
 
 /// A failed system call: which call, and the error number it reported.
 ///
 /// `description` reads `"<call>: <strerror> (errno: N)"`.
+///
+/// Public because public API of this package carries it (``ReactorError/underlying``, and
+/// LPMWire's channel and stream errors). The error number is public only as a plain `CInt`,
+/// ``errnoCode``: the `Errno` type is `package`, so that importing LPMReactor beside
+/// swift-system (`SystemPackage.Errno`) or Foundation never makes a name ambiguous.
 public struct SyscallError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The C function that failed, e.g. `"epoll_ctl"`.
     public var call: String
     /// The error number it reported.
-    public var errno: Errno
+    package var errno: Errno
+
+    /// The C `errno` value it reported (`EPERM`, `ECHILD`...).
+    public var errnoCode: CInt { errno.rawValue }
 
     /// Creates an error for a failed call.
-    public init(_ call: String, _ errno: Errno) {
+    package init(_ call: String, _ errno: Errno) {
         self.call = call
         self.errno = errno
     }
@@ -69,7 +77,7 @@ public struct SyscallError: Error, Hashable, Sendable, CustomStringConvertible {
 }
 
 /// The result of a non-blocking operation: done, or it would have blocked (`EAGAIN`).
-public enum IOResult<Value> {
+package enum IOResult<Value> {
     /// The call completed with this value.
     case processed(Value)
     /// The call would have blocked (`EAGAIN`/`EWOULDBLOCK`); try again once ready.

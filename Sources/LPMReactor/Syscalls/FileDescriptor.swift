@@ -6,26 +6,26 @@ import Synchronization
 /// Created CLOEXEC (and NONBLOCK where it matters) by the calls that make it. Close it with
 /// ``close()``; a descriptor dropped while open is closed by `deinit` and counted in
 /// ``FileDescriptor/leakCount`` so that tests can prove none leaked.
-public struct FileDescriptor: ~Copyable {
+package struct FileDescriptor: ~Copyable {
     /// The descriptor number. Valid until ``close()``; do not close it yourself.
-    public let rawValue: CInt
+    package let rawValue: CInt
 
     /// Takes ownership of `rawValue`.
-    public init(owning rawValue: CInt) {
+    package init(owning rawValue: CInt) {
         precondition(rawValue >= 0, "FileDescriptor(owning:) needs a descriptor, got \(rawValue)")
         self.rawValue = rawValue
     }
 
     /// Closes the descriptor. Never retried on `EINTR` (on Linux the descriptor is released
     /// even when close reports EINTR). The corresponding C function is `close(2)`.
-    public consuming func close() {
+    package consuming func close() {
         let fd = rawValue
         discard self
         FileDescriptor.closeRaw(fd)
     }
 
     /// Gives up ownership without closing; the caller now owns the number.
-    public consuming func release() -> CInt {
+    package consuming func release() -> CInt {
         let fd = rawValue
         discard self
         return fd
@@ -48,5 +48,5 @@ public struct FileDescriptor: ~Copyable {
     private static let leaks = Atomic<Int>(0)
 
     /// How many owned descriptors were dropped without ``close()`` in this process.
-    public static var leakCount: Int { leaks.load(ordering: .relaxed) }
+    package static var leakCount: Int { leaks.load(ordering: .relaxed) }
 }

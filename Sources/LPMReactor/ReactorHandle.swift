@@ -1,13 +1,8 @@
-import CLoop
-
 /// The part of a reactor other threads may touch: the job queue and the wake-up eventfd.
 ///
 /// `@unchecked Sendable`: `wakeFD` and `owner` are set once in `init`; `state` is read and
-/// written only with `mutex` held; `hasLocalJobs` only on the owner thread.
-///
-/// The lock is a `pthread_mutex_t` rather than `Synchronization.Mutex`: ThreadSanitizer sees
-/// the happens-before edges of pthread mutexes (it intercepts them), while `Mutex`'s futex
-/// fast path lives in an uninstrumented library and made every hand-off look like a race.
+/// written only with `lock` held; `hasLocalJobs`, `localJobs` and `localClosed` only on the
+/// owner thread. (See ``ThreadLock`` for why the lock is a pthread mutex.)
 final class ReactorShared: @unchecked Sendable {
     enum Job {
         case closure((Reactor) -> Void)
@@ -23,9 +18,9 @@ final class ReactorShared: @unchecked Sendable {
     }
 
     let wakeFD: CInt
-    let owner: pthread_t
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    /// Guarded by `mutex`.
+    let owner: ThreadIdentity
+    private let lock = ThreadLock()
+    /// Guarded by `lock`.
     private var state = State()
     /// Reads and writes: owner thread only. Set when a job is submitted from the owner thread
     /// itself, which needs no eventfd write: the loop checks this before it blocks.
@@ -33,24 +28,15 @@ final class ReactorShared: @unchecked Sendable {
 
     init(wakeFD: CInt) {
         self.wakeFD = wakeFD
-        self.owner = pthread_self()
-        mutex = .allocate(capacity: 1)
-        pthread_mutex_init(mutex, nil)
-    }
-
-    deinit {
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
+        self.owner = .current
     }
 
     @inline(__always)
     private func withLock<R>(_ body: (inout State) -> R) -> R {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return body(&state)
+        lock.withLock { body(&state) }
     }
 
-    var isOwnerThread: Bool { pthread_equal(pthread_self(), owner) != 0 }
+    var isOwnerThread: Bool { owner.isCurrent }
 
     /// Jobs submitted on the owner thread itself: no lock, no eventfd write. Owner thread only.
     private var localJobs: [Job] = []
@@ -70,11 +56,7 @@ final class ReactorShared: @unchecked Sendable {
             s.wakePending = true
             return (true, true)
         }
-        if mustWake {
-            var one: UInt64 = 1
-            // EAGAIN only if the counter is at its maximum: the reactor is woken either way.
-            _ = withUnsafeBytes(of: &one) { CLoop.write(wakeFD, $0.baseAddress, 8) }
-        }
+        if mustWake { Sys.signalEventFD(wakeFD) }
         return accepted
     }
 
@@ -207,48 +189,3 @@ public struct LoopBound<Value>: @unchecked Sendable {
     }
 }
 
-/// The error type of the reactor API.
-public struct ReactorError: Error, Hashable, Sendable, CustomStringConvertible {
-    /// What went wrong, as a growable set of codes.
-    public struct Code: Hashable, Sendable, CustomStringConvertible {
-        let raw: UInt8
-        /// The descriptor is closed or invalid.
-        public static let invalidDescriptor = Code(raw: 1)
-        /// The pid is not a child of this process.
-        public static let notAChild = Code(raw: 2)
-        /// An argument is out of range (empty interest, negative delay...).
-        public static let invalidArgument = Code(raw: 3)
-        /// The registration, timer or watch is stale or unknown.
-        public static let unknownRegistration = Code(raw: 4)
-        /// A system call failed; see ``ReactorError/underlying``.
-        public static let systemCall = Code(raw: 5)
-        /// The reactor is closed.
-        public static let closed = Code(raw: 6)
-        /// The requested backend is refused by the kernel or by policy.
-        public static let backendUnavailable = Code(raw: 7)
-        /// The signal is already watched.
-        public static let alreadyWatched = Code(raw: 8)
-
-        public var description: String {
-            ["", "invalidDescriptor", "notAChild", "invalidArgument", "unknownRegistration", "systemCall",
-             "closed", "backendUnavailable", "alreadyWatched"][Int(raw)]
-        }
-    }
-
-    /// The kind of failure.
-    public var code: Code
-    /// What was attempted, in words.
-    public var message: String
-    /// The failed system call, if one failed.
-    public var underlying: SyscallError?
-
-    init(_ code: Code, _ message: String, underlying: SyscallError? = nil) {
-        self.code = code
-        self.message = message
-        self.underlying = underlying
-    }
-
-    public var description: String {
-        underlying.map { "\(message): \($0)" } ?? message
-    }
-}

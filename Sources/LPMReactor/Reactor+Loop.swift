@@ -1,0 +1,129 @@
+/// The loop's own state: the buffers it reuses each iteration and its settings.
+struct LoopState {
+    /// Events of the current wait; its capacity is kept from one iteration to the next.
+    var events: [BackendEvent] = []
+    /// Jobs being run; its capacity is kept too.
+    var jobs: [ReactorShared.Job] = []
+    var stopRequested = false
+    var busyPollNanoseconds: Int64 = Sys.environment("LPM_BUSY_POLL_US").flatMap { Int64($0) }.map { $0 * 1000 } ?? 0
+
+    init() { events.reserveCapacity(64) }
+}
+
+extension Reactor {
+    /// Runs until ``stop()`` (or ``Handle/stop()``) is called.
+    /// - Throws: ``ReactorError`` `.systemCall` if waiting fails.
+    public func run() throws(ReactorError) {
+        checkThread()
+        loop.stopRequested = false
+        while !loop.stopRequested {
+            try runOnce(timeout: nil)
+        }
+        loop.stopRequested = false
+    }
+
+    /// Runs one iteration: waits up to `timeout` (`nil`: until something happens; `.zero`: do
+    /// not block), then runs the ready callbacks, the due timers and the submitted jobs.
+    /// For embedding in another loop.
+    /// - Returns: how many callbacks, timers and jobs ran.
+    @discardableResult
+    public func runOnce(timeout: Duration?) throws(ReactorError) -> Int {
+        checkThread()
+        guard !isClosed else { throw ReactorError(.closed, "the reactor is closed") }
+        var wait: Int64? = timeout.map { max(0, Reactor.nanoseconds($0)) }
+        if loop.stopRequested || shared.hasLocalJobs { wait = 0 }
+        if let deadline = timers.earliestDeadline {
+            wait = min(wait ?? Int64.max, max(0, deadline &- Sys.monotonicNanoseconds()))
+        }
+        var events = loop.events
+        loop.events = []  // keeps `events` uniquely referenced: no copy on append
+        events.removeAll(keepingCapacity: true)
+        defer { loop.events = events }
+        do {
+            try waitForEvents(wait, into: &events)
+        } catch {
+            throw ReactorError(.systemCall, "waiting for events failed", underlying: error)
+        }
+        var ran = 0
+        for e in events {
+            guard let (handler, ready) = registrations.readyHandler(for: e) else { continue }
+            handler(ready)
+            ran += 1
+        }
+        ran += runExpiredTimers()
+        ran += runJobs()
+        return ran
+    }
+
+    private func waitForEvents(_ wait: Int64?, into events: inout [BackendEvent]) throws(SyscallError) {
+        let busyPoll = loop.busyPollNanoseconds
+        guard busyPoll > 0 && wait != 0 else {
+            return try backend.wait(timeoutNanoseconds: wait, into: &events)
+        }
+        // Poll without blocking for a while before sleeping: trades CPU for the wake-up
+        // latency of a blocking wait (large when the peer runs on another CPU).
+        let start = Sys.monotonicNanoseconds()
+        let limit = min(busyPoll, wait ?? Int64.max)
+        repeat {
+            try backend.wait(timeoutNanoseconds: 0, into: &events)
+        } while events.isEmpty && Sys.monotonicNanoseconds() &- start < limit
+        // (Jobs from other threads wake the eventfd, which is one of the polled descriptors.)
+        if events.isEmpty {
+            let left = wait.map { max(0, $0 &- (Sys.monotonicNanoseconds() &- start)) }
+            try backend.wait(timeoutNanoseconds: left, into: &events)
+        }
+    }
+
+    private func runExpiredTimers() -> Int {
+        guard timers.earliestDeadline != nil else { return 0 }
+        let now = Sys.monotonicNanoseconds()
+        var ran = 0
+        while let handler = timers.popExpired(now: now) {
+            handler()
+            ran += 1
+        }
+        return ran
+    }
+
+    /// Runs `job` on this thread at the end of the current iteration, after the ready callbacks
+    /// and due timers (from inside a job: in the same iteration, within a few rounds of jobs).
+    /// Reactor thread only;
+    /// costs no system call. Other threads use ``Handle/execute(_:)``.
+    public func execute(_ job: @escaping (Reactor) -> Void) {
+        checkThread()
+        // The job never leaves this thread (it goes to the owner-thread queue), so it need not be
+        // sent; passing it on as it is keeps a stored closure from being wrapped anew. `false`
+        // (the reactor is closed) drops it, as documented for ``close()``.
+        _ = shared.submitLocal(.closure(job))
+    }
+
+    /// Makes ``run()`` return after the current iteration. Reactor thread only; other threads
+    /// use ``Handle/stop()``.
+    public func stop() {
+        checkThread()
+        loop.stopRequested = true
+    }
+
+    private func runJobs() -> Int {
+        var ran = 0
+        var jobs = loop.jobs
+        loop.jobs = []
+        defer { loop.jobs = jobs }
+        // Jobs submitted by jobs run in the same iteration, up to a few rounds, so that a job
+        // re-submitting itself cannot starve the descriptors.
+        for _ in 0..<4 {
+            shared.takeJobs(into: &jobs)
+            if jobs.isEmpty { break }
+            for job in jobs {
+                switch job {
+                case .closure(let body): body(self)
+                case .executorJob(let job): job.runSynchronously(on: executor.asUnownedSerialExecutor())
+                case .stop: loop.stopRequested = true
+                }
+            }
+            ran += jobs.count
+            jobs.removeAll(keepingCapacity: true)
+        }
+        return ran
+    }
+}
