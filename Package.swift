@@ -18,6 +18,10 @@ let package = Package(
         .executable(name: "lpm-prefork-server", targets: ["lpm-prefork-server"]),
         .executable(name: "lpm-prefork-worker", targets: ["lpm-prefork-worker"]),
     ],
+    dependencies: [
+        // Tests only: the surface test imports it beside our modules (small; builds in seconds).
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    ],
     targets: [
         // Kernel interfaces: a header-only module map over epoll, liburing, signalfd, timerfd,
         // eventfd, pidfd, spawn and sockets.
@@ -52,6 +56,14 @@ let package = Package(
 
         .testTarget(name: "LPMReactorTests", dependencies: ["LPMReactor", "CLoop", "LPMTestSupport"], swiftSettings: strict),
         .testTarget(name: "LPMWireTests", dependencies: ["LPMWire"], swiftSettings: strict),
+        // Type-checks Tests/Helpers/SurfaceClient as a client outside the package: the public
+        // names of every product sit beside Foundation, swift-system and each other.
+        .testTarget(
+            name: "SurfaceTests",
+            dependencies: ["LoadProcessManager", "LoadProcessManagerWorker", "LoadProcessManagerCodable", "LPMReactor",
+                           .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "LoadProcessManagerTests",
             dependencies: ["LoadProcessManager", "LoadProcessManagerWorker", "LoadProcessManagerCodable", "LPMWire", "CLoop", "LPMTestSupport", "lpm-test-worker", "lpm-demo-worker", "lpm-readme-example"],
