@@ -37,7 +37,11 @@ let package = Package(
         // The comparison runner: runs one job, prints `name=... value=... unit=...` lines.
         .executableTarget(
             name: "lpm-compare",
-            dependencies: ["LPMBenchJobs", "bench-worker"],
+            dependencies: [
+                .product(name: "LPMReactor", package: "LoadProcessManager"),
+                .product(name: "LoadProcessManager", package: "LoadProcessManager"),
+                "LPMBenchJobs", "bench-worker",
+            ],
             path: "Sources/lpm-compare",
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
@@ -46,6 +50,8 @@ let package = Package(
             name: "LPMBenchmarks",
             dependencies: [
                 .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "LPMReactor", package: "LoadProcessManager"),
+                .product(name: "LoadProcessManager", package: "LoadProcessManager"),
                 "LPMBenchJobs",
                 "bench-worker",
             ],

@@ -31,6 +31,7 @@
 import Benchmark
 import LPMBenchJobs
 import LoadProcessManager
+import LPMReactor
 #if canImport(Glibc)
 import Glibc
 #endif

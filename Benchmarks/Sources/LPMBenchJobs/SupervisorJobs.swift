@@ -105,7 +105,7 @@ public final class Pool: Sendable {
     public func roundTripsHandler(_ n: Int) throws {
         let done = Semaphore()
         let failures = Tally()
-        let completion: @Sendable (Result<Response, SupervisorError>) -> Void = { result in
+        let completion: @Sendable (Result<WorkerResponse, SupervisorError>) -> Void = { result in
             if case .failure = result { failures.add() }
             done.signal()
         }
@@ -193,7 +193,7 @@ public final class Pool: Sendable {
     /// the moment the restart is announced. Use a pool of one worker.
     public func crashAndReplace() throws -> CrashTiming {
         // Which process to kill: the one answering now.
-        let first = Mutex<Result<Response, SupervisorError>?>(nil)
+        let first = Mutex<Result<WorkerResponse, SupervisorError>?>(nil)
         let got = Semaphore()
         supervisor.enqueue(payload) { r in first.withLock { $0 = r }; got.signal() }
         got.wait()
@@ -239,14 +239,14 @@ public final class Pool: Sendable {
     /// Soft-kills the pool and waits until every worker is reaped.
     public func stop() {
         let done = Semaphore()
-        supervisor.softKill { done.signal() }
+        supervisor.softKill(completion: { done.signal() })
         done.wait()
     }
 
     /// Hard-kills the pool and waits until every worker is reaped.
     public func kill() {
         let done = Semaphore()
-        supervisor.hardKill { done.signal() }
+        supervisor.hardKill(completion: { done.signal() })
         done.wait()
     }
 }
@@ -260,7 +260,7 @@ final class Chain: @unchecked Sendable {
     let done = Semaphore()
     let supervisor: Supervisor
     let payload: [UInt8]
-    private var next: (@Sendable (Result<Response, SupervisorError>) -> Void)?
+    private var next: (@Sendable (Result<WorkerResponse, SupervisorError>) -> Void)?
 
     init(left: Int, supervisor: Supervisor, payload: [UInt8]) {
         self.left = left
@@ -317,7 +317,7 @@ public func queuedBeforeStart(workerPath: String, n: Int, workers: Int = 2, maxI
     let t1 = monotonicNanoseconds()
     let rss1 = ProcessFigures.residentBytes()
 
-    supervisor.start()
+    supervisor.start(completion: { _ in })
     do { try answers.wait(seconds: 1200, what: "queued requests") } catch { pool.stop(); throw error }
     let t2 = monotonicNanoseconds()
     pool.stop()
@@ -372,13 +372,13 @@ final class Answers: Sendable {
     init(_ n: Int) { left = Counter(n) }
 
     /// Records one answer (any thread).
-    func record(_ result: Result<Response, SupervisorError>) {
+    func record(_ result: Result<WorkerResponse, SupervisorError>) {
         if case .failure = result { failures.add() }
         if left.decrement() { done.signal() }
     }
 
     /// A completion handler that records its answer.
-    var completion: @Sendable (Result<Response, SupervisorError>) -> Void { { self.record($0) } }
+    var completion: @Sendable (Result<WorkerResponse, SupervisorError>) -> Void { { self.record($0) } }
 
     /// Waits for every answer; throws if they do not all come in time, or if any failed.
     func wait(seconds: Double, what: String) throws {

@@ -28,6 +28,7 @@ import Glibc
 #endif
 import LPMBenchJobs
 import LoadProcessManager
+import LPMReactor
 
 func usage() -> Never {
     fputs("usage: lpm-compare JOB [N] [--backend epoll|uring]\n(see the comment at the top of main.swift for the jobs)\n", stderr)

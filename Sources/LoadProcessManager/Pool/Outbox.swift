@@ -51,6 +51,16 @@ struct Outbox {
         return true
     }
 
+    /// Starts a direct delivery, made by the caller itself, when nothing is owed before it:
+    /// the same guarantees as a drain (nested entries queue behind), without the queue.
+    mutating func beginDirect() -> Bool {
+        guard !isDraining, queue.isEmpty else { return false }
+        isDraining = true
+        return true
+    }
+
+    mutating func endDirect() { isDraining = false }
+
     mutating func next() -> Delivery? {
         if let d = queue.popFront() { return d }
         isDraining = false

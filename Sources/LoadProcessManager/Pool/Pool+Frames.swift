@@ -72,12 +72,14 @@ extension Pool {
         w.completed += 1
         guard let f = table.finish(index) else { return }
         release(f)
+        // The pool is consistent here (the request is finished, its worker's counts updated):
+        // the answer may go out at once. Dispatching more comes after.
         if h.type == .error {
-            answer(f.completion, .failure(SupervisorError(.workerError, String(decoding: payload, as: UTF8.self),
-                                                          requestID: f.id, workerPID: w.pid, attempts: f.attempts)))
+            answerNow(f.completion, .failure(SupervisorError(.workerError, String(decoding: payload, as: UTF8.self),
+                                                             requestID: f.id, workerPID: w.pid, attempts: f.attempts)))
         } else {
-            answer(f.completion, .success(WorkerResponse(data: Array(payload), id: f.id, createdAt: f.createdAt, stream: stream,
-                                                   workerPID: w.pid, attempts: f.attempts)))
+            answerNow(f.completion, .success(WorkerResponse(data: Array(payload), id: f.id, createdAt: f.createdAt, stream: stream,
+                                                            workerPID: w.pid, attempts: f.attempts)))
         }
         pump()
     }

@@ -36,13 +36,20 @@ final class Pool {
     let config: SupervisorConfiguration
     let flusher: ChannelFlusher
     let spawner: Spawner
-    var phase: Phase = .idle
-    var slots: [WorkerSlot]
-    var table = RequestTable<Completion>()
+    // The state every request touches is declared `@exclusivity(unchecked)`: the dynamic
+    // exclusivity checks on it (swift_beginAccess, a thread-local access set) cost about a
+    // quarter of the reactor thread's time per request in a burst (`lpm-compare burst`, this
+    // machine: 1.55-1.64 us/request checked, 1.14-1.22 unchecked). It is sound because the pool
+    // is confined to the reactor thread, and no access to these overlaps another: the request
+    // table, the outbox and the policy are values whose methods call nothing outside themselves,
+    // and user code runs only from `deliver()`, between two calls of `outbox.next()`.
+    @exclusivity(unchecked) var phase: Phase = .idle
+    @exclusivity(unchecked) var slots: [WorkerSlot]
+    @exclusivity(unchecked) var table = RequestTable<Completion>()
     var budget: RestartBudget
-    var policy: DispatchPolicy
-    var outbox = Outbox()
-    var ids = IDGenerator()
+    @exclusivity(unchecked) var policy: DispatchPolicy
+    @exclusivity(unchecked) var outbox = Outbox()
+    @exclusivity(unchecked) var ids = IDGenerator()
     var onlineAnnounced = false
     /// Set while the pool has no live worker and that has been announced; cleared by a spawn.
     var noWorkersAnnounced = false
@@ -80,6 +87,16 @@ final class Pool {
 
     func answer(_ completion: Completion, _ result: Result<WorkerResponse, SupervisorError>) {
         outbox.push(.answer(completion, result))
+    }
+
+    /// Answers a request now, where the pool's state is consistent and nothing is owed before
+    /// this answer (the common case: a response frame), else queues it. The hot path: it spares
+    /// the answer a trip through the outbox's storage.
+    func answerNow(_ completion: Completion, _ result: Result<WorkerResponse, SupervisorError>) {
+        guard outbox.beginDirect() else { return answer(completion, result) }
+        completion(result)
+        outbox.endDirect()
+        deliver()
     }
 
     /// Delivers what the pool owes user code. Every entry into the pool ends with it; a nested

@@ -90,7 +90,10 @@ struct RequestTable<Completion> {
     var queuedCount: Int { queue.count }
     var firstQueued: UInt32? { queue.first }
 
-    subscript(index: UInt32) -> Entry { entries[Int(index)] }
+    /// Borrows an entry (`_read`: reading one field copies nothing else, retains nothing).
+    subscript(index: UInt32) -> Entry {
+        _read { yield entries[Int(index)] }
+    }
 
     func wireID(_ index: UInt32) -> UInt64 { UInt64(entries[Int(index)].generation) << 32 | UInt64(index) }
 

@@ -10,17 +10,19 @@ final class WorkerProcess {
     let channel: Channel
     var watch: Reactor.ChildWatch?
     let statm: StatmReader
-    var lifecycle: WorkerLifecycle = .starting
+    // Read or written for every request: `@exclusivity(unchecked)` for the reason given, and
+    // measured, on the pool's own state (`Pool`): one thread, no overlapping access.
+    @exclusivity(unchecked) var lifecycle: WorkerLifecycle = .starting
     /// Requests in flight on it (pending, with `worker` equal to this slot in the request table).
-    var inFlight = 0
-    var rss = 0
+    @exclusivity(unchecked) var inFlight = 0
+    @exclusivity(unchecked) var rss = 0
     var heapTotal = 0
     var heapUsed = 0
-    var completed = 0
+    @exclusivity(unchecked) var completed = 0
     /// Sockets handed to it and not reported closed.
-    var sockets = 0
+    @exclusivity(unchecked) var sockets = 0
     /// Response streams still flowing from it, by wire id.
-    var streams: [UInt64: ResponseStreamCore] = [:]
+    @exclusivity(unchecked) var streams: [UInt64: ResponseStreamCore] = [:]
 
     /// Requests in flight plus streams still flowing.
     var load: Int { inFlight + streams.count }
