@@ -91,10 +91,12 @@ extension Reactor {
         }
     }
 
-    /// Deregisters one of the reactor's own registrations (signalfd, pidfd), known to be live.
-    /// A backend failure leaves the registration removed on our side (its events are dropped as
-    /// stale); with nobody to report it to, it only trips an assertion in debug builds.
-    func deregisterInternal(_ registration: Registration) {
+    /// Deregisters a registration known to be live (the reactor's own signalfd and pidfds, and
+    /// the package's channels and streams, which own theirs). A backend failure leaves the
+    /// registration removed on our side (its events are dropped as stale), and closing the
+    /// descriptor removes it from the kernel's interest list; with nobody to report it to, it
+    /// only trips an assertion in debug builds.
+    package func deregisterInternal(_ registration: Registration) {
         do { try deregister(registration) } catch {
             assertionFailure("deregistering an internal registration: \(error)")
         }

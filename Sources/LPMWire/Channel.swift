@@ -1,5 +1,5 @@
 import LPMReactor
-import CLoop
+import Glibc
 
 /// Why a channel stopped.
 package enum ChannelEnd: Sendable, Hashable, CustomStringConvertible {
@@ -9,6 +9,8 @@ package enum ChannelEnd: Sendable, Hashable, CustomStringConvertible {
     case violation(ProtocolViolation)
     /// A read or write failed.
     case failed(SyscallError)
+    /// The reactor refused to watch the socket for writability.
+    case registrationFailed(ReactorError)
 
     /// The end in words.
     package var description: String {
@@ -16,6 +18,7 @@ package enum ChannelEnd: Sendable, Hashable, CustomStringConvertible {
         case .endOfFile: return "the peer closed the channel"
         case .violation(let v): return v.description
         case .failed(let e): return e.description
+        case .registrationFailed(let e): return e.description
         }
     }
 }
@@ -194,12 +197,18 @@ package final class Channel {
             outgoingFDs.removeAll(keepingCapacity: true)
             if waitingForWritable {
                 waitingForWritable = false
-                if let r = registration { try? reactor.modify(r, interest: .readable) }
+                watch(.readable)
             }
         } else if !waitingForWritable {
             waitingForWritable = true
-            if let r = registration { try? reactor.modify(r, interest: [.readable, .writable]) }
+            watch([.readable, .writable])
         }
+    }
+
+    /// Changes what the socket is watched for; a channel the reactor cannot watch ends.
+    private func watch(_ interest: Reactor.Interest) {
+        guard let r = registration else { return }
+        do { try reactor.modify(r, interest: interest) } catch { end(.registrationFailed(error)) }
     }
 
     private func handle(_ ready: Reactor.Readiness) {
@@ -256,14 +265,15 @@ package final class Channel {
         guard !isClosed else { return }
         isClosed = true
         if outStart < out.count && outgoingFDs.isEmpty {
-            // Best effort: whatever the socket takes without blocking.
+            // Best effort: whatever the socket takes without blocking. A failure changes nothing
+            // (the socket is closed next), so it is not reported.
             _ = out.withUnsafeBytes { raw in try? Sys.send(fd, UnsafeRawBufferPointer(rebasing: raw[outStart...])) }
         }
         for (_, d) in outgoingFDs { FileDescriptor.closeRaw(d) }
         outgoingFDs = []
         for d in incomingFDs { FileDescriptor.closeRaw(d) }
         incomingFDs = []
-        if let r = registration { try? reactor.deregister(r) }
+        if let r = registration { reactor.deregisterInternal(r) }
         registration = nil
         FileDescriptor.closeRaw(fd)
         out = []

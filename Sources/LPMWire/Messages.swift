@@ -71,29 +71,28 @@ extension FixedSizeMessage {
 @usableFromInline package struct HealthReport: FixedSizeMessage {
     /// The encoded size in bytes.
     @usableFromInline package static let size = 16
-    /// The bytes the allocator holds from the system.
-    @usableFromInline package var heapTotal: UInt64
+    /// The bytes the allocator holds from the system (`Int`, as both sides count bytes; sent as
+    /// its u64 bit pattern).
+    @usableFromInline package var heapTotal: Int
     /// The bytes of it in use.
-    @usableFromInline package var heapUsed: UInt64
+    @usableFromInline package var heapUsed: Int
 
     /// A report with these figures.
     @inlinable
-    package init(heapTotal: UInt64, heapUsed: UInt64) {
-        self.heapTotal = heapTotal
-        self.heapUsed = heapUsed
+    package init(heapTotal: Int, heapUsed: Int) {
+        (self.heapTotal, self.heapUsed) = (heapTotal, heapUsed)
     }
 
     /// Appends the 16 bytes.
     @inlinable
     package func encode(into out: inout [UInt8]) {
-        out.appendLittleEndian(heapTotal)
-        out.appendLittleEndian(heapUsed)
+        for field in [heapTotal, heapUsed] { out.appendLittleEndian(UInt64(truncatingIfNeeded: field)) }
     }
 
     @inlinable
     package init(unchecked payload: UnsafeRawBufferPointer) {
-        self.init(heapTotal: payload.readLittleEndian(at: 0, as: UInt64.self),
-                  heapUsed: payload.readLittleEndian(at: 8, as: UInt64.self))
+        self.init(heapTotal: Int(truncatingIfNeeded: payload.readLittleEndian(at: 0, as: UInt64.self)),
+                  heapUsed: Int(truncatingIfNeeded: payload.readLittleEndian(at: 8, as: UInt64.self)))
     }
 }
 
@@ -109,27 +108,36 @@ extension FixedSizeMessage {
     @usableFromInline package static let size = 9
     /// The bytes written to the stream.
     @usableFromInline package var count: UInt64
+    /// The status byte as sent: 0 complete, anything else failed (kept as sent, so a status
+    /// added later reads as "failed" here, never as a crash).
+    @usableFromInline package var status: UInt8
+
     /// Whether the stream is complete (status 0).
-    @usableFromInline package var ok: Bool
+    @inlinable package var ok: Bool { status == 0 }
 
     /// An end with these fields.
     @inlinable
     package init(count: UInt64, ok: Bool) {
         self.count = count
-        self.ok = ok
+        status = ok ? 0 : 1
     }
 
-    /// Appends the 9 bytes.
+    /// Appends the 9 bytes: the count, then the status.
     @inlinable
     package func encode(into out: inout [UInt8]) {
         out.appendLittleEndian(count)
-        out.append(ok ? 0 : 1)
+        out.append(status)
     }
 
     @inlinable
     package init(unchecked payload: UnsafeRawBufferPointer) {
-        self.init(count: payload.readLittleEndian(at: 0, as: UInt64.self), ok: payload[8] == 0)
+        count = payload.readLittleEndian(at: 0, as: UInt64.self)
+        status = payload[8]
     }
+
+    /// Equal when they say the same thing: the same count, both complete or both failed.
+    @inlinable
+    package static func == (a: StreamEnd, b: StreamEnd) -> Bool { a.count == b.count && a.ok == b.ok }
 }
 
 /// The payload of `event` and `broadcast` frames: u16 name length, the UTF-8 name, the data.

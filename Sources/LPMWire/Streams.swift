@@ -1,4 +1,4 @@
-import CLoop
+import Glibc
 import LPMReactor
 
 /// Reads a descriptor (a pipe's read end, a socket) on the reactor, chunk by chunk, only while
@@ -24,8 +24,11 @@ package final class StreamReader {
         self.fd = fd
         self.reactor = reactor
         self.chunkSize = chunkSize
-        try? Sys.setNonBlocking(fd)
+        do { try Sys.setNonBlocking(fd) } catch { setupError = error }
     }
+
+    /// Why the descriptor could not be made non-blocking, reported by the first ``resume()``.
+    private var setupError: SyscallError?
 
     /// Whether the stream has ended (end of file, error, or ``close()``).
     package var isFinished: Bool { finished }
@@ -34,6 +37,7 @@ package final class StreamReader {
     package func resume() {
         guard paused, !finished else { return }
         paused = false
+        if let setupError { return end(setupError) }
         if registration == nil {
             do {
                 // Strong: a reader that is reading stays alive; the reactor drops the closure when
@@ -49,7 +53,7 @@ package final class StreamReader {
     package func pause() {
         guard !paused, !finished else { return }
         paused = true
-        if let r = registration { try? reactor.deregister(r); registration = nil }
+        if let r = registration { reactor.deregisterInternal(r); registration = nil }
     }
 
     /// Delivers every byte to `done` at the end (for small streams and tests).
@@ -85,8 +89,7 @@ package final class StreamReader {
     package func close() {
         guard !finished else { return }
         finished = true
-        if let r = registration { try? reactor.deregister(r); registration = nil }
-        FileDescriptor.closeRaw(fd)
+        closeWatched(fd, &registration, on: reactor)
     }
 }
 
@@ -115,7 +118,9 @@ package final class StreamWriter {
     package init(fd: CInt, reactor: Reactor) {
         self.fd = fd
         self.reactor = reactor
-        try? Sys.setNonBlocking(fd)
+        // A descriptor that cannot be made non-blocking fails the writer: `write` then writes
+        // nothing, `error` says why, and `finish` reports it.
+        do { try Sys.setNonBlocking(fd) } catch { failed = error }
     }
 
     /// Bytes accepted and not yet written.
@@ -156,20 +161,17 @@ package final class StreamWriter {
             case .success(.wouldBlock):
                 blocked = true
                 if registration == nil {
-                    // Strong: a writer with bytes pending stays alive until they are written.
-                    registration = try? reactor.register(fd, interest: .writable) { _ in self.drain() }
+                    do {
+                        // Strong: a writer with bytes pending stays alive until they are written.
+                        registration = try reactor.register(fd, interest: .writable) { _ in self.drain() }
+                    } catch {
+                        return fail(error.underlying ?? SyscallError("register", .badFileDescriptor))
+                    }
                 }
                 return
             }
         }
-        buffer.removeAll(keepingCapacity: true)
-        start = 0
-        if let r = registration { try? reactor.deregister(r); registration = nil }
-        if let done = finishing {
-            finishing = nil
-            close()
-            done(nil)
-        } else if blocked {
+        if !settle(nil) && blocked {
             blocked = false
             onDrain()
         }
@@ -177,24 +179,27 @@ package final class StreamWriter {
 
     private func fail(_ e: SyscallError) {
         failed = e
-        buffer = []
+        if !settle(e) { onError(e) }
+    }
+
+    /// Nothing left to write (all of it written, or `error`): stops watching for writability,
+    /// and ends a ``finish(_:)`` in progress. Returns whether one was.
+    private func settle(_ error: SyscallError?) -> Bool {
+        buffer.removeAll(keepingCapacity: error == nil)
         start = 0
-        if let r = registration { try? reactor.deregister(r); registration = nil }
-        if let done = finishing {
-            finishing = nil
-            close()
-            done(e)
-        } else {
-            onError(e)
-        }
+        if let r = registration { reactor.deregisterInternal(r); registration = nil }
+        guard let done = finishing else { return false }
+        finishing = nil
+        close()
+        done(error)
+        return true
     }
 
     /// Closes the descriptor now, dropping anything unwritten.
     package func close() {
         guard !closed else { return }
         closed = true
-        if let r = registration { try? reactor.deregister(r); registration = nil }
-        FileDescriptor.closeRaw(fd)
+        closeWatched(fd, &registration, on: reactor)
     }
 }
 
@@ -220,4 +225,10 @@ package struct StreamDigest: Sendable, Hashable, CustomStringConvertible {
     }
     /// `count:digest`, the digest in hexadecimal.
     package var description: String { "\(count):\(String(value, radix: 16))" }
+}
+
+/// The end of a stream's reader or writer: deregisters `fd` (if registered), then closes it.
+private func closeWatched(_ fd: CInt, _ registration: inout Reactor.Registration?, on reactor: Reactor) {
+    if let r = registration { reactor.deregisterInternal(r); registration = nil }
+    FileDescriptor.closeRaw(fd)
 }

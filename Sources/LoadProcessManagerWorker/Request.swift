@@ -1,4 +1,4 @@
-import CLoop
+import Glibc
 import LPMReactor
 import LPMWire
 

@@ -1,4 +1,4 @@
-import CLoop
+import Glibc
 import LPMReactor
 import LPMWire
 
@@ -52,7 +52,7 @@ public final class Worker {
         }
         let maxPayload = getenv(Wire.maxPayloadEnvironmentKey).flatMap { Int(String(cString: $0)) } ?? Wire.defaultMaxPayload
         // Die with the supervisor; then check it did not die before the call took effect.
-        _ = cloop_prctl1(PR_SET_PDEATHSIG, UInt(SIGKILL))
+        try Sys.setParentDeathSignal(SIGKILL)
         if let parent = getenv("LPM_PARENT_PID").flatMap({ pid_t(String(cString: $0)) }), getppid() != parent { _exit(0) }
         try Sys.setNonBlocking(fd)
         reactor = try Reactor(backend: backend)
@@ -63,7 +63,7 @@ public final class Worker {
             switch end {
             case .endOfFile: self.exit(code: 0)  // the supervisor is gone
             case .violation(let v): self.violation(v.reason)
-            case .failed: self.exit(code: 74)  // EX_IOERR
+            case .failed, .registrationFailed: self.exit(code: 74)  // EX_IOERR
             }
         }
         try channel.start()
@@ -76,7 +76,7 @@ public final class Worker {
             return try Worker(backend: backend)
         } catch {
             let text = "\(CommandLine.arguments.first ?? "worker"): \(error)\n"
-            _ = text.withCString { CLoop.write(2, $0, strlen($0)) }
+            Sys.writeToStandardError(text)
             _exit(64)
         }
     }
@@ -180,8 +180,8 @@ public final class Worker {
         case .eventReply:
             pendingReplies.removeValue(forKey: h.id)?(Array(payload))
         case .healthRequest:
-            let m = mallinfo2()
-            let report = HealthReport(heapTotal: UInt64(m.arena + m.hblkhd), heapUsed: UInt64(m.uordblks + m.hblkhd))
+            let heap = Sys.heapFigures()
+            let report = HealthReport(heapTotal: heap.total, heapUsed: heap.used)
             channel.send(.healthReport, id: h.id, length: HealthReport.size) { report.encode(into: &$0) }
         case .softKill:
             softKillRequested = true
@@ -205,7 +205,7 @@ public final class Worker {
 
     private func violation(_ reason: String) {
         let text = "worker \(getpid()): protocol violation from the supervisor: \(reason)\n"
-        _ = text.withCString { CLoop.write(2, $0, strlen($0)) }
+        Sys.writeToStandardError(text)
         exit(code: 76)
     }
 

@@ -7,36 +7,44 @@ public struct SupervisorError: Error, Sendable, Hashable, CustomStringConvertibl
     /// The kind of failure; a growable set.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         let raw: UInt8
-        /// The request timed out (counted from dispatch).
-        public static let timedOut = Code(raw: 1)
-        /// The worker running the request died and no attempt was left.
-        public static let workerExited = Code(raw: 2)
-        /// The worker broke the protocol and was killed; no attempt was left.
-        public static let protocolViolation = Code(raw: 3)
-        /// The queue is at ``SupervisorConfiguration/maxQueueLength``.
-        public static let queueFull = Code(raw: 4)
-        /// The pool is shut down (soft or hard kill).
-        public static let shutDown = Code(raw: 5)
-        /// No worker is left (the restart budget is spent everywhere).
-        public static let noWorkers = Code(raw: 6)
-        /// The payload is larger than ``SupervisorConfiguration/maxPayload``.
-        public static let payloadTooLarge = Code(raw: 7)
-        /// The worker failed the request (`Request.fail(_:)` on the worker side).
-        public static let workerError = Code(raw: 8)
-        /// A worker could not be spawned.
-        public static let spawnFailed = Code(raw: 9)
-        /// A response stream broke: its worker died, or the worker failed to produce it.
-        public static let streamFailed = Code(raw: 11)
-        /// An argument is out of range (a negative count...).
-        public static let invalidArgument = Code(raw: 12)
-        /// The caller cancelled (a response stream was cancelled).
-        public static let cancelled = Code(raw: 13)
+        /// The code's name, as written in Swift.
+        public let description: String
 
-        public var description: String {
-            ["", "timedOut", "workerExited", "protocolViolation", "queueFull", "shutDown", "noWorkers",
-             "payloadTooLarge", "workerError", "spawnFailed", "", "streamFailed", "invalidArgument",
-             "cancelled"][Int(raw)]
+        /// The request timed out (counted from dispatch).
+        public static let timedOut = Code(1, "timedOut")
+        /// The worker running the request died and no attempt was left.
+        public static let workerExited = Code(2, "workerExited")
+        /// The worker broke the protocol and was killed; no attempt was left.
+        public static let protocolViolation = Code(3, "protocolViolation")
+        /// The queue is at ``SupervisorConfiguration/maxQueueLength``.
+        public static let queueFull = Code(4, "queueFull")
+        /// The pool is shut down (soft or hard kill).
+        public static let shutDown = Code(5, "shutDown")
+        /// No worker is left (the restart budget is spent everywhere).
+        public static let noWorkers = Code(6, "noWorkers")
+        /// The payload is larger than ``SupervisorConfiguration/maxPayload``.
+        public static let payloadTooLarge = Code(7, "payloadTooLarge")
+        /// The worker failed the request (`Worker.Request.fail(_:)` on the worker side).
+        public static let workerError = Code(8, "workerError")
+
+        // The codes above answer a request; those below, operations on the pool and streams.
+
+        init(_ raw: UInt8, _ name: String) {
+            self.raw = raw
+            description = name
         }
+
+        public static func == (a: Code, b: Code) -> Bool { a.raw == b.raw }
+        public func hash(into hasher: inout Hasher) { hasher.combine(raw) }
+
+        /// A worker could not be spawned.
+        public static let spawnFailed = Code(9, "spawnFailed")
+        /// A response stream broke: its worker died, or the worker failed to produce it.
+        public static let streamFailed = Code(11, "streamFailed")
+        /// An argument is out of range (a negative count...).
+        public static let invalidArgument = Code(12, "invalidArgument")
+        /// The caller cancelled (a response stream was cancelled).
+        public static let cancelled = Code(13, "cancelled")
     }
 
     /// The kind of failure.

@@ -22,8 +22,7 @@ extension Pool {
             guard let report = HealthReport.decode(payload) else {
                 return violation(w, "health report shorter than \(HealthReport.size) bytes")
             }
-            w.heapTotal = Int(truncatingIfNeeded: report.heapTotal)
-            w.heapUsed = Int(truncatingIfNeeded: report.heapUsed)
+            (w.heapTotal, w.heapUsed) = (report.heapTotal, report.heapUsed)
         case .ping:
             w.channel.send(.pong, id: h.id)
         case .pong:

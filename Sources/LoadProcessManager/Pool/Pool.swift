@@ -186,7 +186,7 @@ final class Pool {
             try channel.start()
         } catch {
             // Cannot watch it: kill and reap it here, synchronously.
-            spawner.killAndReap(spawned.pid)
+            Sys.killAndReap(spawned.pid)
             if let watch = w.watch { try? reactor.unwatchChild(watch) }  // reaped above: nothing left to watch
             channel.close()
             w.statm.close()

@@ -93,23 +93,14 @@ enum WorkerLifecycle: Equatable, Sendable {
         case (.draining, .readyFrame), (.stopping, .readyFrame):
             return .none
 
-        case (.starting, .busyFrame):
-            self = .busy(wasReady: false)
-            return .none
-        case (.ready, .busyFrame):
-            self = .busy(wasReady: true)
+        case (.starting, .busyFrame), (.ready, .busyFrame):
+            self = .busy(wasReady: hasBeenReady)
             return .none
         case (.busy, .busyFrame), (.draining, .busyFrame), (.stopping, .busyFrame):
             return .none
 
-        case (.starting, .drain):
-            self = .draining(wasReady: false)
-            return .sendSoftKill
-        case (.ready, .drain):
-            self = .draining(wasReady: true)
-            return .sendSoftKill
-        case (.busy(let wasReady), .drain):
-            self = .draining(wasReady: wasReady)
+        case (.starting, .drain), (.ready, .drain), (.busy, .drain):
+            self = .draining(wasReady: hasBeenReady)
             return .sendSoftKill
         case (.draining, .drain), (.stopping, .drain):
             return .none
