@@ -19,7 +19,7 @@ func siblingExecutable(_ name: String) -> String {
 final class Counter: @unchecked Sendable { var value = 0 }
 
 // Block SIGINT before any other thread exists, so it goes straight to the reactor.
-Reactor.blockSignals([SIGINT])
+Reactor.blockSignals([SIGINT, SIGTERM])
 let exitWhenDone = CommandLine.arguments.contains("--exit-when-done")
 let reactor = try Reactor()
 var configuration = SupervisorConfiguration(workerPath: siblingExecutable("lpm-demo-worker"), count: 2)

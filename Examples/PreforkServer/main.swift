@@ -24,7 +24,7 @@ guard arguments.count >= 2, let port = UInt16(arguments[1]) else {
 }
 let workers = arguments.count >= 3 ? Int(arguments[2]) ?? 2 : 2
 
-Reactor.blockSignals([SIGINT])
+Reactor.blockSignals([SIGINT, SIGTERM])
 let reactor = try Reactor()
 
 // The listening socket, non-blocking, on the loopback address.

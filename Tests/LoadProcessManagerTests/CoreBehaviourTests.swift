@@ -93,7 +93,7 @@ struct CoreBehaviourTests {
             try await Task.sleep(for: .milliseconds(1))  // the concurrency runtime's timerfd, first
             let fds = openFDCount()
             var c = SupervisorConfiguration(workerPath: "/nonexistent/worker", count: 2)
-            c.handleSIGINT = false
+            c.shutdownSignals = []
             let s = try Supervisor(c)
             let log = EventLog(s)
             do { try await s.start(); Issue.record("started") } catch let error as SupervisorError {

@@ -3,20 +3,74 @@ import LoadProcessManager
 import LPMReactor
 import Testing
 
-@Suite("Supervisor and SIGINT", .serialized, .timeLimit(.minutes(1)))
+@Suite("Supervisor and shutdown signals", .serialized, .timeLimit(.minutes(1)))
 struct SupervisorSignalTests {
-    @Test("default SIGINT: workers are killed and reaped, then the process exits with 130")
-    func defaultSIGINT() async {
-        await #expect(processExitsWith: .exitCode(130)) {
-            var c = SupervisorConfiguration(executable: .init(path: sibling("lpm-test-worker")))
+    @Test("default SIGINT or SIGTERM: the pool drains (the request in flight is answered), workers are reaped, the process lives on",
+          arguments: [SIGINT, SIGTERM])
+    func defaultDrain(_ signal: CInt) async {
+        await #expect(processExitsWith: .success) { [signal] in
+            var c = SupervisorConfiguration(executable: .init(path: sibling("lpm-test-worker"), environment: ["LPM_TEST_MODE": "slow"]))
             c.count = 2
             let s = try Supervisor(c)
             let log = EventLog(s)
             try await s.start()
-            guard await log.wait(isOnline) else { exit(1) }
-            kill(getpid(), SIGINT)
-            try await Task.sleep(for: .seconds(10))
-            exit(2)  // SIGINT did not end the process
+            #expect(await log.wait(isOnline))
+            async let answer = s.enqueue("in flight during the signal")
+            try await Task.sleep(for: .milliseconds(20))
+            kill(getpid(), signal)
+            // The accepted request is still answered before the pool stops.
+            #expect((try? await answer)?.text == "in flight during the signal")
+            #expect(await log.wait { if case .signalReceived(let n) = $0 { return n == signal }; return false })
+            #expect(await log.wait(for: 2) { if case .workerExited(_, _, _, let expected) = $0 { return expected }; return false })
+            let status = await s.status()
+            #expect(status.isShutDown)
+            #expect(hasNoChildren())
+            do { _ = try await s.enqueue("after"); Issue.record("accepted after the drain") } catch let error as SupervisorError {
+                #expect(error.code == .shutDown)
+            }
+        }
+    }
+
+    @Test("a second SIGTERM during the drain hard-kills: the request a worker never answers fails with shutDown")
+    func secondSignalEscalates() async {
+        await #expect(processExitsWith: .success) {
+            var c = SupervisorConfiguration(executable: .init(path: sibling("lpm-test-worker"), environment: ["LPM_TEST_MODE": "never"]))
+            c.count = 1
+            c.softKillTimeout = nil  // only the second signal can end the drain
+            let s = try Supervisor(c)
+            let log = EventLog(s)
+            try await s.start()
+            #expect(await log.wait(isOnline))
+            async let answer = outcome(s, "never answered")
+            try await Task.sleep(for: .milliseconds(20))
+            kill(getpid(), SIGTERM)
+            #expect(await log.wait { if case .signalReceived = $0 { return true }; return false })
+            try await Task.sleep(for: .milliseconds(100))
+            let draining = await s.status()
+            #expect(draining.isShutDown && draining.pending == 1, "still draining: \(draining)")
+            kill(getpid(), SIGTERM)
+            #expect(await answer.error?.code == .shutDown)
+            #expect(await log.wait(isExit))
+            #expect(hasNoChildren())
+        }
+    }
+
+    @Test("the soft kill's deadline hard-kills a worker that never finishes")
+    func softKillDeadline() async {
+        await #expect(processExitsWith: .success) {
+            var c = SupervisorConfiguration(executable: .init(path: sibling("lpm-test-worker"), environment: ["LPM_TEST_MODE": "never"]))
+            c.count = 1
+            c.shutdownSignals = []
+            c.softKillTimeout = .milliseconds(200)
+            let s = try Supervisor(c)
+            let log = EventLog(s)
+            try await s.start()
+            #expect(await log.wait(isOnline))
+            async let answer = outcome(s, "never answered")
+            try await Task.sleep(for: .milliseconds(20))
+            await s.softKill()
+            #expect(await answer.error?.code == .shutDown)
+            #expect(hasNoChildren())
         }
     }
 
@@ -39,6 +93,26 @@ struct SupervisorSignalTests {
             exit(2)
         }
     }
+
+    @Test("with no shutdown signals the supervisor leaves them alone: SIGTERM ends the process as usual")
+    func signalsOff() async {
+        await #expect(processExitsWith: .signal(SIGTERM)) {
+            var c = SupervisorConfiguration(executable: .init(path: sibling("lpm-test-worker")))
+            c.shutdownSignals = []
+            let s = try Supervisor(c)
+            let log = EventLog(s)
+            try await s.start()
+            #expect(await log.wait(isOnline))
+            kill(getpid(), SIGTERM)
+            try await Task.sleep(for: .seconds(10))
+            exit(2)
+        }
+    }
+}
+
+/// A request's answer as a value (typed, where a closure would lose the error's type).
+func outcome(_ s: Supervisor, _ text: String) async -> Result<WorkerResponse, SupervisorError> {
+    do { return .success(try await s.enqueue(text)) } catch { return .failure(error) }
 }
 
 /// Whether `pid` is gone or a zombie (dead, waiting for a reaper).
@@ -62,7 +136,7 @@ struct OrphanTests {
         await #expect(processExitsWith: .exitCode(0)) {
             var c = SupervisorConfiguration(executable: .init(path: sibling("lpm-test-worker")))
             c.count = 2
-            c.handleSIGINT = false
+            c.shutdownSignals = []
             let s = try Supervisor(c)
             let log = EventLog(s)
             try await s.start()
@@ -92,7 +166,7 @@ struct ExitAfterKillTests {
     func exitAfterSoftKill() async {
         await #expect(processExitsWith: .exitCode(7)) {
             var c = SupervisorConfiguration(executable: .init(path: sibling("lpm-test-worker")))
-            c.handleSIGINT = false
+            c.shutdownSignals = []
             c.exitStatusAfterKill = 7
             let s = try Supervisor(c)
             try await s.start()

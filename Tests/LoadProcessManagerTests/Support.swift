@@ -18,7 +18,7 @@ func testConfig(_ mode: String = "echo", count: Int = 2, env: [String: String] =
     environment["LPM_TEST_MODE"] = mode
     var c = SupervisorConfiguration(executable: .init(path: sibling("lpm-test-worker"), environment: environment))
     c.count = count
-    c.handleSIGINT = false
+    c.shutdownSignals = []
     return c
 }
 

@@ -58,7 +58,7 @@ public final class Pool: Sendable {
         config.maxConcurrentRequestsPerWorker = maxInFlight
         config.restarts = Int.max / 2
         config.maxRestartsInInterval = .seconds(1)
-        config.handleSIGINT = false
+        config.shutdownSignals = []
         return config
     }
 

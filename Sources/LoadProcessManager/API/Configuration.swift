@@ -45,16 +45,31 @@ public struct SupervisorConfiguration: Sendable {
     public var maxPayload: Int = Wire.defaultMaxPayload
     /// How often RSS (from `/proc/PID/statm`) and heap figures are sampled. Default 1 s.
     public var healthInterval: Duration = .seconds(1)
-    /// After ``Supervisor/softKill()``, how long to wait before killing workers that have not
-    /// exited. `nil`: wait for ever (the load-process-manager behaviour).
-    public var softKillTimeout: Duration? = nil
+    /// After ``Supervisor/softKill()`` (or a shutdown signal), how long the workers may take to
+    /// finish before the pool is hard-killed: their remaining requests then fail with `shutDown`.
+    /// Default 30 s. `nil`: wait for ever (the load-process-manager behaviour).
+    public var softKillTimeout: Duration? = .seconds(30)
     /// Exit the process with this status once a soft or hard kill has completed (every worker
     /// reaped, every request answered), as load-process-manager does. `nil` (the default): the
-    /// process lives on.
+    /// process lives on; the library never calls `exit` unless asked to here.
     public var exitStatusAfterKill: CInt? = nil
-    /// Watch SIGINT. Without a handler set with ``Supervisor/onSIGINT(_:)`` the default is: hard
-    /// kill, then exit the process with status 130.
-    public var handleSIGINT: Bool = true
+    /// Signals that shut the pool down, watched from ``Supervisor/start()`` until the pool stops.
+    /// By default (no handler set with ``Supervisor/onSignal(_:)`` or ``Supervisor/onSIGINT(_:)``)
+    /// the first one soft-kills (drains within ``softKillTimeout``), and another during the
+    /// drain hard-kills. Default: SIGINT and SIGTERM. Empty: the supervisor leaves signals
+    /// alone, for an owner that handles them (ServiceLifecycle, say). One supervisor per process
+    /// should watch a given signal.
+    ///
+    /// load-process-manager watches SIGINT only, and hard-kills then exits the process.
+    public var shutdownSignals: [CInt] = [SIGINT, SIGTERM]
+    /// Whether SIGINT is among ``shutdownSignals``.
+    public var handleSIGINT: Bool {
+        get { shutdownSignals.contains(SIGINT) }
+        set {
+            shutdownSignals.removeAll { $0 == SIGINT }
+            if newValue { shutdownSignals.append(SIGINT) }
+        }
+    }
     /// CPUs to pin workers to, assigned round robin by slot. The supervisor calls
     /// `sched_setaffinity` on each worker right after spawning it (best effort: an error is
     /// ignored). Empty: no pinning.

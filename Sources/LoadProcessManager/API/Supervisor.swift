@@ -110,11 +110,17 @@ public final class Supervisor: Sendable {
         onLoop { $0.anyWorkerEventHandler = handler }
     }
 
-    /// Replaces the default SIGINT behaviour (hard kill, then exit 130) with `handler`, which
-    /// runs on the reactor thread.
-    /// Needs ``SupervisorConfiguration/handleSIGINT`` (the default).
+    /// Replaces the default behaviour for every shutdown signal (the first drains, a second
+    /// hard-kills) with `handler`, which gets the signal's number on the reactor thread. Only the
+    /// signals in ``SupervisorConfiguration/shutdownSignals`` are watched.
+    public func onSignal(_ handler: @escaping @Sendable (CInt) -> Void) {
+        onLoop { $0.anySignalHandler = handler }
+    }
+
+    /// Replaces the default behaviour for SIGINT alone with `handler`, which runs on the reactor
+    /// thread. Needs SIGINT in ``SupervisorConfiguration/shutdownSignals`` (the default).
     public func onSIGINT(_ handler: @escaping @Sendable () -> Void) {
-        onLoop { $0.sigintHandler = handler }
+        onLoop { $0.signalHandlers[SIGINT] = { _ in handler() } }
     }
 
     // MARK: Requests

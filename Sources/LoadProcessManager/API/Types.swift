@@ -99,6 +99,9 @@ public enum SupervisorEvent: Sendable {
     case broadcastFailed(slot: Int, pid: pid_t, reason: String)
     /// Every slot is down and no request can be served.
     case noWorkersLeft
+    /// A shutdown signal (``SupervisorConfiguration/shutdownSignals``) arrived; delivered before
+    /// its handler or the default drain.
+    case signalReceived(CInt)
 }
 
 /// A custom event emitted by a worker.

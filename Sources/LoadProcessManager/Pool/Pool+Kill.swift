@@ -3,12 +3,17 @@ import LPMReactor
 import LPMWire
 
 extension Pool {
-    func sigint() {
-        if let handler = sigintHandler {
-            outbox.push(.call(handler))
-        } else {
-            // The default for SIGINT, as for a process without a handler: end the process.
-            hardKill { exit(130) }
+    /// A shutdown signal arrived: the handler set for it, or the default: the first drains
+    /// (soft kill, within its deadline), another during the drain hard-kills.
+    func shutdownSignal(_ signal: CInt) {
+        emit(.signalReceived(signal))
+        if let handler = signalHandlers[signal] ?? anySignalHandler {
+            return outbox.push(.call { handler(signal) })
+        }
+        switch phase {
+        case .idle, .running: softKill {}
+        case .softKilling: hardKill {}
+        case .hardKilling, .stopped: break
         }
     }
 
@@ -35,12 +40,12 @@ extension Pool {
                 do {
                     softKillTimer = try reactor.schedule(after: t) { [unowned self] in
                         self.softKillTimer = nil
-                        self.killAll()
-                        self.deliver()
+                        self.hardKill {}
                     }
                 } catch {
-                    // A deadline that cannot be armed (negative): kill now rather than wait for ever.
-                    killAll()
+                    // A deadline that cannot be armed (negative): stop now rather than wait for ever.
+                    hardKill {}
+                    return
                 }
             }
             advanceSoftKill()
@@ -61,14 +66,6 @@ extension Pool {
             apply(w.lifecycle.handle(.drain), to: w)
         }
         finishKillIfDone()
-    }
-
-    /// Kills every process now (the soft kill's deadline, or a hard kill).
-    private func killAll() {
-        for s in slots {
-            guard let w = s.process else { continue }
-            apply(w.lifecycle.handle(.kill), to: w)
-        }
     }
 
     /// Kills every worker now; every pending request fails with `shutDown`.
@@ -118,11 +115,11 @@ extension Pool {
             phase = .stopped
             if let t = healthTimer { reactor.cancel(t); healthTimer = nil }
             if let t = softKillTimer { reactor.cancel(t); softKillTimer = nil }
-            if let s = sigintWatch {
+            for w in signalWatches {
                 // Unwatching a watch this pool made: it fails only if the reactor is closed.
-                try? reactor.unwatchSignal(s)
-                sigintWatch = nil
+                try? reactor.unwatchSignal(w)
             }
+            signalWatches = []
             onStopped?()
         }
         for done in killCompletions { outbox.push(.call(done)) }

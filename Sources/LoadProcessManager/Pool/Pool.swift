@@ -55,7 +55,7 @@ final class Pool {
     var noWorkersAnnounced = false
     var healthTimer: Reactor.Timer?
     var healthSequence: UInt64 = 0
-    var sigintWatch: Reactor.SignalWatch?
+    var signalWatches: [Reactor.SignalWatch] = []
     var killCompletions: [@Sendable () -> Void] = []
     var softKillTimer: Reactor.Timer?
     /// Replies awaited from workers, by event id.
@@ -67,7 +67,8 @@ final class Pool {
     var eventHandler: (@Sendable (SupervisorEvent) -> Void)?
     var workerEventHandlers: [String: @Sendable (WorkerEvent) -> Void] = [:]
     var anyWorkerEventHandler: (@Sendable (WorkerEvent) -> Void)?
-    var sigintHandler: (@Sendable () -> Void)?
+    var signalHandlers: [CInt: @Sendable (CInt) -> Void] = [:]
+    var anySignalHandler: (@Sendable (CInt) -> Void)?
 
     init(reactor: Reactor, config: SupervisorConfiguration) {
         self.reactor = reactor
@@ -123,12 +124,21 @@ final class Pool {
             throw SupervisorError(.shutDown, "start() after the pool was shut down")
         }
         // What the configuration asks for and cannot be had is an error, before any worker runs.
-        var sigint: Reactor.SignalWatch?
-        if config.handleSIGINT {
+        var watches: [Reactor.SignalWatch] = []
+        func undoWatches() {
+            // Undoing watches just made: fails only if the reactor is closed, and then they are gone.
+            for w in watches { try? reactor.unwatchSignal(w) }
+        }
+        for signal in config.shutdownSignals {
             do {
-                sigint = try reactor.watchSignal(SIGINT) { [unowned self] _ in self.sigint(); self.deliver() }
+                watches.append(try reactor.watchSignal(signal) { [unowned self] signo in
+                    self.shutdownSignal(signo)
+                    self.deliver()
+                })
             } catch {
-                throw SupervisorError(.invalidArgument, "cannot watch SIGINT (set handleSIGINT to false to run without): \(error)")
+                undoWatches()
+                let name = Reactor.signalName(signal) ?? "signal \(signal)"
+                throw SupervisorError(.invalidArgument, "cannot watch \(name) (remove it from shutdownSignals to run without): \(error)")
             }
         }
         let timer: Reactor.Timer
@@ -137,10 +147,10 @@ final class Pool {
                 self.sampleHealth()
             }
         } catch {
-            if let sigint { try? reactor.unwatchSignal(sigint) }  // undoing a watch just made: cannot fail
+            undoWatches()
             throw SupervisorError(.invalidArgument, "healthInterval \(config.healthInterval): \(error)")
         }
-        sigintWatch = sigint
+        signalWatches = watches
         healthTimer = timer
         phase = .running
         var firstError: SupervisorError?
