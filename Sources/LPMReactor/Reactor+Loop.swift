@@ -117,6 +117,7 @@ extension Reactor {
             for job in jobs {
                 switch job {
                 case .closure(let body): body(self)
+                case .object(let job): job.run(on: self)
                 case .executorJob(let job): job.runSynchronously(on: executor.asUnownedSerialExecutor())
                 case .stop: loop.stopRequested = true
                 }

@@ -157,6 +157,7 @@ public final class Reactor {
         for job in shared.close() {
             switch job {
             case .closure(let body): if closures { body(self) }
+            case .object(let job): if closures { job.run(on: self) } else { job.dropped() }
             case .executorJob(let job): job.runSynchronously(on: executor.asUnownedSerialExecutor())
             case .stop: break
             }

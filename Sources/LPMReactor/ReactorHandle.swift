@@ -6,6 +6,7 @@
 final class ReactorShared: @unchecked Sendable {
     enum Job {
         case closure((Reactor) -> Void)
+        case object(any ReactorJob)
         case executorJob(UnownedJob)
         case stop
     }
@@ -126,6 +127,15 @@ extension Reactor {
             shared.submit(.closure(job))
         }
 
+        /// Runs `job` on the reactor thread, like ``execute(_:)``: for an object that is its own
+        /// job, so that submitting it allocates nothing more (no closure context).
+        /// - Returns: `false` when the reactor is closed and the job was dropped (neither
+        ///   `run` nor `dropped` is called then).
+        @discardableResult
+        package func execute(job: sending any ReactorJob) -> Bool {
+            shared.submit(.object(job))
+        }
+
         /// Makes ``Reactor/run()`` return after its current iteration. Any thread.
         public func stop() {
             _ = shared.submit(.stop)
@@ -189,3 +199,11 @@ public struct LoopBound<Value>: @unchecked Sendable {
     }
 }
 
+/// A job object for ``Reactor/Handle/execute(job:)``.
+package protocol ReactorJob: AnyObject {
+    /// Runs on the reactor thread.
+    func run(on reactor: Reactor)
+    /// The reactor was dropped with the job still queued: it will not run (no reactor is handed
+    /// out from `deinit`). Called on the thread that drops the reactor.
+    func dropped()
+}

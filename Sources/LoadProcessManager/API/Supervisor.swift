@@ -129,17 +129,22 @@ public final class Supervisor: Sendable {
     ///
     /// On the reactor thread (from a handler or a completion) the request is taken at once,
     /// with no hop.
+    /// - Returns: a handle that cancels the request (``RequestHandle/cancel()``).
+    @discardableResult
     public func enqueue(_ payload: [UInt8], options: RequestOptions = RequestOptions(),
-                        completion: @escaping @Sendable (Result<WorkerResponse, SupervisorError>) -> Void) {
+                        completion: @escaping @Sendable (Result<WorkerResponse, SupervisorError>) -> Void) -> RequestHandle {
         if reactor.isOnReactorThread, let pool = box.pool {
             // The pool is only ever touched on this thread, and its enqueue is re-entrant: user
             // code runs only from its outbox, once its state is consistent, never nested.
-            return pool.enqueue(payload, options, .handler(completion))
+            let admitted = pool.enqueue(payload, options, .handler(completion))
+            return RequestHandle(index: admitted.index, id: admitted.id, box: box, reactor: reactor)
         }
-        // One closure for the hop (not one wrapped in another, as `onLoop` would): one allocation.
-        let box = self.box
-        let ok = reactor.execute { _ in box.pool?.enqueue(payload, options, .handler(completion)) }
-        if !ok { CallerTrampoline.run { completion(.failure(SupervisorError(.shutDown, "the pool is stopped"))) } }
+        // The ticket is the hop (one allocation) and what a cancellation finds the request by.
+        let ticket = RequestTicket(payload, options, box, .handler(completion))
+        if !reactor.execute(job: ticket) {
+            CallerTrampoline.run { completion(.failure(SupervisorError(.shutDown, "the pool is stopped"))) }
+        }
+        return RequestHandle(ticket: ticket, reactor: reactor)
     }
 
     /// Queues many requests with one hop to the reactor thread; `completion` is called once per
@@ -155,14 +160,24 @@ public final class Supervisor: Sendable {
     }
 
     /// Queues a request and waits for its answer.
+    ///
+    /// Cancelling the calling task answers the request with `cancelled` at once: a queued
+    /// request leaves the queue; one in flight is cancelled on its worker too (its `onCancel`
+    /// handler runs) and the worker's late answer is dropped.
     /// - Throws: ``SupervisorError``: `.timedOut`, `.workerExited`, `.protocolViolation`,
     ///   `.queueFull`, `.shutDown`, `.noWorkers`, `.payloadTooLarge`, `.workerError`,
-    ///   `.invalidArgument` (a negative timeout or retry count).
+    ///   `.cancelled`, `.invalidArgument` (a negative timeout or retry count).
     public func enqueue(_ payload: [UInt8], options: RequestOptions = RequestOptions()) async throws(SupervisorError) -> WorkerResponse {
-        let result: Result<WorkerResponse, SupervisorError> = await withUnsafeContinuation { c in
-            let box = self.box
-            let ok = reactor.execute { _ in box.pool?.enqueue(payload, options, .continuation(c)) }
-            if !ok { c.resume(returning: .failure(SupervisorError(.shutDown, "the pool is stopped"))) }
+        // The ticket is the hop (one allocation) and what a cancellation finds the request by.
+        let ticket = RequestTicket(payload, options, box)
+        let reactor = self.reactor
+        let result: Result<WorkerResponse, SupervisorError> = await withTaskCancellationHandler {
+            await withUnsafeContinuation { c in
+                ticket.completion = .continuation(c)
+                if !reactor.execute(job: ticket) { c.resume(returning: .failure(SupervisorError(.shutDown, "the pool is stopped"))) }
+            }
+        } onCancel: {
+            reactor.execute { _ in ticket.box.pool?.cancel(ticket) }
         }
         return try result.get()
     }
@@ -195,10 +210,18 @@ public final class Supervisor: Sendable {
         }
     }
 
-    /// Sends a custom event to one worker and waits for its reply.
+    /// Sends a custom event to one worker and waits for its reply. Cancelling the calling task
+    /// stops the wait at once with `cancelled` (a late reply is dropped).
     public func request(event name: String, _ payload: [UInt8] = [], to pid: pid_t? = nil) async throws(SupervisorError) -> [UInt8] {
-        let result: Result<[UInt8], SupervisorError> = await withUnsafeContinuation { c in
-            emit(name, payload, to: pid) { c.resume(returning: $0) }
+        let ticket = ReplyTicket()
+        let reactor = self.reactor, box = self.box
+        let result: Result<[UInt8], SupervisorError> = await withTaskCancellationHandler {
+            await withUnsafeContinuation { c in
+                let ok = onLoop { pool in pool.emit(name, payload, to: pid, reply: { c.resume(returning: $0) }, ticket: ticket) }
+                if !ok { c.resume(returning: .failure(SupervisorError(.shutDown, "the pool is stopped"))) }
+            }
+        } onCancel: {
+            reactor.execute { _ in box.pool?.cancel(ticket) }
         }
         return try result.get()
     }

@@ -36,7 +36,7 @@ enum Delivery {
 /// causes is queued behind, and delivered by the same loop. So the stack never grows per
 /// request, however many requests a completion enqueues, or how often they are refused.
 struct Outbox {
-    private var queue = Ring<Delivery>()
+    private var queue = Ring<Delivery>(filler: .call({}))
     /// Set while ``drain(_:)`` runs: nested entries leave the delivery to it.
     private(set) var isDraining = false
 

@@ -36,8 +36,11 @@ extension Pool {
 
     /// Sends a custom event to the worker `pid` (or, with `nil`, to the least-loaded ready
     /// worker); `reply` gets the worker's reply, or an error if it exits first.
-    func emit(_ name: String, _ data: [UInt8], to pid: pid_t?, reply: ReplyHandler?) {
+    func emit(_ name: String, _ data: [UInt8], to pid: pid_t?, reply: ReplyHandler?, ticket: ReplyTicket? = nil) {
         defer { deliver() }
+        if let ticket, ticket.cancelled, let reply {
+            return outbox.push(.reply(reply, .failure(SupervisorError(.cancelled, "the event was cancelled before it was sent"))))
+        }
         let target: WorkerProcess?
         if let pid {
             target = slots.lazy.compactMap(\.process).first { $0.pid == pid && $0.lifecycle.isServing }
@@ -56,6 +59,7 @@ extension Pool {
             nextEventID &+= 1
             id = nextEventID
             pendingReplies[id] = (w.pid, reply)
+            ticket?.eventID = id
         }
         w.channel.send(.event, id: id, payload: EventPayload.encode(name: name, data: data))
     }

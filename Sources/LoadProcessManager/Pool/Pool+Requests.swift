@@ -7,18 +7,25 @@ extension Pool {
 
     /// Takes a request, or refuses it at once (the refusal is delivered like any answer, never
     /// by recursion). A descriptor not handed on is closed here, on every refusal.
+    /// - Returns: where the request was admitted (`index` is `UInt32.max` when it was refused),
+    ///   for a later cancellation.
+    @discardableResult
     func enqueue(_ payload: [UInt8], _ options: RequestOptions, _ completion: Completion,
-                 descriptor: CInt = -1, isStream: Bool = false) {
+                 descriptor: CInt = -1, isStream: Bool = false) -> (index: UInt32, id: RequestID) {
         defer { deliver() }
         if let refusal = refusal(payloadCount: payload.count, options) {
             if descriptor >= 0 { FileDescriptor.closeRaw(descriptor) }
-            return answer(completion, .failure(refusal))
+            answer(completion, .failure(refusal))
+            return (.max, .zero)
         }
-        table.admit(.init(payload: payload, id: RequestID.random(using: &ids), createdAt: UInt64(Sys.monotonicNanoseconds()),
-                          maxAttempts: 1 + max(0, options.retries ?? config.retries),
-                          timeout: options.timeout ?? config.requestTimeout, descriptor: descriptor, isStream: isStream),
-                    completion: completion)
+        let id = RequestID.random(using: &ids)
+        let index = table.admit(.init(payload: payload, id: id, createdAt: UInt64(Sys.monotonicNanoseconds()),
+                                      maxAttempts: 1 + max(0, options.retries ?? config.retries),
+                                      timeout: options.timeout ?? config.requestTimeout, descriptor: descriptor,
+                                      isStream: isStream),
+                                completion: completion)
         if phase == .running { pump() }
+        return (index, id)
     }
 
     /// Why a request cannot be taken now, if it cannot.

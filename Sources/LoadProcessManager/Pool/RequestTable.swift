@@ -83,12 +83,32 @@ struct RequestTable<Completion> {
 
     private(set) var entries: [Entry] = []
     private var free: [UInt32] = []
-    private var queue = Ring<UInt32>()
+    /// Wire ids of queued requests, in order. A request finished while queued (cancelled)
+    /// leaves its id behind, stale (its generation moved on): skipped when it comes up.
+    private var queue = Ring<UInt64>(filler: 0)
     /// Requests admitted and not finished (queued plus in flight).
     private(set) var pendingCount = 0
+    /// Requests queued (the ring may also hold stale ids).
+    private(set) var queuedCount = 0
 
-    var queuedCount: Int { queue.count }
-    var firstQueued: UInt32? { queue.first }
+    /// The first queued request, stale ids dropped on the way.
+    var firstQueued: UInt32? {
+        mutating get {
+            while let wire = queue.first {
+                if let index = queuedIndex(wire) { return index }
+                _ = queue.popFront()
+            }
+            return nil
+        }
+    }
+
+    /// The entry a queued wire id names, if it is still that request, queued.
+    private func queuedIndex(_ wire: UInt64) -> UInt32? {
+        let i = Int(UInt32(truncatingIfNeeded: wire))
+        guard entries[i].generation == UInt32(truncatingIfNeeded: wire >> 32), entries[i].isPending,
+              entries[i].worker < 0 else { return nil }
+        return UInt32(i)
+    }
 
     /// Borrows an entry (`_read`: reading one field copies nothing else, retains nothing).
     subscript(index: UInt32) -> Entry {
@@ -123,14 +143,17 @@ struct RequestTable<Completion> {
         entries[i].descriptor = a.descriptor
         entries[i].isStream = a.isStream
         pendingCount += 1
-        queue.pushBack(index)
+        queuedCount += 1
+        queue.pushBack(wireID(index))
         return index
     }
 
     /// Takes the first queued request for `worker`: one more attempt, now in flight there.
     /// A request with a descriptor gets no further attempt: the descriptor goes with this one.
     mutating func dispatchFirst(to worker: Int) -> UInt32? {
-        guard let index = queue.popFront() else { return nil }
+        guard let index = firstQueued else { return nil }
+        _ = queue.popFront()
+        queuedCount -= 1
         let i = Int(index)
         entries[i].attempts += 1
         entries[i].worker = worker
@@ -168,6 +191,7 @@ struct RequestTable<Completion> {
     mutating func finish(_ index: UInt32) -> Finished? {
         let i = Int(index)
         guard let completion = entries[i].completion else { return nil }
+        if entries[i].worker < 0 { queuedCount -= 1 }  // its id stays in the ring, stale
         // Field by field: copying the whole entry would retain and release its payload for nothing.
         let done = Finished(completion: completion, id: entries[i].id, createdAt: entries[i].createdAt,
                             attempts: entries[i].attempts, maxAttempts: entries[i].maxAttempts,
@@ -196,7 +220,8 @@ struct RequestTable<Completion> {
             entries[i].timer = nil
             entries[i].generation &+= 1
             entries[i].worker = -1
-            queue.pushFront(index)
+            queuedCount += 1
+            queue.pushFront(wireID(index))
             return .retried(timer: timer)
         }
         return finish(index).map { .finished($0) }
@@ -207,17 +232,26 @@ struct RequestTable<Completion> {
         entries.indices.filter { entries[$0].isPending && entries[$0].worker == worker }.map { UInt32($0) }
     }
 
-    /// Empties the queue; the requests it held are returned, still pending, for the caller to finish.
+    /// Empties the queue; the requests it held are returned, still pending (and counted as
+    /// queued), for the caller to finish.
     mutating func takeQueued() -> [UInt32] {
         var out: [UInt32] = []
-        out.reserveCapacity(queue.count)
-        while let index = queue.popFront() { out.append(index) }
-        return out
+        out.reserveCapacity(queuedCount)
+        while let wire = queue.popFront() {
+            if let index = queuedIndex(wire) { out.append(index) }
+        }
+        return out  // still counted as queued until finished
     }
 
-    /// Every pending request, queued or in flight (the queue is emptied).
+    /// Every pending request, queued or in flight (the queue is emptied), for the caller to finish.
     mutating func takeAll() -> [UInt32] {
         queue.removeAll()
         return entries.indices.filter { entries[$0].isPending }.map { UInt32($0) }
+    }
+
+    /// The pending request with id `id` in entry `index`, if it is still there (a cancellation
+    /// names the request by its entry and its id, which outlives retries).
+    func pending(_ index: UInt32, id: RequestID) -> Bool {
+        Int(index) < entries.count && entries[Int(index)].isPending && entries[Int(index)].id == id
     }
 }

@@ -6,7 +6,7 @@ struct RestartBudget: Sendable {
     let limit: Int
     let window: Int64
     /// Times of the restarts still inside the window, oldest first.
-    private var times = Ring<Int64>()
+    private var times = Ring<Int64>(filler: 0)
 
     init(limit: Int, window: Duration) {
         self.limit = max(0, limit)

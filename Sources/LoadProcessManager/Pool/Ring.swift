@@ -1,10 +1,16 @@
-import Glibc
 /// A first-in first-out ring with O(1) push at either end and pop at the front. Its storage is
-/// kept when it empties (up to a bound), so a steady flow allocates nothing.
+/// kept when it empties (up to a bound), so a steady flow allocates nothing. Free slots hold
+/// `filler` (so that nothing popped stays referenced), and an element costs its own size.
 struct Ring<Element> {
-    private var storage: [Element?] = Array(repeating: nil, count: 16)
+    private let filler: Element
+    private var storage: [Element]
     private var head = 0
     private(set) var count = 0
+
+    init(filler: Element) {
+        self.filler = filler
+        storage = Array(repeating: filler, count: 16)
+    }
 
     var isEmpty: Bool { count == 0 }
     var first: Element? { count > 0 ? storage[head] : nil }
@@ -12,7 +18,7 @@ struct Ring<Element> {
     private var mask: Int { storage.count - 1 }
 
     private mutating func grow() {
-        var bigger = [Element?](repeating: nil, count: storage.count * 2)
+        var bigger = [Element](repeating: filler, count: storage.count * 2)
         for i in 0..<count { bigger[i] = storage[(head + i) & mask] }
         storage = bigger
         head = 0
@@ -34,7 +40,7 @@ struct Ring<Element> {
     mutating func popFront() -> Element? {
         guard count > 0 else { return nil }
         let x = storage[head]
-        storage[head] = nil
+        storage[head] = filler
         head = (head + 1) & mask
         count -= 1
         return x
@@ -43,12 +49,13 @@ struct Ring<Element> {
     /// Empties the ring; storage grown past 1,024 entries is given back.
     mutating func removeAll() {
         if storage.count > 1024 {
-            storage = Array(repeating: nil, count: 16)
+            storage = Array(repeating: filler, count: 16)
         } else {
-            for i in 0..<count { storage[(head + i) & mask] = nil }
+            for i in 0..<count { storage[(head + i) & mask] = filler }
         }
         head = 0
         count = 0
     }
 }
+
 extension Ring: Sendable where Element: Sendable {}

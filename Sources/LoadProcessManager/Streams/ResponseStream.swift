@@ -127,12 +127,19 @@ public final class ResponseStream: AsyncSequence, Sendable {
     public struct AsyncIterator: AsyncIteratorProtocol {
         let stream: ResponseStream
 
+        /// Cancelling the calling task cancels the stream: this call and every later one throw
+        /// `cancelled`, and the worker's writes then fail.
         public mutating func next() async throws(SupervisorError) -> [UInt8]? {
+            let stream = self.stream
             let box = stream.box
             let reactor = stream.reactor
-            let result: Result<[UInt8]?, SupervisorError> = await withUnsafeContinuation { c in
-                let ok = reactor.execute { _ in box.core.next(c) }
-                if !ok { c.resume(returning: .failure(SupervisorError(.shutDown, "the pool's reactor is stopped"))) }
+            let result: Result<[UInt8]?, SupervisorError> = await withTaskCancellationHandler {
+                await withUnsafeContinuation { c in
+                    let ok = reactor.execute { _ in box.core.next(c) }
+                    if !ok { c.resume(returning: .failure(SupervisorError(.shutDown, "the pool's reactor is stopped"))) }
+                }
+            } onCancel: {
+                stream.cancel()
             }
             return try result.get()
         }

@@ -1,7 +1,7 @@
 // A worker for the tests; its behaviour is picked with LPM_TEST_MODE:
 //   echo (default)  answers each request with its payload
 //   slow            waits LPM_TEST_DELAY_MS (default 100) before answering
-//   never           never answers
+//   never           never answers (emits "cancelled" with the payload when a request is cancelled)
 //   crash-on-start  exits with code 3 at once
 //   exit-on-request exits with code 7 on the first request
 //   garbage         writes bytes that are not a frame on the first request
@@ -44,7 +44,8 @@ worker.onRequest { request in
     case "slow", "late":
         _ = try? worker.reactor.schedule(after: .milliseconds(delay)) { request.respond(request.data) }
     case "never":
-        break
+        // Never answers; a cancellation from the supervisor is reported as an event.
+        request.onCancel = { worker.emit("cancelled", request.data) }
     case "exit-on-request":
         exit(7)
     case "garbage":

@@ -1,0 +1,146 @@
+import Glibc
+import LoadProcessManager
+import Synchronization
+import Testing
+
+/// Waits (polling, with a generous hang guard) until `condition` holds.
+private func eventually(seconds: Double = 20, _ condition: () async -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+    while ContinuousClock.now < deadline {
+        if await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(5))
+    }
+    return false
+}
+
+@Suite("Cancellation", .serialized, .timeLimit(.minutes(2)))
+struct CancellationTests {
+    @Test("cancelling the task of an in-flight request: cancelled at once, the worker's onCancel runs, its slot is freed")
+    func inFlight() async throws {
+        let (s, _) = try await startOnline(testConfig("never", count: 1))
+        let cancelled = Mutex<[String]>([])
+        s.on("cancelled") { event in cancelled.withLock { $0.append(String(decoding: event.data, as: UTF8.self)) } }
+        let task = Task { await outcome(s, "in flight") }
+        #expect(await eventually { let st = await s.status(); return st.pending == 1 && st.queued == 0 })
+        task.cancel()
+        let result = await task.value
+        #expect(result.error?.code == .cancelled, "\(result)")
+        #expect(await eventually { cancelled.withLock { $0 } == ["in flight"] }, "the worker saw the cancellation")
+        #expect(await s.status().pending == 0)
+        let health = await s.health()
+        #expect(health.first?.inFlight == 0, "the worker's slot is freed")
+        await s.hardKill()
+    }
+
+    @Test("cancelling a queued request: it leaves the queue at once, the one in flight stays")
+    func queued() async throws {
+        var c = testConfig("never", count: 1)
+        c.maxConcurrentRequestsPerWorker = 1
+        let (s, _) = try await startOnline(c)
+        let first = Task { await outcome(s, "first") }
+        #expect(await eventually { await s.status().pending == 1 })
+        let second = Task { await outcome(s, "second") }
+        #expect(await eventually { await s.status().queued == 1 })
+        second.cancel()
+        #expect((await second.value).error?.code == .cancelled)
+        let status = await s.status()
+        #expect(status.queued == 0 && status.pending == 1, "\(status)")
+        first.cancel()
+        #expect((await first.value).error?.code == .cancelled)
+        await s.hardKill()
+    }
+
+    @Test("a task cancelled before it enqueues gets cancelled, and nothing is queued")
+    func alreadyCancelled() async throws {
+        let (s, _) = try await startOnline(testConfig("never", count: 1))
+        let task = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            return await outcome(s, "never sent")
+        }
+        #expect((await task.value).error?.code == .cancelled)
+        #expect(await s.status().pending == 0)
+        await s.hardKill()
+    }
+
+    @Test("the completion-handler API: RequestHandle.cancel answers once with cancelled, from any thread")
+    func handle() async throws {
+        let (s, _) = try await startOnline(testConfig("never", count: 1))
+        let answers = Mutex<[SupervisorError.Code?]>([])
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let handle = s.enqueue([1]) { r in
+                answers.withLock { $0.append(r.error?.code) }
+                c.resume()
+            }
+            handle.cancel()
+            handle.cancel()  // harmless
+        }
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(answers.withLock { $0 } == [.cancelled])
+        await s.hardKill()
+    }
+
+    @Test("request(event:) honours cancellation; a response stream's iteration too")
+    func eventsAndStreams() async throws {
+        let (s, _) = try await startOnline(testConfig("never", count: 1))
+        // The test worker never replies to "silent": the wait ends only by cancellation.
+        let wait = Task { () -> SupervisorError.Code? in
+            do { _ = try await s.request(event: "silent"); return nil } catch let error as SupervisorError { return error.code } catch { return nil }
+        }
+        try await Task.sleep(for: .milliseconds(50))
+        wait.cancel()
+        #expect(await wait.value == .cancelled)
+        await s.hardKill()
+
+        let (t, _) = try await startOnline(testConfig("stream-out", count: 1))
+        // A stream far larger than anything buffered: the reader stops by cancellation.
+        let response = try await t.enqueue(Array("1000000000:1".utf8))
+        let stream = try #require(response.stream)
+        let reader = Task { () -> SupervisorError.Code? in
+            do {
+                for try await _ in stream { try? await Task.sleep(for: .milliseconds(1)) }
+                return nil
+            } catch let error as SupervisorError { return error.code } catch { return nil }
+        }
+        try await Task.sleep(for: .milliseconds(50))
+        reader.cancel()
+        #expect(await reader.value == .cancelled)
+        await t.hardKill()
+    }
+
+    @Test("exactly once under races: 2,000 requests cancelled at random moments each get one answer")
+    func races() async throws {
+        var c = testConfig("slow", count: 2, env: ["LPM_TEST_DELAY_MS": "1"])
+        c.maxConcurrentRequestsPerWorker = 8
+        let (s, _) = try await startOnline(c)
+        let results = await withTaskGroup(of: (Int, Result<WorkerResponse, SupervisorError>).self) { group in
+            for i in 0..<2_000 {
+                group.addTask {
+                    let task = Task { await outcome(s, "r\(i)") }
+                    if i % 3 == 0 {
+                        try? await Task.sleep(for: .microseconds(Int.random(in: 0...2000)))
+                        task.cancel()
+                    }
+                    return (i, await task.value)
+                }
+            }
+            var all: [(Int, Result<WorkerResponse, SupervisorError>)] = []
+            for await r in group { all.append(r) }
+            return all
+        }
+        #expect(results.count == 2_000)
+        var cancelled = 0
+        for (i, r) in results {
+            switch r {
+            case .success(let w): #expect(w.text == "r\(i)")
+            case .failure(let e) where e.code == .cancelled: cancelled += 1
+            case .failure(let e): Issue.record("request \(i): \(e)")
+            }
+        }
+        #expect(cancelled > 0)
+        let status = await s.status()
+        #expect(status.pending == 0 && status.queued == 0, "\(status)")
+        let health = await s.health()
+        #expect(health.allSatisfy { $0.inFlight == 0 }, "\(health)")
+        await s.softKill()
+    }
+}
