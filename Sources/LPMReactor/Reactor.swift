@@ -172,7 +172,7 @@ public final class Reactor {
 
     /// Nanoseconds in `d`, saturating; a sub-nanosecond remainder rounds up, so that a timeout
     /// never becomes zero.
-    static func nanoseconds(_ d: Duration) -> Int64 {
+    package static func nanoseconds(_ d: Duration) -> Int64 {
         let (s, atto) = d.components
         let ns = atto / 1_000_000_000
         let (m, o1) = s.multipliedReportingOverflow(by: 1_000_000_000)

@@ -142,3 +142,45 @@ struct CoreBehaviourTests {
         }
     }
 }
+
+@Suite("Liveness", .serialized, .timeLimit(.minutes(2)))
+struct LivenessTests {
+    @Test("a worker that blocks its thread is unresponsive: killed and replaced, its request fails with workerUnresponsive")
+    func hungWorker() async throws {
+        await #expect(processExitsWith: .success) {
+            await settleChildProcess()
+            try await Task.sleep(for: .milliseconds(1))
+            let fds = openFDCount()
+            // The worker blocks its thread on its first request: no answer, no pong.
+            var c = testConfig("hang", count: 1)
+            c.pingInterval = .milliseconds(20)
+            c.unresponsiveTimeout = .milliseconds(300)
+            c.retries = 0
+            let (s, log) = try await startOnline(c)
+            let r = await outcome(s, "stuck")
+            #expect(r.error?.code == .workerUnresponsive, "\(r)")
+            #expect(await log.wait { if case .workerUnresponsive = $0 { return true }; return false })
+            #expect(await log.wait(isRestart), "replaced")
+            await s.hardKill()
+            #expect(hasNoChildren())
+            try await Task.sleep(for: .milliseconds(50))
+            #expect(openFDCount() == fds, "\(fdList())")
+        }
+    }
+
+    @Test("idle and busy workers that answer pings are left alone")
+    func healthyWorkers() async throws {
+        var c = testConfig("slow", count: 2, env: ["LPM_TEST_DELAY_MS": "50"])
+        c.pingInterval = .milliseconds(10)
+        c.unresponsiveTimeout = .milliseconds(500)
+        let (s, log) = try await startOnline(c)
+        for i in 0..<40 {
+            let r = try await s.enqueue("r\(i)")
+            #expect(r.text == "r\(i)")
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(log.count { if case .workerUnresponsive = $0 { return true }; return false } == 0)
+        #expect(log.count(isExit) == 0)
+        await s.softKill()
+    }
+}

@@ -45,6 +45,16 @@ public struct SupervisorConfiguration: Sendable {
     public var maxPayload: Int = Wire.defaultMaxPayload
     /// How often RSS (from `/proc/PID/statm`) and heap figures are sampled. Default 1 s.
     public var healthInterval: Duration = .seconds(1)
+    /// How often each worker is pinged (its runtime answers on its reactor thread). `nil`: never.
+    /// Default 5 s.
+    public var pingInterval: Duration? = .seconds(5)
+    /// How long a ping may go unanswered before the worker is declared unresponsive: it is
+    /// killed and replaced, and its requests are retried or fail with `workerUnresponsive`.
+    /// Default 20 s: request handlers that hold the worker's thread for a few seconds are fine; a
+    /// handler that blocks its thread for longer needs a longer deadline (or should not block).
+    /// A worker that stops reading its channel, or sends half a frame and stops, is caught the
+    /// same way. Start-up counts too: a worker must run its loop within the deadline.
+    public var unresponsiveTimeout: Duration = .seconds(20)
     /// After ``Supervisor/softKill()`` (or a shutdown signal), how long the workers may take to
     /// finish before the pool is hard-killed: their remaining requests then fail with `shutDown`.
     /// Default 30 s. `nil`: wait for ever (the load-process-manager behaviour).

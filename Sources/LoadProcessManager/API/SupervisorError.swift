@@ -43,8 +43,11 @@ public struct SupervisorError: Error, Sendable, Hashable, CustomStringConvertibl
         public static let streamFailed = Code(11, "streamFailed")
         /// An argument is out of range (a negative count...).
         public static let invalidArgument = Code(12, "invalidArgument")
-        /// The caller cancelled (a response stream was cancelled).
+        /// The caller cancelled: its task, a ``RequestHandle``, or a response stream.
         public static let cancelled = Code(13, "cancelled")
+        /// The worker running the request stopped answering pings and was killed; no attempt was
+        /// left (``SupervisorConfiguration/unresponsiveTimeout``).
+        public static let workerUnresponsive = Code(14, "workerUnresponsive")
     }
 
     /// The kind of failure.

@@ -95,6 +95,9 @@ public enum SupervisorEvent: Sendable {
     case workerSpawnFailed(slot: Int, reason: String)
     /// A worker was killed for breaking the protocol.
     case protocolViolation(slot: Int, pid: pid_t, reason: String)
+    /// A worker did not answer a ping in time (``SupervisorConfiguration/unresponsiveTimeout``)
+    /// and was killed.
+    case workerUnresponsive(slot: Int, pid: pid_t, reason: String)
     /// A broadcast could not reach the worker `pid` (its copy of the descriptor could not be made).
     case broadcastFailed(slot: Int, pid: pid_t, reason: String)
     /// Every slot is down and no request can be served.

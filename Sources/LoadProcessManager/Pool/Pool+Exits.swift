@@ -33,6 +33,8 @@ extension Pool {
         switch cause {
         case .violation(let reason):
             (code, why) = (.protocolViolation, "broke the protocol (\(reason)) and was killed with the request in flight")
+        case .unresponsive(let reason):
+            (code, why) = (.workerUnresponsive, "was unresponsive (\(reason)) and was killed with the request in flight")
         case .expected where phase == .hardKilling || phase == .stopped:
             (code, why) = (.shutDown, "was stopped with the request in flight (\(status))")
         case .expected, .crashed:

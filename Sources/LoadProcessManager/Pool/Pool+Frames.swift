@@ -26,7 +26,7 @@ extension Pool {
         case .ping:
             w.channel.send(.pong, id: h.id)
         case .pong:
-            break
+            if h.id == w.pingOutstanding { w.pingOutstanding = 0 }
         case .eventReply:
             guard let entry = pendingReplies[h.id], entry.pid == w.pid else { return }
             pendingReplies[h.id] = nil
@@ -124,6 +124,9 @@ extension Pool {
             killProcess(w)
         case .reportViolationAndKill(let reason):
             emit(.protocolViolation(slot: w.slot, pid: w.pid, reason: reason))
+            killProcess(w)
+        case .reportUnresponsiveAndKill(let reason):
+            emit(.workerUnresponsive(slot: w.slot, pid: w.pid, reason: reason))
             killProcess(w)
         }
     }

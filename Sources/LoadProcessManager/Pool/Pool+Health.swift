@@ -16,6 +16,25 @@ extension Pool {
         }
     }
 
+    /// On the ping timer: a worker whose ping is unanswered past the deadline is unresponsive
+    /// (killed and replaced); every other one gets a new ping if none is outstanding.
+    func checkLiveness() {
+        let now = Sys.monotonicNanoseconds()
+        let deadline = Reactor.nanoseconds(config.unresponsiveTimeout)
+        for s in slots {
+            guard let w = s.process, w.watch != nil else { continue }
+            if w.pingOutstanding != 0 {
+                guard now - w.pingSentAt > deadline else { continue }
+                apply(w.lifecycle.handle(.unresponsive("no answer to a ping for \(config.unresponsiveTimeout)")), to: w)
+            } else {
+                pingSequence &+= 1
+                w.pingOutstanding = pingSequence
+                w.pingSentAt = now
+                w.channel.send(.ping, id: pingSequence)
+            }
+        }
+    }
+
     func health() -> [WorkerHealth] {
         slots.enumerated().filter { $0.1.membership != .retired || $0.1.process != nil }.map { i, s in
             let w = s.process

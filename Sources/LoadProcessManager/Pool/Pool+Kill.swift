@@ -114,6 +114,7 @@ extension Pool {
         if phase != .stopped {
             phase = .stopped
             if let t = healthTimer { reactor.cancel(t); healthTimer = nil }
+            if let t = pingTimer { reactor.cancel(t); pingTimer = nil }
             if let t = softKillTimer { reactor.cancel(t); softKillTimer = nil }
             for w in signalWatches {
                 // Unwatching a watch this pool made: it fails only if the reactor is closed.

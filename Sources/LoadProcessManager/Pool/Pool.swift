@@ -55,6 +55,8 @@ final class Pool {
     var noWorkersAnnounced = false
     var healthTimer: Reactor.Timer?
     var healthSequence: UInt64 = 0
+    var pingTimer: Reactor.Timer?
+    var pingSequence: UInt64 = 0
     var signalWatches: [Reactor.SignalWatch] = []
     var killCompletions: [@Sendable () -> Void] = []
     var softKillTimer: Reactor.Timer?
@@ -142,6 +144,7 @@ final class Pool {
             }
         }
         let timer: Reactor.Timer
+        var ping: Reactor.Timer?
         do {
             timer = try reactor.schedule(after: config.healthInterval, repeating: config.healthInterval) { [unowned self] in
                 self.sampleHealth()
@@ -150,8 +153,21 @@ final class Pool {
             undoWatches()
             throw SupervisorError(.invalidArgument, "healthInterval \(config.healthInterval): \(error)")
         }
+        if let interval = config.pingInterval {
+            do {
+                ping = try reactor.schedule(after: interval, repeating: interval) { [unowned self] in
+                    self.checkLiveness()
+                    self.deliver()
+                }
+            } catch {
+                undoWatches()
+                reactor.cancel(timer)
+                throw SupervisorError(.invalidArgument, "pingInterval \(interval): \(error)")
+            }
+        }
         signalWatches = watches
         healthTimer = timer
+        pingTimer = ping
         phase = .running
         var firstError: SupervisorError?
         for i in slots.indices where slots[i].membership == .active {

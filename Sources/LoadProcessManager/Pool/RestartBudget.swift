@@ -1,3 +1,5 @@
+import LPMReactor
+
 import Glibc
 /// At most `limit` restarts within a sliding window of `window` nanoseconds (Erlang/OTP's
 /// intensity and period, systemd's StartLimitBurst and StartLimitIntervalSec). A pure value:
@@ -10,8 +12,7 @@ struct RestartBudget: Sendable {
 
     init(limit: Int, window: Duration) {
         self.limit = max(0, limit)
-        let (seconds, attoseconds) = window.components
-        self.window = max(0, seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+        self.window = max(0, Reactor.nanoseconds(window))
     }
 
     /// Restarts counted in the window ending at `now`.

@@ -33,6 +33,8 @@ enum WorkerLifecycle: Equatable, Sendable {
         case violation(String)
         /// It closed its channel while it was meant to run.
         case channelClosed
+        /// It stopped answering pings.
+        case unresponsive(String)
     }
 
     /// How a worker's exit is to be read.
@@ -41,6 +43,8 @@ enum WorkerLifecycle: Equatable, Sendable {
         case expected
         /// It broke the protocol and was killed.
         case violation(String)
+        /// It stopped answering pings and was killed.
+        case unresponsive(String)
         /// It died on its own (crash, exit, or its channel closed first).
         case crashed
     }
@@ -53,6 +57,7 @@ enum WorkerLifecycle: Equatable, Sendable {
         /// Hard kill, or a deadline passed.
         case kill
         case violation(String)
+        case unresponsive(String)
         case channelClosed
         case exited
     }
@@ -67,6 +72,8 @@ enum WorkerLifecycle: Equatable, Sendable {
         case killProcess
         /// Report the violation, then kill the process.
         case reportViolationAndKill(String)
+        /// Report that it stopped answering, then kill the process.
+        case reportUnresponsiveAndKill(String)
         /// It is gone: fail or retry its requests; restart it if `cause` is not expected.
         case reap(ExitCause)
     }
@@ -82,6 +89,7 @@ enum WorkerLifecycle: Equatable, Sendable {
             switch self {
             case .draining, .stopping(.requested): cause = .expected
             case .stopping(.violation(let reason)): cause = .violation(reason)
+            case .stopping(.unresponsive(let reason)): cause = .unresponsive(reason)
             default: cause = .crashed
             }
             self = .exited(cause)
@@ -116,6 +124,12 @@ enum WorkerLifecycle: Equatable, Sendable {
         case (_, .violation(let reason)):
             self = .stopping(.violation(reason))
             return .reportViolationAndKill(reason)
+
+        case (.stopping, .unresponsive):
+            return .none
+        case (_, .unresponsive(let reason)):
+            self = .stopping(.unresponsive(reason))
+            return .reportUnresponsiveAndKill(reason)
 
         case (.starting, .channelClosed), (.ready, .channelClosed), (.busy, .channelClosed):
             // A worker must not close its channel and live on: make sure it is gone; its exit

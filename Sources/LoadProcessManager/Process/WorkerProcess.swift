@@ -18,6 +18,9 @@ final class WorkerProcess {
     @exclusivity(unchecked) var rss = 0
     var heapTotal = 0
     var heapUsed = 0
+    /// The ping awaiting its pong (0: none), and when it was sent (monotonic nanoseconds).
+    var pingOutstanding: UInt64 = 0
+    var pingSentAt: Int64 = 0
     @exclusivity(unchecked) var completed = 0
     /// Sockets handed to it and not reported closed.
     @exclusivity(unchecked) var sockets = 0

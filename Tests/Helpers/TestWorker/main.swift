@@ -2,6 +2,7 @@
 //   echo (default)  answers each request with its payload
 //   slow            waits LPM_TEST_DELAY_MS (default 100) before answering
 //   never           never answers (emits "cancelled" with the payload when a request is cancelled)
+//   hang            blocks its thread for good on the first request (answers no ping)
 //   crash-on-start  exits with code 3 at once
 //   exit-on-request exits with code 7 on the first request
 //   garbage         writes bytes that are not a frame on the first request
@@ -43,6 +44,9 @@ worker.onRequest { request in
     switch mode {
     case "slow", "late":
         _ = try? worker.reactor.schedule(after: .milliseconds(delay)) { request.respond(request.data) }
+    case "hang":
+        // Blocks its thread for good: no answer, no pong.
+        while true { sleep(1000) }
     case "never":
         // Never answers; a cancellation from the supervisor is reported as an event.
         request.onCancel = { worker.emit("cancelled", request.data) }
