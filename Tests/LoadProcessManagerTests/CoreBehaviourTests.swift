@@ -65,6 +65,7 @@ struct CoreBehaviourTests {
             let fds = openFDCount()
             var c = testConfig("exit-on-request", count: 2)
             c.restarts = 1
+            c.afterBudgetSpent = .stop
             let (s, log) = try await startOnline(c)
             // Each request kills its worker: 1 restart is allowed, then both slots go down.
             for _ in 0..<3 { _ = try? await s.enqueue("die") }
@@ -182,5 +183,51 @@ struct LivenessTests {
         #expect(log.count { if case .workerUnresponsive = $0 { return true }; return false } == 0)
         #expect(log.count(isExit) == 0)
         await s.softKill()
+    }
+}
+
+@Suite("Restart budget: backoff and poison requests", .serialized, .timeLimit(.minutes(2)))
+struct BackoffPoisonTests {
+    @Test("after the budget is spent, the slot comes back by itself with a growing delay; requests fail fast in between")
+    func backoff() async throws {
+        var c = testConfig("exit-on-request", count: 1)
+        c.restarts = 1
+        c.maxRestartsInInterval = .seconds(60)
+        c.afterBudgetSpent = .backoff(initial: .milliseconds(100), maximum: .milliseconds(400))
+        let (s, log) = try await startOnline(c)
+        _ = try? await s.enqueue("die 1")  // crash, restart (charged)
+        #expect(await log.wait(isRestart))
+        #expect(await log.wait(for: 2, isOnline))
+        _ = try? await s.enqueue("die 2")  // crash: the budget is spent
+        #expect(await log.wait(isExhausted))
+        let scheduled: (SupervisorEvent) -> Bool = { if case .workerRestartScheduled = $0 { return true }; return false }
+        #expect(await log.wait(scheduled))
+        // In between, no worker: a request fails at once.
+        let between = await outcome(s, "between")
+        #expect(between.error?.code == .noWorkers, "\(between)")
+        // The slot comes back by itself.
+        #expect(await log.wait(for: 2, isRestart), "back without a resize")
+        #expect(await log.wait(for: 3, isOnline))
+        _ = try? await s.enqueue("die 3")  // crash again: refused again, the delay doubles
+        #expect(await log.wait(for: 2, scheduled))
+        let delays = log.all.compactMap { e -> Duration? in if case .workerRestartScheduled(_, let d) = e { return d }; return nil }
+        #expect(delays.prefix(2) == [.milliseconds(100), .milliseconds(200)], "\(delays)")
+        await s.hardKill()
+        #expect(await s.status().isShutDown)
+    }
+
+    @Test("a request that kills every worker it lands on is failed as poison after poisonThreshold deaths, whatever its retries")
+    func poison() async throws {
+        var c = testConfig("exit-on-request", count: 2)
+        c.retries = 10
+        c.restarts = 20
+        c.poisonThreshold = 2
+        let (s, log) = try await startOnline(c)
+        let r = await outcome(s, "poison")
+        #expect(r.error?.code == .poisonRequest, "\(r)")
+        #expect(r.error?.attempts == 2)
+        #expect(log.count(isExhausted) == 0, "the pool survives")
+        #expect(await log.wait(for: 2, isRestart))
+        await s.hardKill()
     }
 }

@@ -26,11 +26,29 @@ public struct SupervisorConfiguration: Sendable {
     public var executable: Executable
     /// How many workers to keep (`worker.count`). Default 1.
     public var count: Int = 1
+    /// What happens to a slot once the restart budget refused to restart it (or its replacement
+    /// could not be spawned).
+    public enum AfterBudgetSpent: Sendable, Hashable {
+        /// It comes back by itself after `initial`, then twice as long after each new refusal,
+        /// up to `maximum`; requests fail fast with `noWorkers` while no worker is left.
+        case backoff(initial: Duration, maximum: Duration)
+        /// It stays down until ``Supervisor/resize(_:)`` brings it back (the
+        /// load-process-manager behaviour).
+        case stop
+    }
+
     /// How many restarts are allowed within ``maxRestartsInInterval`` (`worker.restarts`).
     /// Default 5. Past it, a crashed worker's slot stays down.
     public var restarts: Int = 5
     /// The sliding window for ``restarts`` (`worker.maxRestartsInInterval`). Default 120 s.
     public var maxRestartsInInterval: Duration = .seconds(120)
+    /// What happens to a slot the budget refused. Default: back after 1 s, doubling up to 60 s,
+    /// so that a long-running server does not stay down for good because of one bad minute.
+    public var afterBudgetSpent: AfterBudgetSpent = .backoff(initial: .seconds(1), maximum: .seconds(60))
+    /// A request in flight on this many workers that died (crashed, broke the protocol, or
+    /// stopped answering) is failed as poison (`poisonRequest`), whatever its retries, instead of
+    /// taking the pool down with it. Default 3. `nil`: no limit.
+    public var poisonThreshold: Int? = 3
     /// Default request timeout (`request.timeout`), counted from dispatch. `nil`: none.
     public var requestTimeout: Duration? = nil
     /// Default retries (`request.retries`): extra attempts after a worker dies or a timeout.

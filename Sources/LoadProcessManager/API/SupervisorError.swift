@@ -48,6 +48,9 @@ public struct SupervisorError: Error, Sendable, Hashable, CustomStringConvertibl
         /// The worker running the request stopped answering pings and was killed; no attempt was
         /// left (``SupervisorConfiguration/unresponsiveTimeout``).
         public static let workerUnresponsive = Code(14, "workerUnresponsive")
+        /// The request was in flight on ``SupervisorConfiguration/poisonThreshold`` workers that
+        /// died: it is not tried again.
+        public static let poisonRequest = Code(15, "poisonRequest")
     }
 
     /// The kind of failure.

@@ -88,8 +88,11 @@ public enum SupervisorEvent: Sendable {
     case workerExited(slot: Int, pid: pid_t, status: WorkerExitStatus, expected: Bool)
     /// A replacement was spawned for a worker that ended.
     case workerRestarted(slot: Int, pid: pid_t)
-    /// The restart budget is spent: `slot` is down, out of the pool until a resize brings it back.
+    /// The restart budget is spent: `slot` is down, out of the pool until it comes back (see
+    /// ``SupervisorConfiguration/afterBudgetSpent``) or a resize brings it back.
     case restartBudgetExhausted(slot: Int)
+    /// A down slot will be tried again after `delay` (``SupervisorConfiguration/afterBudgetSpent``).
+    case workerRestartScheduled(slot: Int, delay: Duration)
     /// A worker for `slot` could not be spawned (at start, as a replacement, or when growing): the
     /// slot is down, out of the pool until a resize brings it back.
     case workerSpawnFailed(slot: Int, reason: String)

@@ -41,7 +41,14 @@ extension Pool {
             (code, why) = (.workerExited, "\(status) with the request in flight")
         }
         for index in table.inFlight(on: i).reversed() {
-            attemptFailed(index, on: w, code, why, exitStatus: status)
+            if cause != .expected, let limit = config.poisonThreshold, table.noteDeath(index) >= limit {
+                let deaths = table[index].deaths
+                attemptFailed(index, on: w, .poisonRequest,
+                              "was in flight on \(deaths) workers that died (the last \(why)): not tried again",
+                              exitStatus: status, retry: false)
+            } else {
+                attemptFailed(index, on: w, code, why, exitStatus: status)
+            }
         }
 
         switch phase {
@@ -59,17 +66,51 @@ extension Pool {
         pump()
     }
 
-    /// Restarts slot `i` if the budget allows; otherwise the slot goes down (out of the pool
-    /// until a resize brings it back).
+    /// Restarts slot `i` if the budget allows; otherwise the slot goes down, to come back later
+    /// (``SupervisorConfiguration/afterBudgetSpent``) or by a resize.
     private func restart(slot i: Int) {
         guard budget.charge(at: Sys.monotonicNanoseconds()) else {
             slots[i].membership = .down
             emit(.restartBudgetExhausted(slot: i))
-            return
+            return scheduleComeback(slot: i)
         }
+        slots[i].refusals = 0
+        respawn(slot: i)
+    }
+
+    private func respawn(slot i: Int) {
         slots[i].restarts += 1
         if spawnOrMarkDown(slot: i) == nil, let pid = slots[i].process?.pid {
             emit(.workerRestarted(slot: i, pid: pid))
+        } else {
+            scheduleComeback(slot: i)
         }
+    }
+
+    /// Arms the timer that brings down slot `i` back: `initial`, doubled with each refusal in a
+    /// row, at most `maximum`.
+    private func scheduleComeback(slot i: Int) {
+        guard case .backoff(let initial, let maximum) = config.afterBudgetSpent, slots[i].comeback == nil else { return }
+        let delay = min(maximum, initial * (1 << min(slots[i].refusals, 30)))
+        slots[i].refusals += 1
+        do {
+            slots[i].comeback = try reactor.schedule(after: delay) { [unowned self] in
+                self.slots[i].comeback = nil
+                // Still down (not brought back by a resize, nor the pool stopped): try again.
+                guard self.phase == .running, self.slots[i].membership == .down, self.slots[i].process == nil else { return }
+                self.onlineAnnounced = false
+                self.respawn(slot: i)
+                self.pump()
+                self.deliver()
+            }
+            emit(.workerRestartScheduled(slot: i, delay: delay))
+        } catch {
+            // A delay the reactor refuses (a closed reactor): the slot stays down, as with `.stop`.
+        }
+    }
+
+    /// Cancels the comeback of slot `i`, if one is armed (a resize takes the slot, or the pool stops).
+    func cancelComeback(slot i: Int) {
+        if let t = slots[i].comeback { reactor.cancel(t); slots[i].comeback = nil }
     }
 }

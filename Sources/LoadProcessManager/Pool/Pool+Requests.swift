@@ -127,10 +127,10 @@ extension Pool {
     /// An attempt on `w` failed: retried while attempts are left and the pool runs, else
     /// failed with `code`, saying why and after how many attempts.
     func attemptFailed(_ index: UInt32, on w: WorkerProcess?, _ code: SupervisorError.Code, _ why: String,
-                       exitStatus: Reactor.ExitStatus? = nil) {
+                       exitStatus: Reactor.ExitStatus? = nil, retry: Bool = true) {
         let pid = w?.pid
         w?.inFlight -= 1
-        switch table.attemptFailed(index, retryAllowed: phase == .running) {
+        switch table.attemptFailed(index, retryAllowed: retry && phase == .running) {
         case .retried(let timer)?:
             if let timer { reactor.cancel(timer) }
         case .finished(let f)?:

@@ -43,6 +43,8 @@ extension Pool {
                 slots.append(WorkerSlot())
                 i = slots.count - 1
             }
+            cancelComeback(slot: i)
+            slots[i].refusals = 0
             slots[i].membership = .active
             guard phase == .running else { added += 1; continue }
             if let error = spawnOrMarkDown(slot: i) { firstError = firstError ?? error } else { added += 1 }

@@ -20,6 +20,10 @@ struct WorkerSlot {
     var restarts = 0
     var lastExit: Reactor.ExitStatus?
     var completedBefore = 0
+    /// While down: the timer that brings it back, and how many times it has been refused in a
+    /// row (the backoff doubles with each).
+    var comeback: Reactor.Timer?
+    var refusals = 0
 }
 
 /// The supervisor's state and the I/O that goes with it, confined to the reactor thread.

@@ -32,6 +32,8 @@ struct RequestTable<Completion> {
         /// Owned by the request until it is sent; closed by the pool when the request finishes.
         var descriptor: CInt = -1
         var isStream = false
+        /// Workers that died with it in flight.
+        var deaths = 0
 
         var isPending: Bool { completion != nil }
     }
@@ -142,6 +144,7 @@ struct RequestTable<Completion> {
         entries[i].worker = -1
         entries[i].descriptor = a.descriptor
         entries[i].isStream = a.isStream
+        entries[i].deaths = 0
         pendingCount += 1
         queuedCount += 1
         queue.pushBack(wireID(index))
@@ -225,6 +228,12 @@ struct RequestTable<Completion> {
             return .retried(timer: timer)
         }
         return finish(index).map { .finished($0) }
+    }
+
+    /// Counts a worker that died with the request in flight; returns how many have.
+    mutating func noteDeath(_ index: UInt32) -> Int {
+        entries[Int(index)].deaths += 1
+        return entries[Int(index)].deaths
     }
 
     /// The requests in flight on `worker`, most recently admitted entry last.
