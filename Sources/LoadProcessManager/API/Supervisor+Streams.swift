@@ -72,19 +72,19 @@ extension Supervisor {
         do { pair = try Sys.pipe(flags: O_NONBLOCK) } catch { throw SupervisorError(.invalidArgument, "enqueue(stream:): \(error)") }
         let readEnd = pair.first.release(), writeEnd = pair.second.release()
         let pump = StreamPump(writeEnd: writeEnd, reactor: reactor)
-        async let answer: Result<WorkerResponse, SupervisorError> = withUnsafeContinuation { c in
-            enqueueStream(payload, readEnd: readEnd, options: options) { c.resume(returning: $0) }
-        }
+        // Queued before the pump's first job: a request the reactor refuses (it is closed) is
+        // answered here, before any job of the pump could run (see `StreamPump.Box`).
+        enqueueStream(payload, readEnd: readEnd, options: options) { pump.answered($0) }
         var failure: (any Error)?
         do {
             for try await chunk in chunks {
-                guard await pump.write(chunk) else { break }  // the worker went away
+                guard await pump.write(chunk) else { break }  // the stream has ended
             }
         } catch {
             failure = error
         }
         await pump.finish()
-        let result = await answer
+        let result = await pump.response()
         if let failure { throw failure }
         return try result.get()
     }
