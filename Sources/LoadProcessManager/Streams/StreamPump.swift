@@ -3,7 +3,8 @@ import LPMReactor
 import LPMWire
 import Synchronization
 
-/// Writes an async sequence's chunks into a pipe on the reactor, one chunk at a time, waiting
+/// Writes an async sequence's chunks into a socket (one end of a socket pair, the worker has the
+/// other) on the reactor, one chunk at a time, waiting
 /// while more than 1 MiB is buffered (the worker reads slowly), and holds the request's answer.
 ///
 /// The write end is closed exactly once, by whichever comes first: ``finish()`` (end of file
@@ -30,7 +31,7 @@ final class StreamPump: Sendable {
         func writer(on reactor: Reactor) -> StreamWriter? {
             if ended { return nil }
             if let w = writer { return w }
-            let w = StreamWriter(fd: fd, reactor: reactor)
+            let w = StreamWriter(fd: fd, reactor: reactor, isSocket: true)
             // Weak: the box holds the writer, and a writer whose registration the reactor drops
             // (it closed) must not keep the two alive in a cycle.
             w.onDrain = { [weak self] in self?.resume(true) }
@@ -94,7 +95,7 @@ final class StreamPump: Sendable {
         }
     }
 
-    /// Flushes and closes the pipe (end of file for the worker).
+    /// Flushes and closes the socket (end of file for the worker).
     func finish() async {
         let box = self.box
         _ = await withUnsafeContinuation { (c: UnsafeContinuation<Bool, Never>) in
