@@ -143,4 +143,26 @@ struct StreamLeakTests {
             }
         }
     }
+
+    @Test("response streams unread, read part-way or cancelled, dropped after the pool stopped: nothing left open")
+    func responseStreamsDroppedLate() async throws {
+        await #expect(processExitsWith: .success) {
+            try await expectNothingLeft {
+                let (s, _) = try await startOnline(testConfig("stream-out"))
+                var kept: [ResponseStream] = []
+                for i in 0..<20 {
+                    // Small ones the worker finishes at once; big ones it cannot (nobody reads).
+                    let r = try await s.enqueue(i % 2 == 0 ? "1000:1" : "\(4 << 20):1")
+                    guard let stream = r.stream else { Issue.record("no stream"); continue }
+                    if i % 4 == 1 { var it = stream.makeAsyncIterator(); _ = try await it.next() }
+                    if i % 4 == 0 { stream.cancel() }  // a small one: the worker is done with it
+                    kept.append(stream)
+                }
+                try await Task.sleep(for: .milliseconds(100))
+                await s.hardKill()
+                try await Task.sleep(for: .milliseconds(50))  // the reactor closes
+                kept.removeAll()
+            }
+        }
+    }
 }
