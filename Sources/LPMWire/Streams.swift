@@ -106,6 +106,7 @@ package final class StreamWriter {
     private var failed: SyscallError?
     private var closed = false
     private var blocked = false
+    private let isSocket: Bool
     /// Called when the buffer has emptied after the kernel refused bytes (for back-pressure:
     /// write more then). Never called from inside ``write(_:)``.
     package var onDrain: () -> Void = {}
@@ -114,10 +115,12 @@ package final class StreamWriter {
     /// Bytes accepted so far.
     package private(set) var count = 0
 
-    /// Takes ownership of `fd` (made non-blocking here).
-    package init(fd: CInt, reactor: Reactor) {
+    /// Takes ownership of `fd` (made non-blocking here). A socket (`isSocket`) is written with
+    /// `send(MSG_NOSIGNAL)`: a reader gone away gives `EPIPE`, never `SIGPIPE`.
+    package init(fd: CInt, reactor: Reactor, isSocket: Bool = false) {
         self.fd = fd
         self.reactor = reactor
+        self.isSocket = isSocket
         // A descriptor that cannot be made non-blocking fails the writer: `write` then writes
         // nothing, `error` says why, and `finish` reports it.
         do { try Sys.setNonBlocking(fd) } catch { failed = error }
@@ -148,9 +151,12 @@ package final class StreamWriter {
 
     private func drain() {
         while start < buffer.count {
-            let s = start
+            let s = start, fd = fd, isSocket = isSocket
             let result = buffer.withUnsafeBytes { raw in
-                Result { () throws(SyscallError) in try Sys.write(fd, UnsafeRawBufferPointer(rebasing: raw[s...])) }
+                Result { () throws(SyscallError) in
+                    let bytes = UnsafeRawBufferPointer(rebasing: raw[s...])
+                    return try isSocket ? Sys.send(fd, bytes) : Sys.write(fd, bytes)
+                }
             }
             switch result {
             case .failure(let e):

@@ -62,29 +62,33 @@ extension Supervisor {
         return try result.get()
     }
 
-    /// Queues a request with a stream made of `chunks`: they are written to a pipe whose read
-    /// end the worker gets, as fast as the worker reads them (back-pressure), and the pipe is
+    /// Queues a request with a stream made of `chunks`: they are written to a socket whose other
+    /// end the worker gets, as fast as the worker reads them (back-pressure), and the socket is
     /// closed at the end of the sequence (the worker sees end of file). If the sequence throws,
-    /// the stream is cut short and the error is rethrown after the request is answered.
+    /// the stream is cut short and the error is rethrown after the request is answered. Once the
+    /// request is answered (or the worker goes away), the rest of the sequence is not read.
+    ///
+    /// A socket pair rather than a pipe: a worker that goes away makes the writes fail with
+    /// `EPIPE` (`send` with `MSG_NOSIGNAL`) instead of raising `SIGPIPE` in this process.
     public func enqueue<Chunks: AsyncSequence>(_ payload: [UInt8], stream chunks: Chunks, options: RequestOptions = RequestOptions()) async throws -> WorkerResponse
     where Chunks.Element == [UInt8] {
         let pair: DescriptorPair
-        do { pair = try Sys.pipe(flags: O_NONBLOCK) } catch { throw SupervisorError(.invalidArgument, "enqueue(stream:): \(error)") }
+        do { pair = try Sys.socketpair(flags: CInt(SOCK_NONBLOCK.rawValue)) } catch { throw SupervisorError(.invalidArgument, "enqueue(stream:): \(error)") }
         let readEnd = pair.first.release(), writeEnd = pair.second.release()
         let pump = StreamPump(writeEnd: writeEnd, reactor: reactor)
-        async let answer: Result<WorkerResponse, SupervisorError> = withUnsafeContinuation { c in
-            enqueueStream(payload, readEnd: readEnd, options: options) { c.resume(returning: $0) }
-        }
+        // Queued before the pump's first job: a request the reactor refuses (it is closed) is
+        // answered here, before any job of the pump could run (see `StreamPump.Box`).
+        enqueueStream(payload, readEnd: readEnd, options: options) { pump.answered($0) }
         var failure: (any Error)?
         do {
             for try await chunk in chunks {
-                guard await pump.write(chunk) else { break }  // the worker went away
+                guard await pump.write(chunk) else { break }  // the stream has ended
             }
         } catch {
             failure = error
         }
         await pump.finish()
-        let result = await answer
+        let result = await pump.response()
         if let failure { throw failure }
         return try result.get()
     }

@@ -37,6 +37,11 @@ final class ResponseStreamCore {
         }
     }
 
+    /// A stream dropped after its reactor closed (its cancel job was refused) is freed on the
+    /// caller's thread: its descriptor is closed here. The reader is not registered then (it is
+    /// only while a call to `next` waits, and that call holds the stream).
+    deinit { reader.close() }
+
     /// The caller wants the next chunk.
     func next(_ w: Waiter) {
         precondition(waiter == nil, "a response stream is iterated by one task at a time")
@@ -75,22 +80,27 @@ final class ResponseStreamCore {
             waiter = nil
             return w.resume(returning: .success(chunks.removeFirst()))
         }
-        if let failure {
-            waiter = nil
-            done = true
-            return w.resume(returning: .failure(failure))
-        }
+        if let failure { return finish(w, .failure(failure)) }
         if endOfFile, let end {
-            waiter = nil
-            done = true
-            if end.ok && end.count == reader.count { return w.resume(returning: .success(nil)) }
-            return w.resume(returning: .failure(SupervisorError(
+            if end.ok && end.count == reader.count { return finish(w, .success(nil)) }
+            return finish(w, .failure(SupervisorError(
                 .streamFailed,
                 end.ok ? "the response stream of worker \(workerPID) ended after \(reader.count) of \(end.count) bytes"
                        : "worker \(workerPID) failed to produce its response stream",
                 requestID: requestID, workerPID: workerPID)))
         }
         // End of file without the worker's confirmation yet: wait for it, or for its exit.
+    }
+
+    /// The stream's last answer: the reader is closed (already, unless a failure came first)
+    /// and drops its closures.
+    private func finish(_ w: Waiter, _ result: Result<[UInt8]?, SupervisorError>) {
+        waiter = nil
+        done = true
+        reader.close()
+        reader.onChunk = { _ in }
+        reader.onEnd = { _ in }
+        w.resume(returning: result)
     }
 }
 

@@ -15,6 +15,7 @@
 //   pid             answers with its pid
 //   big             answers with LPM_TEST_SIZE bytes
 //   stream-digest   reads the request's stream; answers "count:fnv1a-hex"
+//   stream-exit     reads the first chunk of the request's stream, then exits with code 5
 //   stream-out      payload "N:seed": answers with a stream of N pattern bytes
 //   stream-die      starts a response stream, then exits mid-way
 //   socket-echo     echoes one line on the request's socket, closes it, answers with its pid
@@ -78,6 +79,10 @@ worker.onRequest { request in
         stream.onEnd = { error in
             if let error { request.fail("stream error: \(error)") } else { request.respond(digest.description) }
         }
+        stream.resume()
+    case "stream-exit":
+        guard let stream = request.stream else { return request.fail("no stream") }
+        stream.onChunk = { _ in exit(5) }
         stream.resume()
     case "stream-out":
         let text = String(decoding: request.data, as: UTF8.self).split(separator: ":")
