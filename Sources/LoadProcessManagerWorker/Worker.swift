@@ -228,7 +228,9 @@ public final class Worker {
     func finishStreaming(_ request: Request, _ data: [UInt8]) -> OutputStream? {
         guard !request.answered, inFlight[request.wireID] != nil else { return nil }
         let pair: DescriptorPair
-        do { pair = try Sys.pipe(flags: O_NONBLOCK) } catch {
+        // A socketpair, not a pipe: written with MSG_NOSIGNAL, so a supervisor that stops
+        // reading (the caller cancelled the stream) gives EPIPE here, never SIGPIPE.
+        do { pair = try Sys.socketpair(flags: CInt(SOCK_NONBLOCK.rawValue)) } catch {
             finish(request, .error, Array("could not create the response stream: \(error)".utf8))
             return nil
         }
@@ -236,7 +238,7 @@ public final class Worker {
         let readEnd = pair.first.release(), writeEnd = pair.second.release()
         channel.send(.response, id: request.wireID, flags: .stream, passing: readEnd, payload: data)
         let wireID = request.wireID
-        return OutputStream(writer: StreamWriter(fd: writeEnd, reactor: reactor)) { [unowned self] count, ok in
+        return OutputStream(writer: StreamWriter(fd: writeEnd, reactor: reactor, isSocket: true)) { [unowned self] count, ok in
             let end = StreamEnd(count: UInt64(count), ok: ok)
             self.channel.send(.streamEnd, id: wireID, length: StreamEnd.size) { end.encode(into: &$0) }
             self.inFlight[wireID] = nil

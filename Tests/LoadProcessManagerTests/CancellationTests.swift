@@ -144,3 +144,68 @@ struct CancellationTests {
         await s.softKill()
     }
 }
+
+@Suite("Streams and the pool's end", .serialized, .timeLimit(.minutes(2)))
+struct StreamShutdownTests {
+    @Test("a soft kill waits for a response stream its caller is still reading; the bytes all arrive")
+    func softKillWaitsForStreams() async throws {
+        let (s, _) = try await startOnline(testConfig("stream-out", count: 1))
+        let n = 8 << 20
+        let response = try await s.enqueue(Array("\(n):7".utf8))
+        let stream = try #require(response.stream)
+        let killed = Task { await s.softKill() }
+        var count = 0
+        for try await chunk in stream {
+            count += chunk.count
+            try? await Task.sleep(for: .microseconds(100))  // a slow reader
+        }
+        #expect(count == n)
+        await killed.value
+        #expect(await s.status().isShutDown)
+    }
+
+    @Test("a response stream never read: the soft kill's deadline ends it, and reading then throws shutDown")
+    func unreadStreamDeadline() async throws {
+        var c = testConfig("stream-out", count: 1)
+        c.softKillTimeout = .milliseconds(300)
+        let (s, _) = try await startOnline(c)
+        let response = try await s.enqueue(Array("\(64 << 20):7".utf8))
+        let stream = try #require(response.stream)
+        await s.softKill()
+        var failure: SupervisorError.Code?
+        do { for try await _ in stream {} } catch { failure = error.code }
+        #expect(failure == .shutDown || failure == .streamFailed, "\(String(describing: failure))")
+    }
+
+    @Test("cancelling a response stream the worker is still writing does not kill the worker (no SIGPIPE)")
+    func cancelWhileWriting() async throws {
+        let (s, log) = try await startOnline(testConfig("stream-out", count: 1))
+        let response = try await s.enqueue(Array("\(256 << 20):7".utf8))
+        let stream = try #require(response.stream)
+        var it = stream.makeAsyncIterator()
+        _ = try await it.next()
+        stream.cancel()
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(log.count(isExit) == 0, "\(log.all)")
+        let again = try await s.enqueue(Array("10:1".utf8))
+        #expect(again.workerPID == response.workerPID)
+        await s.hardKill()
+    }
+
+    @Test("a supervisor dropped with its workers running: they are killed and reaped, and nothing crashes")
+    func droppedSupervisor() async throws {
+        await #expect(processExitsWith: .success) {
+            do {
+                let (s, _) = try await startOnline(testConfig("never", count: 3))
+                for i in 0..<10 { s.enqueue([UInt8(i)]) { _ in } }
+                _ = s
+            }
+            for _ in 0..<2000 {
+                if hasNoChildren() { break }
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            #expect(hasNoChildren())
+            try await Task.sleep(for: .milliseconds(300))  // late exits and timers must find nothing freed
+        }
+    }
+}

@@ -60,7 +60,9 @@ public final class Supervisor: Sendable {
     /// A supervisor dropped while its pool runs hard-kills it: its workers never outlive it.
     deinit {
         let box = self.box
-        reactor.execute { _ in box.pool?.hardKill {} }
+        // The kill's completion holds the box, so the pool lives until every worker is reaped:
+        // its reactor callbacks (exits, timers) refer to it unowned.
+        reactor.execute { _ in box.pool?.hardKill { _ = box } }
     }
 
     /// Runs `body` with the pool on the reactor thread; `false` when the reactor is gone.

@@ -62,6 +62,20 @@ extension Pool {
             }
             let core = ResponseStreamCore(fd: fd, reactor: reactor, workerPID: w.pid, requestID: table[index].id)
             w.streams[h.id] = core
+            let key = ObjectIdentifier(core)
+            openStreams[key] = core
+            core.onFinished = { [weak self] in
+                guard let self else { return }
+                self.openStreams[key] = nil
+                // A soft kill may have been waiting for this stream: see, once whatever is
+                // finishing it (an exit, a job) is done.
+                if self.phase == .softKilling && self.openStreams.isEmpty {
+                    self.reactor.execute { [weak self] _ in
+                        self?.finishKillIfDone()
+                        self?.deliver()
+                    }
+                }
+            }
             stream = ResponseStream(core: core, reactor: reactor.handle)
         } else if h.flags.contains(.descriptor) {
             if let fd = w.channel.takeDescriptor() { FileDescriptor.closeRaw(fd) }

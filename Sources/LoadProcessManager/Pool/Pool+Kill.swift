@@ -100,13 +100,23 @@ extension Pool {
     /// the kill completions run.
     func finishKillIfDone() {
         switch phase {
-        case .softKilling, .hardKilling:
+        case .softKilling:
+            // Every worker gone, and every response stream read to its end by its caller (or
+            // abandoned); the deadline, if any, hard-kills otherwise.
+            guard slots.allSatisfy({ $0.process == nil }), openStreams.isEmpty else { return }
+        case .hardKilling:
             guard slots.allSatisfy({ $0.process == nil }) else { return }
         case .stopped:
             break
         case .idle, .running:
             return
         }
+        for core in openStreams.values {
+            core.onFinished = nil
+            core.abandon(SupervisorError(.shutDown, "the pool stopped before the response stream was read to its end",
+                                         requestID: core.requestID, workerPID: core.workerPID))
+        }
+        openStreams = [:]
         for index in table.takeAll() {
             fail(index, .shutDown, "the pool stopped")
         }

@@ -67,6 +67,8 @@ final class Pool {
     /// Replies awaited from workers, by event id.
     var pendingReplies: [UInt64: (pid: pid_t, handler: ReplyHandler)] = [:]
     var nextEventID: UInt64 = 0
+    /// Response streams the pool still reads for their callers (a soft kill waits for them).
+    var openStreams: [ObjectIdentifier: ResponseStreamCore] = [:]
     /// Called once the pool has stopped (the supervisor's own reactor thread then ends).
     var onStopped: (() -> Void)?
 

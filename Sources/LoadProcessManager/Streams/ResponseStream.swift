@@ -17,6 +17,9 @@ final class ResponseStreamCore {
     private var failure: SupervisorError?
     private var waiter: Waiter?
     private var done = false
+    /// Called once when the pool has nothing more to do for this stream (read to its end,
+    /// failed, or cancelled): a soft kill waits for the streams still being read.
+    var onFinished: (() -> Void)?
 
     init(fd: CInt, reactor: Reactor, workerPID: pid_t, requestID: RequestID) {
         self.requestID = requestID
@@ -56,22 +59,31 @@ final class ResponseStreamCore {
         deliver()
     }
 
-    /// The worker died (or the pool stopped) before the stream ended.
+    /// The worker died before the stream ended.
     func fail(_ e: SupervisorError) {
         guard end == nil, failure == nil, !done else { return }
-        failure = e
-        reader.close()
-        deliver()
+        abandon(e)
     }
 
     /// The caller gave up: close our end (the worker sees EPIPE).
     func cancel() {
+        abandon(SupervisorError(.cancelled, "the response stream was cancelled", requestID: requestID, workerPID: workerPID))
+    }
+
+    /// Stops the stream with `e` (unless it already failed), whatever the worker said: the
+    /// caller gets the chunks already read, then `e`.
+    func abandon(_ e: SupervisorError) {
         guard !done else { return }
-        if failure == nil {
-            failure = SupervisorError(.cancelled, "the response stream was cancelled", requestID: requestID, workerPID: workerPID)
-        }
+        if failure == nil { failure = e }
         reader.close()
         deliver()
+        released()
+    }
+
+    private func released() {
+        let f = onFinished
+        onFinished = nil
+        f?()
     }
 
     private func deliver() {
@@ -101,6 +113,7 @@ final class ResponseStreamCore {
         reader.onChunk = { _ in }
         reader.onEnd = { _ in }
         w.resume(returning: result)
+        released()
     }
 }
 
