@@ -82,6 +82,26 @@ struct RequestTableTests {
         #expect(!t.isCurrent(a, generation: generation, attempt: 1))
     }
 
+    @Test("after a burst the table gives its memory back; late answers to the old entries stay late")
+    func shrinksWhenIdle() {
+        var t = RequestTable<Int>()
+        let n = RequestTable<Int>.keptWhenIdle + 100
+        var wires: [UInt64] = []
+        for k in 0..<n {
+            let i = t.admit(admission(), completion: k)
+            _ = t.dispatchFirst(to: 0)
+            wires.append(t.wireID(i))
+        }
+        #expect(t.entries.count == n)
+        for w in wires { _ = t.finish(UInt32(truncatingIfNeeded: w)) }
+        #expect(t.pendingCount == 0 && t.entries.isEmpty, "given back")
+        #expect(wires.allSatisfy { t.lookup(wireID: $0, from: 0) == .late })
+        let fresh = t.admit(admission(), completion: -1)
+        _ = t.dispatchFirst(to: 0)
+        #expect(!wires.contains(t.wireID(fresh)), "a new request never matches an old answer")
+        #expect(t.lookup(wireID: UInt64(n + 10), from: 0) == .unknown, "past the high-water mark: never sent")
+    }
+
     @Test("exactly once under every path: 10,000 random operations answer each request once")
     func exactlyOnce() {
         var t = RequestTable<Int>()

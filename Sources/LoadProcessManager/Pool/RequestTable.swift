@@ -15,27 +15,50 @@ import LPMWire
 /// finished or sent again, so a late answer to an earlier attempt (or to an earlier request in
 /// the same entry) is recognised and dropped.
 struct RequestTable<Completion> {
+    /// One request's record. Compact (about 100 bytes): a million queued requests cost their
+    /// payloads plus about 110 MB, table and queue together.
     struct Entry {
         var payload: [UInt8] = []
         /// Set while the request is pending (queued or in flight); taken by `finish`.
         var completion: Completion?
         var id = RequestID.zero
         var createdAt: UInt64 = 0
-        var attempts = 0
-        var maxAttempts = 1
-        var timeout: Duration?
         var timer: Reactor.Timer?
-        /// The worker slot it is in flight on; -1 while queued.
-        var worker = -1
+        private var timeoutNanoseconds: Int64 = -1
+        private var worker32: Int32 = -1
         var generation: UInt32 = 0
         /// A descriptor to pass with the request (a socket, or a stream's read end); -1: none.
         /// Owned by the request until it is sent; closed by the pool when the request finishes.
         var descriptor: CInt = -1
+        private var attempts16: UInt16 = 0
+        private var maxAttempts16: UInt16 = 1
+        private var deaths8: UInt8 = 0
         var isStream = false
-        /// Workers that died with it in flight.
-        var deaths = 0
 
         var isPending: Bool { completion != nil }
+        /// The worker slot it is in flight on; -1 while queued.
+        var worker: Int {
+            get { Int(worker32) }
+            set { worker32 = Int32(truncatingIfNeeded: newValue) }
+        }
+        var attempts: Int {
+            get { Int(attempts16) }
+            set { attempts16 = UInt16(clamping: newValue) }
+        }
+        /// At most 65,535.
+        var maxAttempts: Int {
+            get { Int(maxAttempts16) }
+            set { maxAttempts16 = UInt16(clamping: newValue) }
+        }
+        /// Workers that died with it in flight.
+        var deaths: Int {
+            get { Int(deaths8) }
+            set { deaths8 = UInt8(clamping: newValue) }
+        }
+        var timeout: Duration? {
+            get { timeoutNanoseconds < 0 ? nil : .nanoseconds(timeoutNanoseconds) }
+            set { timeoutNanoseconds = newValue.map { max(0, Reactor.nanoseconds($0)) } ?? -1 }
+        }
     }
 
     /// What a request needs to be admitted.
@@ -85,6 +108,12 @@ struct RequestTable<Completion> {
 
     private(set) var entries: [Entry] = []
     private var free: [UInt32] = []
+    /// The most entries the table has had: an answer naming an entry at or above the current
+    /// count, but below this, is late (its request finished before the table shrank).
+    private var highWater = 0
+    /// Generations of entries made after a shrink start here, above any the old entries had, so
+    /// that a late answer cannot match a new request.
+    private var generationFloor: UInt32 = 0
     /// Wire ids of queued requests, in order. A request finished while queued (cancelled)
     /// leaves its id behind, stale (its generation moved on): skipped when it comes up.
     private var queue = Ring<UInt64>(filler: 0)
@@ -130,7 +159,10 @@ struct RequestTable<Completion> {
         let index: UInt32
         if let reused = free.popLast() { index = reused } else {
             index = UInt32(entries.count)
-            entries.append(Entry())
+            var fresh = Entry()
+            fresh.generation = generationFloor
+            entries.append(fresh)
+            highWater = max(highWater, entries.count)
         }
         let i = Int(index)
         entries[i].payload = a.payload
@@ -176,7 +208,7 @@ struct RequestTable<Completion> {
     /// Matches an answer from `worker` to the request it names.
     func lookup(wireID: UInt64, from worker: Int) -> Lookup {
         let i = Int(UInt32(truncatingIfNeeded: wireID))
-        guard i < entries.count else { return .unknown }
+        guard i < entries.count else { return i < highWater ? .late : .unknown }
         guard entries[i].generation == UInt32(truncatingIfNeeded: wireID >> 32), entries[i].isPending else { return .late }
         guard entries[i].worker == worker else { return entries[i].worker < 0 ? .late : .elsewhere }
         return .pending(UInt32(i))
@@ -185,8 +217,8 @@ struct RequestTable<Completion> {
     /// Whether `attempt` is still the request's current attempt (a timer of an older one is stale).
     func isCurrent(_ index: UInt32, generation: UInt32, attempt: Int) -> Bool {
         let i = Int(index)
-        return entries[i].generation == generation && entries[i].isPending && entries[i].attempts == attempt
-            && entries[i].worker >= 0
+        return i < entries.count && entries[i].generation == generation && entries[i].isPending
+            && entries[i].attempts == attempt && entries[i].worker >= 0
     }
 
     /// Finishes a pending request: takes its completion and frees the entry. `nil` if it is not
@@ -208,7 +240,21 @@ struct RequestTable<Completion> {
         entries[i].generation &+= 1
         free.append(index)
         pendingCount -= 1
+        if pendingCount == 0 && entries.count > Self.keptWhenIdle { shrink() }
         return done
+    }
+
+    /// Entries kept when the table empties; past that it gives its memory back.
+    static var keptWhenIdle: Int { 4096 }
+
+    /// Nothing is pending: after a burst, the table gives back what it grew to.
+    private mutating func shrink() {
+        var top = generationFloor
+        for e in entries where e.generation &- generationFloor > top &- generationFloor { top = e.generation }
+        generationFloor = top &+ 1
+        entries = []
+        free = []
+        queue.removeAll()
     }
 
     /// An attempt in flight failed (its worker died, or it timed out). With an attempt left and
