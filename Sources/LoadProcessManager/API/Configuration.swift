@@ -63,6 +63,15 @@ public struct SupervisorConfiguration: Sendable {
     public var maxPayload: Int = Wire.defaultMaxPayload
     /// How often RSS (from `/proc/PID/statm`) and heap figures are sampled. Default 1 s.
     public var healthInterval: Duration = .seconds(1)
+    /// Recycle a worker once it has answered this many requests (plus up to a tenth more, drawn
+    /// per worker, so that workers do not all recycle at once): a fresh one starts in its slot,
+    /// then the old one drains and exits. Not charged to the restart budget. `nil` (default): never.
+    public var recycleAfterRequests: Int? = nil
+    /// Recycle a worker whose resident memory exceeds this many bytes (checked at each health
+    /// sample). `nil` (default): never.
+    public var recycleAboveRSS: Int? = nil
+    /// Recycle a worker when one of its requests times out (it may be stuck). Default `false`.
+    public var recycleAfterTimeout: Bool = false
     /// How often each worker is pinged (its runtime answers on its reactor thread). `nil`: never.
     /// Default 5 s.
     public var pingInterval: Duration? = .seconds(5)

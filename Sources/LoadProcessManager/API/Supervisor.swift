@@ -252,6 +252,46 @@ public final class Supervisor: Sendable {
         if let error { throw error }
     }
 
+    // MARK: Recycling and reload
+
+    /// Replaces the worker `pid`: a fresh worker starts in its slot first, then the old one gets
+    /// nothing new, finishes its requests (its soft-kill handler runs) and exits. Not charged to
+    /// the restart budget. `completion` gets `nil` once the replacement is spawned, or the error
+    /// (no running worker has that pid, the replacement could not be spawned, the pool is shut
+    /// down). In async code, use ``restart(pid:)``.
+    public func restart(pid: pid_t, completion: @escaping @Sendable (SupervisorError?) -> Void) {
+        let ok = onLoop { pool in
+            do throws(SupervisorError) { try pool.restart(pid: pid); completion(nil) } catch { completion(error) }
+        }
+        if !ok { CallerTrampoline.run { completion(SupervisorError(.shutDown, "the pool is stopped")) } }
+    }
+
+    /// ``restart(pid:completion:)``, returning once the replacement is spawned.
+    public func restart(pid: pid_t) async throws(SupervisorError) {
+        let error: SupervisorError? = await withUnsafeContinuation { c in restart(pid: pid, completion: { c.resume(returning: $0) }) }
+        if let error { throw error }
+    }
+
+    /// Replaces every worker, one at a time, with `executable` if given (a new build, new
+    /// arguments or environment), else the same one: each replacement starts before the old
+    /// worker drains, and the next worker is replaced once the replacement is ready, so capacity
+    /// never drops below N-1 and no request is lost. Not charged to the restart budget.
+    /// `completion` runs when every slot runs a ready replacement (or with the error that
+    /// stopped the reload: a replacement that could not be spawned, the pool shut down). A
+    /// reload during a reload starts over with the newest executable. In async code, use
+    /// ``reload(_:)``.
+    public func reload(_ executable: SupervisorConfiguration.Executable? = nil,
+                       completion: @escaping @Sendable (SupervisorError?) -> Void) {
+        let ok = onLoop { pool in pool.reload(executable, completion) }
+        if !ok { CallerTrampoline.run { completion(SupervisorError(.shutDown, "the pool is stopped")) } }
+    }
+
+    /// ``reload(_:completion:)``, returning once every worker has been replaced.
+    public func reload(_ executable: SupervisorConfiguration.Executable? = nil) async throws(SupervisorError) {
+        let error: SupervisorError? = await withUnsafeContinuation { c in reload(executable, completion: { c.resume(returning: $0) }) }
+        if let error { throw error }
+    }
+
     // MARK: Health
 
     /// Per-worker figures; `completion` runs on the reactor thread.

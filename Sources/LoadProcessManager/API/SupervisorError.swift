@@ -10,12 +10,10 @@ public struct SupervisorError: Error, Sendable, Hashable, CustomStringConvertibl
         /// The code's name, as written in Swift.
         public let description: String
 
+        // Where the request stands in the pool.
+
         /// The request timed out (counted from dispatch).
         public static let timedOut = Code(1, "timedOut")
-        /// The worker running the request died and no attempt was left.
-        public static let workerExited = Code(2, "workerExited")
-        /// The worker broke the protocol and was killed; no attempt was left.
-        public static let protocolViolation = Code(3, "protocolViolation")
         /// The queue is at ``SupervisorConfiguration/maxQueueLength``.
         public static let queueFull = Code(4, "queueFull")
         /// The pool is shut down (soft or hard kill).
@@ -24,18 +22,31 @@ public struct SupervisorError: Error, Sendable, Hashable, CustomStringConvertibl
         public static let noWorkers = Code(6, "noWorkers")
         /// The payload is larger than ``SupervisorConfiguration/maxPayload``.
         public static let payloadTooLarge = Code(7, "payloadTooLarge")
-        /// The worker failed the request (`Worker.Request.fail(_:)` on the worker side).
-        public static let workerError = Code(8, "workerError")
-
-        // The codes above answer a request; those below, operations on the pool and streams.
 
         init(_ raw: UInt8, _ name: String) {
             self.raw = raw
             description = name
         }
 
+        // What the worker running it did.
+
+        /// The worker running the request died and no attempt was left.
+        public static let workerExited = Code(2, "workerExited")
+        /// The worker broke the protocol and was killed; no attempt was left.
+        public static let protocolViolation = Code(3, "protocolViolation")
+        /// The worker failed the request (`Worker.Request.fail(_:)` on the worker side).
+        public static let workerError = Code(8, "workerError")
+        /// The worker running the request stopped answering pings and was killed; no attempt was
+        /// left (``SupervisorConfiguration/unresponsiveTimeout``).
+        public static let workerUnresponsive = Code(14, "workerUnresponsive")
+        /// The request was in flight on ``SupervisorConfiguration/poisonThreshold`` workers that
+        /// died: it is not tried again.
+        public static let poisonRequest = Code(15, "poisonRequest")
+
         public static func == (a: Code, b: Code) -> Bool { a.raw == b.raw }
         public func hash(into hasher: inout Hasher) { hasher.combine(raw) }
+
+        // Operations on the pool and on streams.
 
         /// A worker could not be spawned.
         public static let spawnFailed = Code(9, "spawnFailed")
@@ -45,12 +56,6 @@ public struct SupervisorError: Error, Sendable, Hashable, CustomStringConvertibl
         public static let invalidArgument = Code(12, "invalidArgument")
         /// The caller cancelled: its task, a ``RequestHandle``, or a response stream.
         public static let cancelled = Code(13, "cancelled")
-        /// The worker running the request stopped answering pings and was killed; no attempt was
-        /// left (``SupervisorConfiguration/unresponsiveTimeout``).
-        public static let workerUnresponsive = Code(14, "workerUnresponsive")
-        /// The request was in flight on ``SupervisorConfiguration/poisonThreshold`` workers that
-        /// died: it is not tried again.
-        public static let poisonRequest = Code(15, "poisonRequest")
     }
 
     /// The kind of failure.

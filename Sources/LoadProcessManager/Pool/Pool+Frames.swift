@@ -84,6 +84,7 @@ extension Pool {
         w.inFlight -= 1
         w.completed += 1
         guard let f = table.finish(index) else { return }
+        if w.recycleAfter != nil { recycleIfDue(w) }
         release(f)
         // The pool is consistent here (the request is finished, its worker's counts updated):
         // the answer may go out at once. Dispatching more comes after.
@@ -131,6 +132,7 @@ extension Pool {
             break
         case .becameReady:
             checkOnline()
+            advanceReload()
             pump()
         case .sendSoftKill:
             w.channel.send(.softKill)

@@ -14,6 +14,13 @@ extension Pool {
             w.sampleRSS()
             w.channel.send(.healthRequest, id: healthSequence)
         }
+        if let limit = config.recycleAboveRSS {
+            for i in slots.indices where slots[i].membership == .active {
+                guard let w = slots[i].process, w.rss > limit else { continue }
+                recycle(slot: i, reason: "resident memory \(w.rss) bytes, over recycleAboveRSS (\(limit))")
+            }
+            deliver()
+        }
     }
 
     /// On the ping timer: a worker whose ping is unanswered past the deadline is unresponsive

@@ -121,6 +121,7 @@ extension Pool {
             fail(index, .shutDown, "the pool stopped")
         }
         failReplies(from: nil, SupervisorError(.shutDown, "the pool stopped before the worker replied"))
+        failReload()
         if phase != .stopped {
             phase = .stopped
             if let t = healthTimer { reactor.cancel(t); healthTimer = nil }

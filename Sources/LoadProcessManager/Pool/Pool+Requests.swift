@@ -98,7 +98,7 @@ extension Pool {
             }
         }
         if let timeout = table[index].timeout {
-            let generation = UInt32(truncatingIfNeeded: wireID >> 32), attempt = table[index].attempts
+            let generation = UInt32(truncatingIfNeeded: wireID >> 32), attempt = Int(table[index].attempts)
             do {
                 table.setTimer(index, try reactor.schedule(after: timeout) { [unowned self] in
                     self.timedOut(index, generation: generation, attempt: attempt)
@@ -119,6 +119,7 @@ extension Pool {
         w?.channel.send(.cancel, id: table.wireID(index))
         let timeout = table[index].timeout ?? .zero
         attemptFailed(index, on: w, .timedOut, "timed out after \(timeout)")
+        if config.recycleAfterTimeout, let w { recycle(slot: w.slot, reason: "a request timed out after \(timeout)") }
         pump()
     }
 

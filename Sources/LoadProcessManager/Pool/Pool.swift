@@ -37,9 +37,11 @@ final class Pool {
     typealias ReplyHandler = @Sendable (Result<[UInt8], SupervisorError>) -> Void
 
     let reactor: Reactor
-    let config: SupervisorConfiguration
+    /// The configuration; its executable changes with a reload.
+    var config: SupervisorConfiguration
     let flusher: ChannelFlusher
-    let spawner: Spawner
+    /// Starts workers; replaced (and the old one freed) by a reload with a new executable.
+    var spawner: Spawner
     // The state every request touches is declared `@exclusivity(unchecked)`: the dynamic
     // exclusivity checks on it (swift_beginAccess, a thread-local access set) cost about a
     // quarter of the reactor thread's time per request in a burst (`lpm-compare burst`, this
@@ -67,6 +69,8 @@ final class Pool {
     /// Replies awaited from workers, by event id.
     var pendingReplies: [UInt64: (pid: pid_t, handler: ReplyHandler)] = [:]
     var nextEventID: UInt64 = 0
+    /// A rolling reload in progress: the slots still to replace, and who waits for the end.
+    var reload: (remaining: [Int], waiting: Int?, completions: [@Sendable (SupervisorError?) -> Void])?
     /// Response streams the pool still reads for their callers (a soft kill waits for them).
     var openStreams: [ObjectIdentifier: ResponseStreamCore] = [:]
     /// Called once the pool has stopped (the supervisor's own reactor thread then ends).
@@ -198,7 +202,7 @@ final class Pool {
         }
     }
 
-    private func spawn(slot i: Int) throws(SupervisorError) {
+    func spawn(slot i: Int) throws(SupervisorError) {
         let cpu = config.cpuAffinity.isEmpty ? nil : config.cpuAffinity[i % config.cpuAffinity.count]
         let spawned: (pid: pid_t, channel: CInt)
         do { spawned = try spawner.spawn(cpu: cpu) } catch {
@@ -207,6 +211,10 @@ final class Pool {
         }
         let channel = Channel(fd: spawned.channel, reactor: reactor, flusher: flusher, maxPayload: config.maxPayload)
         let w = WorkerProcess(slot: i, pid: spawned.pid, channel: channel, statm: StatmReader(pid: spawned.pid))
+        if let n = config.recycleAfterRequests, n > 0 {
+            // Jitter (up to a tenth more), so that workers started together do not all recycle at once.
+            w.recycleAfter = n + Int.random(in: 0...(n / 10))
+        }
         channel.onFrame = { [unowned self, unowned w] h, p in self.frame(w, h, p); self.deliver() }
         channel.onEnd = { [unowned self, unowned w] end in self.channelEnded(w, end); self.deliver() }
         do {

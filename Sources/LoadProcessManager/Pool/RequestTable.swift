@@ -30,9 +30,11 @@ struct RequestTable<Completion> {
         /// A descriptor to pass with the request (a socket, or a stream's read end); -1: none.
         /// Owned by the request until it is sent; closed by the pool when the request finishes.
         var descriptor: CInt = -1
-        private var attempts16: UInt16 = 0
-        private var maxAttempts16: UInt16 = 1
-        private var deaths8: UInt8 = 0
+        /// Attempts made, at most `maxAttempts` (65,535 at most).
+        var attempts: UInt16 = 0
+        var maxAttempts: UInt16 = 1
+        /// Workers that died with it in flight.
+        var deaths: UInt8 = 0
         var isStream = false
 
         var isPending: Bool { completion != nil }
@@ -40,20 +42,6 @@ struct RequestTable<Completion> {
         var worker: Int {
             get { Int(worker32) }
             set { worker32 = Int32(truncatingIfNeeded: newValue) }
-        }
-        var attempts: Int {
-            get { Int(attempts16) }
-            set { attempts16 = UInt16(clamping: newValue) }
-        }
-        /// At most 65,535.
-        var maxAttempts: Int {
-            get { Int(maxAttempts16) }
-            set { maxAttempts16 = UInt16(clamping: newValue) }
-        }
-        /// Workers that died with it in flight.
-        var deaths: Int {
-            get { Int(deaths8) }
-            set { deaths8 = UInt8(clamping: newValue) }
         }
         var timeout: Duration? {
             get { timeoutNanoseconds < 0 ? nil : .nanoseconds(timeoutNanoseconds) }
@@ -170,7 +158,7 @@ struct RequestTable<Completion> {
         entries[i].id = a.id
         entries[i].createdAt = a.createdAt
         entries[i].attempts = 0
-        entries[i].maxAttempts = max(1, a.maxAttempts)
+        entries[i].maxAttempts = UInt16(clamping: max(1, a.maxAttempts))
         entries[i].timeout = a.timeout
         entries[i].timer = nil
         entries[i].worker = -1
@@ -218,7 +206,7 @@ struct RequestTable<Completion> {
     func isCurrent(_ index: UInt32, generation: UInt32, attempt: Int) -> Bool {
         let i = Int(index)
         return i < entries.count && entries[i].generation == generation && entries[i].isPending
-            && entries[i].attempts == attempt && entries[i].worker >= 0
+            && Int(entries[i].attempts) == attempt && entries[i].worker >= 0
     }
 
     /// Finishes a pending request: takes its completion and frees the entry. `nil` if it is not
@@ -229,7 +217,7 @@ struct RequestTable<Completion> {
         if entries[i].worker < 0 { queuedCount -= 1 }  // its id stays in the ring, stale
         // Field by field: copying the whole entry would retain and release its payload for nothing.
         let done = Finished(completion: completion, id: entries[i].id, createdAt: entries[i].createdAt,
-                            attempts: entries[i].attempts, maxAttempts: entries[i].maxAttempts,
+                            attempts: Int(entries[i].attempts), maxAttempts: Int(entries[i].maxAttempts),
                             timeout: entries[i].timeout, worker: entries[i].worker, timer: entries[i].timer,
                             descriptor: entries[i].descriptor)
         entries[i].completion = nil
@@ -278,13 +266,18 @@ struct RequestTable<Completion> {
 
     /// Counts a worker that died with the request in flight; returns how many have.
     mutating func noteDeath(_ index: UInt32) -> Int {
-        entries[Int(index)].deaths += 1
-        return entries[Int(index)].deaths
+        entries[Int(index)].deaths &+= entries[Int(index)].deaths == .max ? 0 : 1
+        return Int(entries[Int(index)].deaths)
     }
 
     /// The requests in flight on `worker`, most recently admitted entry last.
     func inFlight(on worker: Int) -> [UInt32] {
         entries.indices.filter { entries[$0].isPending && entries[$0].worker == worker }.map { UInt32($0) }
+    }
+
+    /// The requests in flight on `from` are now on `to` (their worker moved slots).
+    mutating func moveInFlight(from: Int, to: Int) {
+        for i in entries.indices where entries[i].isPending && entries[i].worker == from { entries[i].worker = to }
     }
 
     /// Empties the queue; the requests it held are returned, still pending (and counted as

@@ -5,7 +5,8 @@ import LPMWire
 /// One worker process, as the pool sees it: its channel, its pidfd watch, its `/proc/PID/statm`
 /// descriptor, its lifecycle and its counters. Confined to the reactor thread.
 final class WorkerProcess {
-    let slot: Int
+    /// Its slot; changes when it is recycled (it moves to a retired slot to drain).
+    var slot: Int
     let pid: pid_t
     let channel: Channel
     var watch: Reactor.ChildWatch?
@@ -18,6 +19,8 @@ final class WorkerProcess {
     @exclusivity(unchecked) var rss = 0
     var heapTotal = 0
     var heapUsed = 0
+    /// Recycle it once it has answered this many requests (`nil`: never).
+    var recycleAfter: Int?
     /// The ping awaiting its pong (0: none), and when it was sent (monotonic nanoseconds).
     var pingOutstanding: UInt64 = 0
     var pingSentAt: Int64 = 0

@@ -1,0 +1,114 @@
+import Glibc
+import LPMReactor
+import LPMWire
+
+extension Pool {
+    /// Replaces the worker in slot `i` without losing capacity or a request: a fresh worker
+    /// starts in the slot first; the old one moves to a retired slot, gets nothing new, finishes
+    /// what it holds and exits. Not charged to the restart budget.
+    /// - Returns: whether the replacement started (if it could not be spawned, the old worker
+    ///   stays, and the failure is reported as an event and returned).
+    @discardableResult
+    func recycle(slot i: Int, reason: String) -> SupervisorError? {
+        guard phase == .running, slots[i].membership == .active, let old = slots[i].process, old.lifecycle.isServing else {
+            return nil
+        }
+        // The old worker moves to a retired slot (a free one, or a new one), with its requests.
+        let j = slots.indices.first { slots[$0].membership == .retired && slots[$0].process == nil } ?? {
+            slots.append(WorkerSlot(membership: .retired))
+            return slots.count - 1
+        }()
+        slots[j].process = old
+        slots[j].membership = .retired
+        slots[i].process = nil
+        old.slot = j
+        table.moveInFlight(from: i, to: j)
+        do {
+            try spawn(slot: i)
+        } catch {
+            // Undo: the old worker keeps the slot.
+            slots[i].process = old
+            slots[j].process = nil
+            old.slot = i
+            table.moveInFlight(from: j, to: i)
+            emit(.workerSpawnFailed(slot: i, reason: "recycling worker \(old.pid) (\(reason)): \(error.message)"))
+            return error
+        }
+        let fresh = slots[i].process?.pid ?? 0
+        emit(.workerRecycled(slot: i, oldPID: old.pid, newPID: fresh, reason: reason))
+        apply(old.lifecycle.handle(.drain), to: old)
+        return nil
+    }
+
+    /// Recycles the worker `pid` (``Supervisor/restart(pid:)``).
+    func restart(pid: pid_t) throws(SupervisorError) {
+        defer { deliver() }
+        guard phase == .running else { throw SupervisorError(.shutDown, "restart(pid: \(pid)): the pool is not running") }
+        guard let i = slots.indices.first(where: { slots[$0].membership == .active && slots[$0].process?.pid == pid }),
+              slots[i].process?.lifecycle.isServing == true else {
+            throw SupervisorError(.invalidArgument, "restart(pid: \(pid)): no running worker of the pool has that pid")
+        }
+        if let error = recycle(slot: i, reason: "restart(pid:)") { throw error }
+    }
+
+    /// Checks the per-worker recycling limits after `w` answered a request.
+    func recycleIfDue(_ w: WorkerProcess) {
+        if let limit = w.recycleAfter, w.completed >= limit {
+            w.recycleAfter = nil
+            recycle(slot: w.slot, reason: "answered \(w.completed) requests")
+        }
+    }
+
+    // MARK: Rolling reload
+
+    /// Replaces every worker, one slot at a time (with `executable` if given): each replacement
+    /// starts before the old worker drains, and the next slot is recycled once the replacement
+    /// is ready, so capacity never drops below N-1 and nothing is lost. `done` runs when every
+    /// slot runs a worker started by this reload that has been ready.
+    func reload(_ executable: SupervisorConfiguration.Executable?, _ done: @escaping @Sendable (SupervisorError?) -> Void) {
+        defer { deliver() }
+        guard phase == .running else {
+            return outbox.push(.call { done(SupervisorError(.shutDown, "reload(): the pool is not running")) })
+        }
+        if let executable {
+            spawner.free()
+            config.executable = executable
+            spawner = Spawner(config)
+        }
+        let all = slots.indices.filter { slots[$0].membership == .active }
+        // A reload during a reload starts over (with the newest executable); both callers are told.
+        let waiting = reload?.completions ?? []
+        reload = (all, nil, waiting + [done])
+        advanceReload()
+    }
+
+    /// Recycles the next slot of the reload, once the previous replacement is ready.
+    func advanceReload() {
+        guard var r = reload else { return }
+        if let slot = r.waiting {
+            guard let w = slots[slot].process, w.lifecycle.hasBeenReady || slots[slot].membership != .active else { return }
+            r.waiting = nil
+        }
+        while let next = r.remaining.first {
+            r.remaining.removeFirst()
+            guard slots[next].membership == .active, slots[next].process != nil else { continue }
+            if let error = recycle(slot: next, reason: "reload") {
+                reload = nil
+                for c in r.completions { outbox.push(.call { c(error) }) }
+                return
+            }
+            r.waiting = next
+            reload = r
+            return
+        }
+        reload = nil
+        for c in r.completions { outbox.push(.call { c(nil) }) }
+    }
+
+    /// A reload cannot finish once the pool stops: its callers are told.
+    func failReload() {
+        guard let r = reload else { return }
+        reload = nil
+        for c in r.completions { outbox.push(.call { c(SupervisorError(.shutDown, "the pool stopped during the reload")) }) }
+    }
+}

@@ -1,0 +1,89 @@
+import Glibc
+import LoadProcessManager
+import Synchronization
+import Testing
+
+private func isRecycled(_ e: SupervisorEvent) -> Bool { if case .workerRecycled = e { return true }; return false }
+
+@Suite("Recycling and reload", .serialized, .timeLimit(.minutes(2)))
+struct RecycleTests {
+    @Test("recycleAfterRequests replaces a worker after about N requests, loses nothing, charges no budget")
+    func afterRequests() async throws {
+        var c = testConfig("pid", count: 1)
+        c.recycleAfterRequests = 10
+        c.restarts = 0  // recycling must not need the budget
+        let (s, log) = try await startOnline(c)
+        var pids = Set<String>()
+        for _ in 0..<40 {
+            let r = try await s.enqueue("x")
+            pids.insert(r.text)
+        }
+        #expect(log.count(isRecycled) >= 2, "\(log.all)")
+        #expect(pids.count >= 3, "answered by \(pids)")
+        #expect(log.count(isExhausted) == 0)
+        #expect(await s.status().workers == 1)
+        await s.softKill()
+    }
+
+    @Test("restart(pid:) starts the replacement first; the old worker finishes what it holds")
+    func restartPID() async throws {
+        let (s, log) = try await startOnline(testConfig("slow", count: 1, env: ["LPM_TEST_DELAY_MS": "200"]))
+        let old = try #require(await s.health().first?.pid)
+        let inFlight = (0..<5).map { i in Task { await outcome(s, "held \(i)") } }
+        try await Task.sleep(for: .milliseconds(50))
+        try await s.restart(pid: old)
+        for (i, t) in inFlight.enumerated() {
+            let r = await t.value
+            #expect((try? r.get())?.text == "held \(i)", "\(r)")
+            #expect((try? r.get())?.workerPID == old)
+        }
+        let after = try await s.enqueue("after")
+        #expect(after.workerPID != old)
+        #expect(log.count(isRecycled) == 1)
+        #expect(await log.wait { if case .workerExited(_, let pid, _, let expected) = $0 { return pid == old && expected }; return false })
+        do { try await s.restart(pid: 1); Issue.record("restarted pid 1") } catch {
+            #expect(error.code == .invalidArgument)
+        }
+        await s.softKill()
+    }
+
+    @Test("a rolling reload with a new executable configuration: every worker replaced, no request lost meanwhile")
+    func rollingReload() async throws {
+        let (s, log) = try await startOnline(testConfig("pid", count: 3))
+        let before = Set(await s.health().map(\.pid))
+        let stop = Atomic<Bool>(false)
+        let failures = Atomic<Int>(0), answered = Atomic<Int>(0)
+        let load = Task {
+            while !stop.load(ordering: .relaxed) {
+                if case .failure = await outcome(s, "during") { failures.add(1, ordering: .relaxed) }
+                answered.add(1, ordering: .relaxed)
+            }
+        }
+        var executable = SupervisorConfiguration.Executable(path: sibling("lpm-test-worker"), environment: ["LPM_TEST_MODE": "echo"])
+        executable.arguments = []
+        try await s.reload(executable)
+        stop.store(true, ordering: .relaxed)
+        await load.value
+        #expect(failures.load(ordering: .relaxed) == 0)
+        #expect(answered.load(ordering: .relaxed) > 0)
+        #expect(log.count(isRecycled) == 3)
+        let now = await s.health().filter { $0.state == .ready }
+        #expect(now.count == 3 && Set(now.map(\.pid)).isDisjoint(with: before), "\(now)")
+        let r = try await s.enqueue("echoed now")
+        #expect(r.text == "echoed now", "the new configuration runs")
+        #expect(log.count(isExhausted) == 0)
+        await s.softKill()
+    }
+
+    @Test("recycleAboveRSS recycles a worker over the limit")
+    func aboveRSS() async throws {
+        var c = testConfig("echo", count: 1)
+        c.recycleAboveRSS = 1  // every worker is over it
+        c.healthInterval = .milliseconds(50)
+        let (s, log) = try await startOnline(c)
+        #expect(await log.wait(isRecycled))
+        let r = try await s.enqueue("still served")
+        #expect(r.text == "still served")
+        await s.hardKill()
+    }
+}
