@@ -300,10 +300,10 @@ package final class Channel {
         do {
             try decoder.decode { header, payload in
                 if self.isClosed { throw Stop() }
-                if header.flags.isDisjoint(with: .announcingDescriptor) {
-                    self.onFrame(header, payload)
-                } else {
+                if header.flags.announcesDescriptor {
                     try self.deliverWithDescriptor(header, payload)
+                } else {
+                    self.onFrame(header, payload)
                 }
             }
         } catch let v as ProtocolViolation {

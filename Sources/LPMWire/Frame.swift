@@ -88,9 +88,9 @@ import LPMReactor
     package static let descriptor = FrameFlags(rawValue: 1)
     /// A stream accompanies the frame: the descriptor passed with it is the stream's read end.
     package static let stream = FrameFlags(rawValue: 2)
-    /// The flags by which a frame claims a descriptor: either one means exactly one descriptor
-    /// travels with the frame.
-    package static let announcingDescriptor: FrameFlags = [.descriptor, .stream]
+    /// Whether the frame claims a descriptor: ``descriptor`` or ``stream`` (either means exactly
+    /// one descriptor travels with the frame). Bits, not a set built per call: this runs per frame.
+    @inlinable package var announcesDescriptor: Bool { rawValue & 0b11 != 0 }
 }
 
 /// A decoded frame header.
@@ -228,7 +228,7 @@ package final class FrameDecoder {
     package var pendingFrameMayCarryDescriptor: Bool {
         let n = end - start
         guard n >= Wire.headerSize else { return n > 0 }
-        return !FrameFlags(rawValue: storage.load(fromByteOffset: start + 3, as: UInt8.self)).isDisjoint(with: .announcingDescriptor)
+        return FrameFlags(rawValue: storage.load(fromByteOffset: start + 3, as: UInt8.self)).announcesDescriptor
     }
 
     /// Makes room for at least `count` more bytes at the end.
