@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the seed corpus of FrameDecoderFuzz into Corpus/: a few valid frame streams, each file
-a control byte (bits 0-5: bytes per read, 0 for all at once; bit 6: a 64-byte payload limit
-instead of 4096; bit 7: a one-byte first buffer) followed by the bytes a peer sends.
+a control byte (bits 0-4: bytes per read, 0 for all at once; bits 5-6: the mode, 0 a 4096-byte
+payload limit, 1 a 64-byte limit, 2 a 1 MiB limit and zero bytes after the input; bit 7: a
+one-byte first buffer) followed by the bytes a peer sends. See Sources/FrameDecoderFuzz/main.swift.
 The layouts are those of docs/PROTOCOL.md."""
 import os
 import struct
@@ -31,8 +32,10 @@ seeds = {
                               + frame("streamEnd", 9, struct.pack("<QB", 42, 0))),
     "stream-response-partial": (0x03, frame("response", 11, b"abc", DESCRIPTOR | STREAM)
                                 + frame("ack", 12)[:9]),
-    "batch": (0x20, b"".join(frame(k, i, bytes(i)) for i, k in enumerate(["ready", "response", "ack", "error", "pong"]))),
-    "over-small-limit": (0x40, frame("response", 1, bytes(65))),
+    "batch": (0x1F, b"".join(frame(k, i, bytes(i)) for i, k in enumerate(["ready", "response", "ack", "error", "pong"]))),
+    "over-small-limit": (0x20, frame("response", 1, bytes(65))),
+    # Completed by the zero bytes the target appends: a frame larger than the retained buffer.
+    "large-frame": (0x40, frame("response", 1, b"")[:4] + struct.pack("<I", 300 * 1024) + bytes(8)),
 }
 
 here = os.path.dirname(os.path.abspath(__file__))
