@@ -68,7 +68,8 @@ package final class ChannelFlusher {
 ///   ``FrameFlags/stream``) is being received or delivered, and is closed after that frame's
 ///   delivery unless ``takeDescriptor()`` took it;
 /// - the decoding and outgoing buffers go back to their initial size after a large frame.
-/// Each of these ends the channel with ``ChannelEnd/violation(_:)``.
+/// A peer that does not read, or sends a descriptor no frame claims, ends the channel with
+/// ``ChannelEnd/violation(_:)``.
 package final class Channel {
     /// The socket. Owned by the channel; closed by ``close()``.
     package let fd: CInt

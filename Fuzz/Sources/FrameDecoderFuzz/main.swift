@@ -33,12 +33,15 @@ public func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     decodePayload(.event, stream)
     var feeder = Feeder(decoder: decoder, maxPayload: maxPayload, chunk: Int(control & 0x1F))
     guard feeder.feed(stream), mode == 2 else { return 0 }
-    let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
-    defer { zeros.deallocate() }
-    zeros.initializeMemory(as: UInt8.self, repeating: 0)
-    for _ in 0..<5 where !feeder.feed(UnsafeRawBufferPointer(zeros)) { break }
+    // Zero bytes complete a pending frame (and then read as a bad magic byte), 64 KiB per read.
+    var filler = Feeder(decoder: decoder, maxPayload: maxPayload, chunk: 0)
+    zeros.withUnsafeBytes { zeros in
+        for _ in 0..<5 where decoder.bufferedCount > 0 { if !filler.feed(zeros) { break } }
+    }
     return 0
 }
+
+private let zeros = [UInt8](repeating: 0, count: 64 * 1024)
 
 /// Feeds a decoder chunk by chunk and checks what it hands out.
 private struct Feeder {
