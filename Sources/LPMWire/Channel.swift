@@ -5,7 +5,8 @@ import Glibc
 package enum ChannelEnd: Sendable, Hashable, CustomStringConvertible {
     /// The peer closed its end (end of file).
     case endOfFile
-    /// The peer sent bytes that are not a valid frame stream.
+    /// The peer broke the protocol: bytes that are not a valid frame stream, a descriptor no
+    /// frame announced, or it does not read its end (``ProtocolViolation/Kind/peerNotReading(queued:)``).
     case violation(ProtocolViolation)
     /// A read or write failed.
     case failed(SyscallError)
@@ -60,6 +61,15 @@ package final class ChannelFlusher {
 
 /// One end of a supervisor–worker socketpair, on a reactor: reads and decodes frames, and
 /// buffers frames to write until the end of the reactor iteration.
+///
+/// Nothing the peer sends makes the channel hold unbounded memory or descriptors:
+/// - the frames queued for a peer that does not read are bounded by ``outgoingLimit``;
+/// - a descriptor is held only while a frame that announces it (``FrameFlags/descriptor`` or
+///   ``FrameFlags/stream``) is being received or delivered, and is closed after that frame's
+///   delivery unless ``takeDescriptor()`` took it;
+/// - the decoding and outgoing buffers go back to their initial size after a large frame.
+/// A peer that does not read, or sends a descriptor no frame claims, ends the channel with
+/// ``ChannelEnd/violation(_:)``.
 package final class Channel {
     /// The socket. Owned by the channel; closed by ``close()``.
     package let fd: CInt
@@ -71,8 +81,13 @@ package final class Channel {
     @exclusivity(unchecked) private var isDirty = false
     /// Descriptors to send, each with the offset in `out` of the frame it travels with.
     @exclusivity(unchecked) private var outgoingFDs: [(offset: Int, fd: CInt)] = []
-    /// Descriptors received and not yet claimed by a frame, in arrival order.
+    /// Descriptors received and not yet claimed by a frame, in arrival order: at most one once
+    /// every complete frame is delivered (see ``checkHeldDescriptors()``).
     @exclusivity(unchecked) private var incomingFDs: [CInt] = []
+    /// The descriptor of the frame being delivered, until ``takeDescriptor()`` takes it; -1 if none.
+    @exclusivity(unchecked) private var deliveredFD: CInt = -1
+    /// Set when a frame was refused because the peer does not read: the next flush ends the channel.
+    @exclusivity(unchecked) private var refusedOutput = false
     @exclusivity(unchecked) private var waitingForWritable = false
     private let decoder: FrameDecoder
     /// Whether the channel has been closed or has failed.
@@ -82,14 +97,33 @@ package final class Channel {
     /// Called once when the channel stops for any reason other than ``close()``.
     package var onEnd: (ChannelEnd) -> Void = { _ in }
 
+    /// The most bytes queued for the peer before a frame is refused: at least one maximum-size
+    /// frame, so a large request or response can always be queued. Past it the peer is taken
+    /// not to read, and the channel ends with ``ProtocolViolation/peerNotReading(queued:)``; so at
+    /// most this plus one frame is ever queued.
+    package let outgoingLimit: Int
+    private static let outgoingCapacity = 16 * 1024
+
     /// Takes ownership of `fd` (a non-blocking stream socket).
-    package init(fd: CInt, reactor: Reactor, flusher: ChannelFlusher, maxPayload: Int) {
+    /// - Parameters:
+    ///   - maxPayload: the largest payload either way, in ``Wire/maxPayloadRange``.
+    ///   - outgoingLimit: the bound on bytes queued for the peer, raised to one maximum-size
+    ///     frame when lower (``Wire/defaultOutgoingLimit`` by default).
+    package init(fd: CInt, reactor: Reactor, flusher: ChannelFlusher, maxPayload: Int,
+                 outgoingLimit: Int = Wire.defaultOutgoingLimit) {
         self.fd = fd
         self.reactor = reactor
         self.flusher = flusher
         decoder = FrameDecoder(maxPayload: maxPayload)
-        out.reserveCapacity(16 * 1024)
+        self.outgoingLimit = max(outgoingLimit, Wire.headerSize + maxPayload)
+        out.reserveCapacity(Self.outgoingCapacity)
     }
+
+    /// The decoding buffer's size in bytes (for tests: it comes back down after a large frame).
+    package var receiveCapacity: Int { decoder.capacity }
+
+    /// The outgoing buffer's size in bytes (for tests: it comes back down once drained).
+    package var sendCapacity: Int { out.capacity }
 
     /// The largest payload accepted in either direction.
     package var maxPayload: Int { decoder.maxPayload }
@@ -106,14 +140,14 @@ package final class Channel {
 
     /// Queues a frame with no payload.
     package func send(_ type: FrameType, id: UInt64 = 0) {
-        guard !isClosed else { return }
+        guard !isClosed, admit() else { return }
         out.appendFrameHeader(type, length: 0, id: id)
         markDirty()
     }
 
     /// Queues a frame; `write` appends exactly `length` payload bytes to the buffer it is given.
     package func send(_ type: FrameType, id: UInt64, flags: FrameFlags = [], length: Int, _ write: (inout [UInt8]) -> Void) {
-        guard !isClosed else { return }
+        guard !isClosed, admit() else { return }
         out.appendFrameHeader(type, flags: flags, length: length, id: id)
         let before = out.count
         write(&out)
@@ -124,22 +158,43 @@ package final class Channel {
     /// Queues a frame that carries `descriptor` (SCM_RIGHTS). The channel owns the descriptor
     /// from now on and closes it once sent (or when the channel closes).
     package func send(_ type: FrameType, id: UInt64, flags: FrameFlags = [], passing descriptor: CInt, payload: [UInt8]) {
-        guard !isClosed else { FileDescriptor.closeRaw(descriptor); return }
+        guard !isClosed, admit() else { FileDescriptor.closeRaw(descriptor); return }
         outgoingFDs.append((out.count, descriptor))
         out.appendFrame(type, flags: flags.union(.descriptor), id: id, payload: payload)
         markDirty()
     }
 
     /// Takes the descriptor that came with the frame being delivered (one whose flags contain
-    /// ``FrameFlags/descriptor``). The caller owns it. `nil` if none arrived: the peer broke the
-    /// protocol.
+    /// ``FrameFlags/descriptor`` or ``FrameFlags/stream``). The caller owns it. `nil` outside
+    /// such a frame's delivery, or when it was taken already. A descriptor not taken by the end
+    /// of its frame's delivery is closed by the channel.
     package func takeDescriptor() -> CInt? {
-        incomingFDs.isEmpty ? nil : incomingFDs.removeFirst()
+        guard deliveredFD >= 0 else { return nil }
+        defer { deliveredFD = -1 }
+        return deliveredFD
+    }
+
+    /// Whether a frame may be queued: the hot path is one comparison. A peer with more than
+    /// ``outgoingLimit`` bytes waiting does not read; the channel ends at the next flush, not
+    /// inside the caller's `send` (the caller may be in the middle of changing its own state).
+    @inline(__always)
+    private func admit() -> Bool {
+        if _fastPath(out.count - outStart <= outgoingLimit) { return true }
+        refuseOutput()
+        return false
+    }
+
+    private func refuseOutput() {
+        refusedOutput = true
+        if !isDirty {
+            isDirty = true
+            flusher.markDirty(self)
+        }
     }
 
     /// Queues a frame whose payload is `payload`.
     package func send(_ type: FrameType, id: UInt64, payload: [UInt8]) {
-        guard !isClosed else { return }
+        guard !isClosed, admit() else { return }
         out.appendFrame(type, id: id, payload: payload)
         markDirty()
     }
@@ -155,7 +210,9 @@ package final class Channel {
     /// Writes what is queued, as far as the socket takes it; waits for writability for the rest.
     func flush() {
         isDirty = false
-        guard !isClosed, outStart < out.count else { return }
+        guard !isClosed else { return }
+        if refusedOutput { return end(.violation(.peerNotReading(queued: pendingOutput))) }
+        guard outStart < out.count else { return }
         while outStart < out.count {
             let start = outStart, fd = self.fd
             // Bytes up to the next frame that carries a descriptor go with a plain send; that
@@ -192,7 +249,13 @@ package final class Channel {
             break
         }
         if outStart == out.count {
-            out.removeAll(keepingCapacity: true)
+            if out.capacity > Wire.retainedBufferCapacity {
+                // A burst or a large frame is out: give its memory back.
+                out = []
+                out.reserveCapacity(Self.outgoingCapacity)
+            } else {
+                out.removeAll(keepingCapacity: true)
+            }
             outStart = 0
             outgoingFDs.removeAll(keepingCapacity: true)
             if waitingForWritable {
@@ -216,6 +279,9 @@ package final class Channel {
         guard !isClosed, ready.contains(.readable) || ready.contains(.hangup) || ready.contains(.error) else { return }
         do {
             guard let n = try decoder.receive(from: fd, descriptors: &incomingFDs) else { return }
+            if decoder.descriptorsTruncated {
+                return end(.violation(ProtocolViolation("more descriptors in one message than fit (MSG_CTRUNC)", kind: .descriptor)))
+            }
             if n == 0 {
                 deliver()
                 if !isClosed { end(.endOfFile) }
@@ -226,6 +292,7 @@ package final class Channel {
             return
         }
         deliver()
+        if !incomingFDs.isEmpty { checkHeldDescriptors() }
     }
 
     private struct Stop: Error {}
@@ -234,11 +301,42 @@ package final class Channel {
         do {
             try decoder.decode { header, payload in
                 if self.isClosed { throw Stop() }
-                self.onFrame(header, payload)
+                if header.flags.announcesDescriptor {
+                    try self.deliverWithDescriptor(header, payload)
+                } else {
+                    self.onFrame(header, payload)
+                }
             }
         } catch let v as ProtocolViolation {
             end(.violation(v))
         } catch {}
+    }
+
+    /// Delivers a frame that announces a descriptor with the next one received, and closes it
+    /// afterwards unless ``takeDescriptor()`` took it. A descriptor arrives with its frame's
+    /// first byte, so by the time the frame is complete it is here, or it was never sent.
+    private func deliverWithDescriptor(_ header: FrameHeader, _ payload: UnsafeRawBufferPointer) throws(ProtocolViolation) {
+        guard !incomingFDs.isEmpty else {
+            throw ProtocolViolation("a \(header.type) frame announced a descriptor that did not arrive", kind: .descriptor)
+        }
+        deliveredFD = incomingFDs.removeFirst()
+        onFrame(header, payload)
+        if deliveredFD >= 0 {
+            FileDescriptor.closeRaw(deliveredFD)
+            deliveredFD = -1
+        }
+    }
+
+    /// Once every complete frame is delivered, the only descriptor that may still be held is
+    /// the one of the frame being received, if it announces one (or its header is incomplete);
+    /// any other was sent without a frame to claim it: closed, and the channel ends.
+    private func checkHeldDescriptors() {
+        guard !isClosed else { return }
+        let allowed = decoder.pendingFrameMayCarryDescriptor ? 1 : 0
+        if incomingFDs.count > allowed {
+            end(.violation(ProtocolViolation("\(incomingFDs.count - allowed) descriptor(s) arrived with no frame announcing them",
+                                             kind: .descriptor)))
+        }
     }
 
     private func end(_ reason: ChannelEnd) {
@@ -273,6 +371,10 @@ package final class Channel {
         outgoingFDs = []
         for d in incomingFDs { FileDescriptor.closeRaw(d) }
         incomingFDs = []
+        if deliveredFD >= 0 {
+            FileDescriptor.closeRaw(deliveredFD)
+            deliveredFD = -1
+        }
         if let r = registration { reactor.deregisterInternal(r) }
         registration = nil
         FileDescriptor.closeRaw(fd)

@@ -21,6 +21,15 @@ import LPMReactor
     package static let headerSize = 16
     /// The default largest payload accepted, 16 MiB.
     package static let defaultMaxPayload = 16 << 20
+    /// The largest payloads a side may be configured to accept: none up to 1 GiB (the length
+    /// field could say 4 GiB; nothing here should ever hold that much for one peer).
+    package static let maxPayloadRange = 0...(1 << 30)
+    /// The default bound on the bytes a channel queues for a peer that does not read them, 4 MiB.
+    /// A channel raises it to one maximum-size frame (see ``Channel/outgoingLimit``).
+    package static let defaultOutgoingLimit = 4 << 20
+    /// A buffer (decoding or outgoing) that grew past this for a large frame goes back to its
+    /// initial size once it is drained, so one large frame is not held for the channel's life.
+    package static let retainedBufferCapacity = 256 << 10
     /// The environment variable that carries the channel's descriptor number to a worker.
     package static let channelEnvironmentKey = "LPM_CHANNEL_FD"
     /// The environment variable that carries the largest payload the worker may send or receive.
@@ -79,6 +88,9 @@ import LPMReactor
     package static let descriptor = FrameFlags(rawValue: 1)
     /// A stream accompanies the frame: the descriptor passed with it is the stream's read end.
     package static let stream = FrameFlags(rawValue: 2)
+    /// Whether the frame claims a descriptor: ``descriptor`` or ``stream`` (either means exactly
+    /// one descriptor travels with the frame). Bits, not a set built per call: this runs per frame.
+    @inlinable package var announcesDescriptor: Bool { rawValue & 0b11 != 0 }
 }
 
 /// A decoded frame header.
@@ -105,8 +117,32 @@ package struct FrameHeader: Sendable, Hashable {
 package struct ProtocolViolation: Error, Hashable, Sendable, CustomStringConvertible {
     /// What is wrong, in words.
     package var reason: String
+    /// What kind of rule was broken.
+    package var kind: Kind
+
+    /// The kinds of violation a channel tells apart.
+    package enum Kind: Hashable, Sendable {
+        /// Bytes that are not a valid frame stream, or a payload that does not fit its type.
+        case frame
+        /// A descriptor that no frame announced, a frame announcing one that did not come, or
+        /// descriptors cut off by the kernel (`MSG_CTRUNC`).
+        case descriptor
+        /// The peer does not read: `queued` bytes are waiting for it, more than the channel's
+        /// outgoing limit.
+        case peerNotReading(queued: Int)
+    }
+
     /// A violation for `reason`.
-    package init(_ reason: String) { self.reason = reason }
+    package init(_ reason: String, kind: Kind = .frame) {
+        self.reason = reason
+        self.kind = kind
+    }
+
+    /// The peer does not read its end of the channel: `queued` bytes wait for it.
+    package static func peerNotReading(queued: Int) -> ProtocolViolation {
+        ProtocolViolation("the peer does not read: \(queued) bytes queued", kind: .peerNotReading(queued: queued))
+    }
+
     /// `protocol violation: ` and the reason.
     package var description: String { "protocol violation: \(reason)" }
 }
@@ -151,19 +187,34 @@ extension UnsafeRawBufferPointer {
 /// frame is reported as a ``ProtocolViolation`` and decoding stops.
 ///
 /// Owns a raw buffer that `read(from:)` fills straight from the descriptor (no zero-filling,
-/// no intermediate copy); payloads are handed out as views into it.
+/// no intermediate copy); payloads are handed out as views into it. The buffer grows as bytes
+/// arrive, never on a header's word alone (a header announcing 16 MiB reserves nothing), and goes
+/// back to its initial size once a large frame has been decoded.
 package final class FrameDecoder {
     /// The largest payload accepted.
     package let maxPayload: Int
     @exclusivity(unchecked) private var storage: UnsafeMutableRawPointer
-    @exclusivity(unchecked) private var capacity: Int
+    /// The buffer's size in bytes: the initial capacity, or more while a large frame is read.
+    @exclusivity(unchecked) package private(set) var capacity: Int
     @exclusivity(unchecked) private var start = 0
     @exclusivity(unchecked) private var end = 0
+    private let initialCapacity: Int
+    /// Room each read asks for; the largest the buffer grows to is one maximum-size frame and this.
+    private static let readRoom = 16 * 1024
+    private let control = ControlBuffer()
+    /// Whether the last ``receive(from:descriptors:)`` lost descriptors (`MSG_CTRUNC`).
+    package private(set) var descriptorsTruncated = false
 
     /// A decoder refusing payloads over `maxPayload`, with `capacity` bytes of buffer to start.
+    /// - Precondition: `maxPayload` is in ``Wire/maxPayloadRange`` and `capacity` is positive
+    ///   (callers check what they are given: a configuration, the environment).
     package init(maxPayload: Int = Wire.defaultMaxPayload, capacity: Int = 64 * 1024) {
+        precondition(Wire.maxPayloadRange.contains(maxPayload),
+                     "FrameDecoder: maxPayload \(maxPayload) is outside \(Wire.maxPayloadRange)")
+        precondition(capacity > 0, "FrameDecoder: the buffer capacity must be positive")
         self.maxPayload = maxPayload
         self.capacity = capacity
+        initialCapacity = capacity
         storage = .allocate(byteCount: capacity, alignment: 16)
     }
 
@@ -171,6 +222,14 @@ package final class FrameDecoder {
 
     /// Bytes buffered and not yet decoded.
     package var bufferedCount: Int { end - start }
+
+    /// Whether the bytes left after ``decode(_:)`` may be the start of a frame that carries a
+    /// descriptor: its header is not complete yet, or it is and announces one.
+    package var pendingFrameMayCarryDescriptor: Bool {
+        let n = end - start
+        guard n >= Wire.headerSize else { return n > 0 }
+        return FrameFlags(rawValue: storage.load(fromByteOffset: start + 3, as: UInt8.self)).announcesDescriptor
+    }
 
     /// Makes room for at least `count` more bytes at the end.
     private func reserve(_ count: Int) {
@@ -182,22 +241,29 @@ package final class FrameDecoder {
             start = 0
             if capacity - end >= count { return }
         }
+        // Doubling as bytes arrive, up to one maximum-size frame and a read's room.
         var newCapacity = capacity
         while newCapacity - end < count { newCapacity *= 2 }
+        newCapacity = min(newCapacity, max(end + count, Wire.headerSize + maxPayload + Self.readRoom))
+        resize(to: newCapacity)
+    }
+
+    /// Moves the undecoded bytes to a new buffer of `newCapacity` bytes (at least that many).
+    private func resize(to newCapacity: Int) {
         let bigger = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
-        bigger.copyMemory(from: storage, byteCount: end)
+        bigger.copyMemory(from: storage + start, byteCount: end - start)
         storage.deallocate()
         storage = bigger
         capacity = newCapacity
+        end -= start
+        start = 0
     }
 
     /// Reads from `fd` into the buffer; the corresponding C function is `read(2)`.
     /// - Returns: the byte count (0 at end of file), or `nil` when nothing is available (EAGAIN).
     package func read(from fd: CInt) throws(SyscallError) -> Int? {
-        // Room for a whole frame header and a good batch; more when a large frame is pending.
-        reserve(16 * 1024)
-        let room = capacity - end
-        switch try Sys.read(fd, UnsafeMutableRawBufferPointer(start: storage + end, count: room)) {
+        reserve(Self.readRoom)
+        switch try Sys.read(fd, UnsafeMutableRawBufferPointer(start: storage + end, count: capacity - end)) {
         case .wouldBlock: return nil
         case .processed(let n):
             end += n
@@ -206,23 +272,27 @@ package final class FrameDecoder {
     }
 
     /// Receives from the socket `fd` into the buffer with `recvmsg(2)`; descriptors passed with
-    /// SCM_RIGHTS are appended to `descriptors` (already CLOEXEC).
+    /// SCM_RIGHTS are appended to `descriptors` (already CLOEXEC). When the kernel cut the
+    /// descriptors short, ``descriptorsTruncated`` says so.
     /// - Returns: the byte count (0 at end of file), or `nil` when nothing is available (EAGAIN).
     package func receive(from fd: CInt, descriptors: inout [CInt]) throws(SyscallError) -> Int? {
-        reserve(16 * 1024)
-        let room = capacity - end
-        switch try Sys.recvmsg(fd, UnsafeMutableRawBufferPointer(start: storage + end, count: room), descriptors: &descriptors) {
+        reserve(Self.readRoom)
+        let room = UnsafeMutableRawBufferPointer(start: storage + end, count: capacity - end)
+        switch try control.receive(fd, into: room, descriptors: &descriptors) {
         case .wouldBlock: return nil
-        case .processed(let n):
-            end += n
-            return n
+        case .processed(let r):
+            descriptorsTruncated = r.truncated
+            end += r.count
+            return r.count
         }
     }
 
-    /// Appends bytes received some other way.
+    /// Appends bytes received some other way. An empty buffer (even one with no base address)
+    /// appends nothing.
     package func append(_ bytes: UnsafeRawBufferPointer) {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
         reserve(bytes.count)
-        (storage + end).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+        (storage + end).copyMemory(from: base, byteCount: bytes.count)
         end += bytes.count
     }
 
@@ -240,11 +310,8 @@ package final class FrameDecoder {
             guard length <= maxPayload else {
                 return try fail("frame of \(length) bytes exceeds the limit of \(maxPayload)")
             }
-            guard end - start - Wire.headerSize >= length else {
-                // Make sure the rest of this frame will fit.
-                reserve(Wire.headerSize + length - (end - start))
-                return
-            }
+            // An incomplete frame waits for its bytes; the reads make room as they come.
+            guard end - start - Wire.headerSize >= length else { break }
             let header = FrameHeader(type: type, flags: FrameFlags(rawValue: h[3]), length: length,
                                      id: h.readLittleEndian(at: 8, as: UInt64.self))
             let payload = UnsafeRawBufferPointer(start: storage + start + Wire.headerSize, count: length)
@@ -252,6 +319,18 @@ package final class FrameDecoder {
             try body(header, payload)
         }
         if start == end { start = 0; end = 0 }
+        if capacity > Wire.retainedBufferCapacity { shrink() }
+    }
+
+    /// Gives a buffer that grew for a large frame back its initial size, once what is left fits
+    /// there with room to spare (and is not the start of another large frame).
+    private func shrink() {
+        var need = end - start
+        if need >= Wire.headerSize {
+            need = Wire.headerSize + Int((storage + start).loadUnaligned(fromByteOffset: 4, as: UInt32.self).littleEndian)
+        }
+        guard need <= initialCapacity / 2, initialCapacity < capacity else { return }
+        resize(to: initialCapacity)
     }
 
     private func fail(_ reason: String) throws {
