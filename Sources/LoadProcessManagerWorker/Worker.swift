@@ -51,6 +51,9 @@ public final class Worker {
             throw WorkerError("this process was not started by a Supervisor (\(Wire.channelEnvironmentKey) is not set to an open descriptor)")
         }
         let maxPayload = getenv(Wire.maxPayloadEnvironmentKey).flatMap { Int(String(cString: $0)) } ?? Wire.defaultMaxPayload
+        guard Wire.maxPayloadRange.contains(maxPayload) else {
+            throw WorkerError("\(Wire.maxPayloadEnvironmentKey)=\(maxPayload) is outside \(Wire.maxPayloadRange)")
+        }
         // Die with the supervisor; then check it did not die before the call took effect.
         try Sys.setParentDeathSignal(SIGKILL)
         if let parent = getenv("LPM_PARENT_PID").flatMap({ pid_t(String(cString: $0)) }), getppid() != parent { _exit(0) }

@@ -60,7 +60,12 @@ public struct SupervisorConfiguration: Sendable {
     public var maxQueueLength: Int? = nil
     /// The largest frame payload, both directions; larger payloads fail with
     /// `payloadTooLarge`, and a worker sending one is a protocol violation. Default 16 MiB.
+    /// At most 1 GiB.
     public var maxPayload: Int = Wire.defaultMaxPayload
+    /// The most bytes queued for one worker that has not read them yet; past it (the worker
+    /// does not read its channel), the worker is a protocol violation: killed and replaced, not
+    /// buffered for ever. Raised to one frame of ``maxPayload`` when lower. Default 4 MiB.
+    public var maxQueuedBytesPerWorker: Int = 4 << 20
     /// How often RSS (from `/proc/PID/statm`) and heap figures are sampled. Default 1 s.
     public var healthInterval: Duration = .seconds(1)
     /// Recycle a worker once it has answered this many requests (plus up to a tenth more, drawn

@@ -136,6 +136,9 @@ final class Pool {
             throw SupervisorError(.shutDown, "start() after the pool was shut down")
         }
         // What the configuration asks for and cannot be had is an error, before any worker runs.
+        guard Wire.maxPayloadRange.contains(config.maxPayload) else {
+            throw SupervisorError(.invalidArgument, "maxPayload \(config.maxPayload) is outside \(Wire.maxPayloadRange)")
+        }
         var watches: [Reactor.SignalWatch] = []
         func undoWatches() {
             // Undoing watches just made: fails only if the reactor is closed, and then they are gone.
@@ -209,7 +212,8 @@ final class Pool {
             throw SupervisorError(.spawnFailed, "could not start the worker \(config.executable.path): \(error)",
                                   underlying: .init(error))
         }
-        let channel = Channel(fd: spawned.channel, reactor: reactor, flusher: flusher, maxPayload: config.maxPayload)
+        let channel = Channel(fd: spawned.channel, reactor: reactor, flusher: flusher, maxPayload: config.maxPayload,
+                              outgoingLimit: config.maxQueuedBytesPerWorker)
         let w = WorkerProcess(slot: i, pid: spawned.pid, channel: channel, statm: StatmReader(pid: spawned.pid))
         if let n = config.recycleAfterRequests, n > 0 {
             // Jitter (up to a tenth more), so that workers started together do not all recycle at once.

@@ -5,6 +5,8 @@
 //   hang            blocks its thread for good on the first request (answers no ping)
 //   crash-on-start  exits with code 3 at once
 //   exit-on-request exits with code 7 on the first request
+//   flood-pings     floods the supervisor with pings, never reads again
+//   fd-flood        sends thousands of descriptors on frames that announce none
 //   garbage         writes bytes that are not a frame on the first request
 //   lie             answers a request id it never received
 //   busy            says ready then busy at once
@@ -53,6 +55,24 @@ worker.onRequest { request in
         request.onCancel = { worker.emit("cancelled", request.data) }
     case "exit-on-request":
         exit(7)
+    case "flood-pings":
+        // Floods the supervisor with pings and never reads its channel again: the supervisor's
+        // pongs pile up, until it calls this worker unresponsive or in violation.
+        var frame: [UInt8] = []
+        frame.appendFrame(.ping, id: 1, payload: [UInt8]())
+        var pollfd = pollfd(fd: 3, events: Int16(POLLOUT), revents: 0)
+        while true {
+            if write(3, &frame, frame.count) < 0 { _ = poll(&pollfd, 1, 1000) }
+        }
+    case "fd-flood":
+        // Sends descriptors on frames that announce none, thousands of them.
+        var frame: [UInt8] = []
+        frame.appendFrame(.pong, id: 1, payload: [UInt8]())
+        for _ in 0..<5_000 {
+            let sent = frame.withUnsafeBytes { try? Sys.sendmsg(3, $0, passing: 0) }
+            if sent == nil { break }  // the supervisor closed the channel
+        }
+        while true { sleep(1000) }
     case "garbage":
         var junk: [UInt8] = [0xDE, 0xAD, 0xBE, 0xEF, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
         _ = write(3, &junk, junk.count)
