@@ -1,6 +1,7 @@
 import Glibc
 import LoadProcessManager
 import LPMTestSupport
+import Synchronization
 import Testing
 
 @Suite("Hostile workers", .serialized, .timeLimit(.minutes(2)))
@@ -27,6 +28,58 @@ struct HostileWorkerTests {
             #expect(openFDCount() == fds, "\(fdList())")
             let grown = residentBytes() - rss
             #expect(grown < 64 << 20, "the supervisor grew by \(grown) bytes")
+        }
+    }
+}
+
+@Suite("Fault injection", .serialized, .timeLimit(.minutes(3)))
+struct FaultInjectionTests {
+    @Test("a burst while workers are SIGKILLed at random every few milliseconds: every request answered once, nothing left behind")
+    func randomKills() async {
+        await #expect(processExitsWith: .success) {
+            await settleChildProcess()
+            try await Task.sleep(for: .milliseconds(1))
+            let fds = openFDCount(), threads = threadCount()
+            var c = testConfig("echo", count: 3)
+            c.retries = 30
+            c.restarts = 10_000
+            c.poisonThreshold = nil  // the kills are not the requests' fault
+            let (s, log) = try await startOnline(c)
+            let n = 20_000
+            let answers = Mutex<[Int]>(Array(repeating: 0, count: n))
+            let failures = Mutex<[String]>([])
+            let done = Atomic<Int>(0)
+            for i in 0..<n {
+                let payload = Array("r\(i)".utf8)
+                s.enqueue(payload) { r in
+                    answers.withLock { $0[i] += 1 }
+                    switch r {
+                    case .success(let w): if w.data != payload { failures.withLock { $0.append("request \(i): a wrong answer") } }
+                    case .failure(let e): failures.withLock { $0.append("request \(i): \(e)") }
+                    }
+                    done.add(1, ordering: .relaxed)
+                }
+            }
+            var kills = 0
+            while done.load(ordering: .relaxed) < n {
+                try await Task.sleep(for: .milliseconds(Int.random(in: 2...6)))
+                if let victim = await s.health().filter({ $0.pid > 0 && $0.state == .ready }).randomElement() {
+                    kill(victim.pid, SIGKILL)
+                    kills += 1
+                }
+            }
+            #expect(kills > 10, "\(kills) kills")
+            #expect(answers.withLock { $0.allSatisfy { $0 == 1 } }, "every request answered exactly once")
+            #expect(failures.withLock { $0.isEmpty }, "\(failures.withLock { $0.prefix(3) })")
+            #expect(log.count(isRestart) > 0)
+            await s.hardKill()
+            #expect(hasNoChildren())
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(openFDCount() == fds, "\(fdList())")
+            // The supervisor's own reactor thread has ended; the concurrency runtime may have
+            // started its cooperative threads (one per CPU) meanwhile, and keeps them.
+            let cooperative = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+            #expect(threadCount() <= threads + cooperative, "threads: \(threadCount()) after, \(threads) before")
         }
     }
 }
