@@ -169,6 +169,18 @@ struct LivenessTests {
         }
     }
 
+    @Test("a worker that sends half a frame and stops is unresponsive too")
+    func halfFrame() async throws {
+        var c = testConfig("half-frame", count: 1)
+        c.pingInterval = .milliseconds(20)
+        c.unresponsiveTimeout = .milliseconds(300)
+        let (s, log) = try await startOnline(c)
+        let r = await outcome(s, "half")
+        #expect(r.error?.code == .workerUnresponsive, "\(r)")
+        #expect(await log.wait { if case .workerUnresponsive = $0 { return true }; return false })
+        await s.hardKill()
+    }
+
     @Test("idle and busy workers that answer pings are left alone")
     func healthyWorkers() async throws {
         var c = testConfig("slow", count: 2, env: ["LPM_TEST_DELAY_MS": "50"])

@@ -2,6 +2,7 @@
 //   echo (default)  answers each request with its payload
 //   slow            waits LPM_TEST_DELAY_MS (default 100) before answering
 //   never           never answers (emits "cancelled" with the payload when a request is cancelled)
+//   half-frame      sends half a frame header on the first request, then blocks for good
 //   hang            blocks its thread for good on the first request (answers no ping)
 //   crash-on-start  exits with code 3 at once
 //   exit-on-request exits with code 7 on the first request
@@ -47,6 +48,11 @@ worker.onRequest { request in
     switch mode {
     case "slow", "late":
         _ = try? worker.reactor.schedule(after: .milliseconds(delay)) { request.respond(request.data) }
+    case "half-frame":
+        // The first half of a frame header, then nothing ever again.
+        var half: [UInt8] = [0x4C, 1, 1, 0, 0, 0, 0, 0]
+        _ = write(3, &half, half.count)
+        while true { sleep(1000) }
     case "hang":
         // Blocks its thread for good: no answer, no pong.
         while true { sleep(1000) }
