@@ -46,36 +46,37 @@ final class RequestTicket: ReactorJob, @unchecked Sendable {
 /// `onCancel` handler runs), and the worker's late answer is dropped. The completion is called
 /// exactly once either way.
 public struct RequestHandle: Sendable {
+    // One reference: the handle is made for every request, on the caller's thread, so it must
+    // cost next to nothing (no retain of objects the reactor thread is using meanwhile).
     private enum Target: Sendable {
         /// Admitted on the reactor thread itself: its entry and id.
-        case admitted(UInt32, RequestID)
+        case admitted(UInt32, RequestID, Supervisor.PoolBox)
         /// On its way from another thread.
         case ticket(RequestTicket)
     }
 
     private let target: Target
-    private let box: Supervisor.PoolBox
-    private let reactor: Reactor.Handle
 
-    init(ticket: RequestTicket, reactor: Reactor.Handle) {
+    init(ticket: RequestTicket) {
         target = .ticket(ticket)
-        box = ticket.box
-        self.reactor = reactor
     }
 
-    init(index: UInt32, id: RequestID, box: Supervisor.PoolBox, reactor: Reactor.Handle) {
-        target = index == .max ? .admitted(.max, .zero) : .admitted(index, id)
-        self.box = box
-        self.reactor = reactor
+    init(index: UInt32, id: RequestID, box: Supervisor.PoolBox) {
+        target = .admitted(index, id, box)
     }
 
     /// Cancels the request (see ``RequestHandle``). Any thread; harmless once it is answered.
     public func cancel() {
-        let box = self.box, target = self.target
-        reactor.execute { _ in
+        let target = self.target
+        let box: Supervisor.PoolBox
+        switch target {
+        case .admitted(_, _, let b): box = b
+        case .ticket(let t): box = t.box
+        }
+        box.reactor.execute { _ in
             guard let pool = box.pool else { return }
             switch target {
-            case .admitted(let index, let id): pool.cancel(index: index, id: id)
+            case .admitted(let index, let id, _): pool.cancel(index: index, id: id)
             case .ticket(let ticket): pool.cancel(ticket)
             }
         }

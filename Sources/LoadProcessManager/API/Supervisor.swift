@@ -25,10 +25,12 @@ public final class Supervisor: Sendable {
     let box: PoolBox
     private let ownThread: ReactorThread?
 
-    /// Holds the pool; `@unchecked Sendable` because `pool` is read and written only on the
-    /// reactor thread.
+    /// Holds the pool, and the handle of the reactor it runs on. `@unchecked Sendable`:
+    /// `reactor` is set in `init`; `pool` is read and written only on the reactor thread.
     final class PoolBox: @unchecked Sendable {
+        let reactor: Reactor.Handle
         var pool: Pool?
+        init(reactor: Reactor.Handle) { self.reactor = reactor }
     }
 
     /// Creates a supervisor on a reactor thread of its own (started now, ended when the pool
@@ -38,7 +40,7 @@ public final class Supervisor: Sendable {
         let thread = try ReactorThread(backend: configuration.backend)
         ownThread = thread
         reactor = thread.handle
-        let box = PoolBox()
+        let box = PoolBox(reactor: thread.handle)
         self.box = box
         thread.handle.execute { reactor in
             if let poll = configuration.busyPoll { reactor.busyPoll = poll }
@@ -53,7 +55,7 @@ public final class Supervisor: Sendable {
         precondition(reactor.isOnReactorThread, "Supervisor(_:reactor:) must be called on the reactor's thread")
         ownThread = nil
         self.reactor = reactor.handle
-        box = PoolBox()
+        box = PoolBox(reactor: reactor.handle)
         box.pool = Pool(reactor: reactor, config: configuration)
     }
 
@@ -139,14 +141,14 @@ public final class Supervisor: Sendable {
             // The pool is only ever touched on this thread, and its enqueue is re-entrant: user
             // code runs only from its outbox, once its state is consistent, never nested.
             let admitted = pool.enqueue(payload, options, .handler(completion))
-            return RequestHandle(index: admitted.index, id: admitted.id, box: box, reactor: reactor)
+            return RequestHandle(index: admitted.index, id: admitted.id, box: box)
         }
         // The ticket is the hop (one allocation) and what a cancellation finds the request by.
         let ticket = RequestTicket(payload, options, box, .handler(completion))
         if !reactor.execute(job: ticket) {
             CallerTrampoline.run { completion(.failure(SupervisorError(.shutDown, "the pool is stopped"))) }
         }
-        return RequestHandle(ticket: ticket, reactor: reactor)
+        return RequestHandle(ticket: ticket)
     }
 
     /// Queues many requests with one hop to the reactor thread; `completion` is called once per
