@@ -205,7 +205,8 @@ struct BackoffPoisonTests {
         var c = testConfig("exit-on-request", count: 1)
         c.restarts = 1
         c.maxRestartsInInterval = .seconds(60)
-        c.afterBudgetSpent = .backoff(initial: .milliseconds(100), maximum: .milliseconds(400))
+        // Long enough that the request in between cannot miss the gap, however slow the machine.
+        c.afterBudgetSpent = .backoff(initial: .milliseconds(700), maximum: .seconds(3))
         let (s, log) = try await startOnline(c)
         _ = try? await s.enqueue("die 1")  // crash, restart (charged)
         #expect(await log.wait(isRestart))
@@ -223,7 +224,7 @@ struct BackoffPoisonTests {
         _ = try? await s.enqueue("die 3")  // crash again: refused again, the delay doubles
         #expect(await log.wait(for: 2, scheduled))
         let delays = log.all.compactMap { e -> Duration? in if case .workerRestartScheduled(_, let d) = e { return d }; return nil }
-        #expect(delays.prefix(2) == [.milliseconds(100), .milliseconds(200)], "\(delays)")
+        #expect(delays.prefix(2) == [.milliseconds(700), .milliseconds(1400)], "\(delays)")
         await s.hardKill()
         #expect(await s.status().isShutDown)
     }

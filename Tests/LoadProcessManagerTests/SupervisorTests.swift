@@ -73,7 +73,11 @@ struct SupervisorTests {
         let victim = await s.health()[0].pid
         let results = Mutex<[Result<WorkerResponse, SupervisorError>]>([])
         for i in 0..<8 { s.enqueue([UInt8(i)]) { r in results.withLock { $0.append(r) } } }
-        try await Task.sleep(for: .milliseconds(100))
+        // Kill it once it holds requests (however slow the machine is).
+        let held = ContinuousClock.now + .seconds(20)
+        while await s.health().first(where: { $0.pid == victim })?.inFlight ?? 0 == 0 && ContinuousClock.now < held {
+            try await Task.sleep(for: .milliseconds(2))
+        }
         kill(victim, SIGKILL)
         let deadline = ContinuousClock.now + .seconds(20)
         while results.withLock({ $0.count }) < 8 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
