@@ -40,6 +40,13 @@ private func spawnShell(_ script: String, slot: Int?, inherit: SupervisorConfigu
     return text
 }
 
+/// Polls `condition` every 5 ms for up to 10 s; returns its last value.
+private func eventually(_ condition: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + .seconds(10)
+    while !condition() && ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(5)) }
+    return condition()
+}
+
 @Suite("Spawning: death signal, exec errors, identity and environment", .serialized, .timeLimit(.minutes(1)))
 struct SpawnTests {
     @Test("a supervisor that dies abruptly (_exit, SIGKILL) leaves no worker behind, even one that never speaks the protocol (/bin/sleep 1000)",
@@ -63,27 +70,19 @@ struct SpawnTests {
             guard await log.wait(for: 2, started) else { _exit(1) }
             let pids = log.all.compactMap { e -> pid_t? in if case .workerStarted(_, let pid) = e { return pid }; return nil }
             // The instrument first: both are running sleep (the death signal survived execve).
-            let deadline = ContinuousClock.now + .seconds(10)
-            while !pids.allSatisfy({ commandName($0) == "sleep" }) && ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(5))
-            }
-            guard pids.allSatisfy({ commandName($0) == "sleep" }) else { _exit(2) }
+            guard await eventually({ pids.allSatisfy { commandName($0) == "sleep" } }) else { _exit(2) }
             let file = fopen("/tmp/lpm-spawn-test-\(getppid())", "w")
             fputs(pids.map { String($0) }.joined(separator: " "), file)
             fclose(file)
             if byKill { kill(getpid(), SIGKILL) }
             _exit(0)  // no kill, no cleanup: the workers must still go
         }
-        guard let f = fopen(path, "r") else { Issue.record("the child wrote no pids"); return }
-        var buf = [CChar](repeating: 0, count: 256)
-        fgets(&buf, 256, f)
-        fclose(f)
-        let pids = String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            .split(separator: " ").compactMap { pid_t($0) }
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { Issue.record("the child wrote no pids"); return }
+        let pids = readToEnd(fd).split(separator: " ").compactMap { pid_t($0) }
+        close(fd)
         #expect(pids.count == 2)
-        let deadline = ContinuousClock.now + .seconds(10)
-        while !pids.allSatisfy(isDeadOrZombie) && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
-        #expect(pids.allSatisfy(isDeadOrZombie), "sleep workers \(pids) outlived their supervisor")
+        #expect(await eventually { pids.allSatisfy(isDeadOrZombie) }, "sleep workers \(pids) outlived their supervisor")
         for pid in pids where !isDeadOrZombie(pid) { kill(pid, SIGKILL) }  // after a failure only
     }
 
