@@ -153,13 +153,25 @@ static inline unsigned cloop_IORING_CQE_F_MORE(void) { return IORING_CQE_F_MORE;
 // or exits. Why this is safe in a multi-threaded parent: the child runs only the function below,
 // on its own stack, touching only that stack and the arguments block; it takes no lock, calls no
 // malloc and runs no atfork handler, so what other threads hold or change meanwhile cannot
-// matter; it makes only async-signal-safe calls (POSIX.1-2008 list: sigaction, sigprocmask,
-// setpgid, dup2, fcntl, getppid, execve, _exit; plus prctl and close_range, plain system calls);
-// and every signal stays blocked until its dispositions are back to SIG_DFL, so no handler of the
-// parent ever runs on the shared memory. Linux, stack growing down (x86_64, aarch64).
+// matter; it makes only raw system calls through syscall(2) (async-signal-safe: no lock, no
+// allocation, nothing interposed); and every signal stays blocked until its dispositions are
+// back to SIG_DFL, so no handler of the parent ever runs on the shared memory. Linux, with a
+// stack that grows down (x86_64, aarch64).
 
-// glibc's clone(2) wrapper; <sched.h> declares it under __USE_GNU only.
-extern int clone(int (*_Nonnull fn)(void *_Nullable), void *_Nullable stack, int flags, void *_Nullable arg, ...);
+// glibc's clone(2) wrapper under its exported name __clone (GLIBC_2.2.5): sanitizer runtimes
+// (TSan) interpose `clone` and reset their own state in the child, which with CLONE_VM is the
+// parent's state. <sched.h> declares `clone` under __USE_GNU only anyway.
+extern int __clone(int (*_Nonnull fn)(void *_Nullable), void *_Nullable stack, int flags, void *_Nullable arg, ...);
+// Kernel 5.9+: close_range(2); number defined locally for older headers.
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+// The child must run no sanitizer code: it would run on the parent's memory and thread state.
+#if __has_attribute(disable_sanitizer_instrumentation)
+#define CLOOP_NO_SANITIZER __attribute__((disable_sanitizer_instrumentation))
+#else
+#define CLOOP_NO_SANITIZER
+#endif
 
 // What the child needs, and where it leaves a failure for the parent (shared memory, CLONE_VM).
 struct cloop_spawn_args {
@@ -172,39 +184,39 @@ struct cloop_spawn_args {
     const char *volatile _Nullable failed; // the name of that step (a string literal)
 };
 
-// The child, on its own stack in the parent's address space. Ends in execve or _exit(127).
-static inline int cloop_spawn_child(void *_Nullable raw) {
+// The child, on its own stack in the parent's address space. Ends in execve or exit_group(127).
+// Every call is a raw syscall(2): async-signal-safe, and never a wrapper that a sanitizer or
+// another library interposes (their code would run on the parent's memory).
+static inline CLOOP_NO_SANITIZER int cloop_spawn_child(void *_Nullable raw) {
     struct cloop_spawn_args *a = (struct cloop_spawn_args *)raw;
     // Every signal is blocked (the parent blocked them before clone). Reset each disposition to
-    // SIG_DFL first: a handler inherited from the parent would run on the parent's memory. glibc
-    // refuses its two internal signals (32, 33) with EINVAL: they are only ever sent to threads
-    // of the parent, by thread id, never to this new process; the error is ignored.
-    struct sigaction dfl;
-    memset(&dfl, 0, sizeof dfl);  // memset: async-signal-safe since POSIX.1-2016
-    dfl.sa_handler = SIG_DFL;
-    for (int sig = 1; sig < NSIG; sig++) if (sig != SIGKILL && sig != SIGSTOP) (void)sigaction(sig, &dfl, NULL);
+    // SIG_DFL first: a handler inherited from the parent would run on the parent's memory. An
+    // all-zero kernel sigaction is SIG_DFL, no flags, empty mask (rt_sigaction(2), sigset of 8
+    // bytes); zero also covers glibc's two internal signals, which its sigaction(2) refuses.
+    unsigned long dfl[4] = { 0, 0, 0, 0 };
+    for (int sig = 1; sig < NSIG; sig++) if (sig != SIGKILL && sig != SIGSTOP) syscall(SYS_rt_sigaction, sig, dfl, (void *)0, 8);
     // Die with the parent: the kernel sends SIGKILL when the *thread* that called clone exits.
     // It survives execve (unless the program is set-user-ID or has file capabilities).
-    if (prctl(PR_SET_PDEATHSIG, (unsigned long)SIGKILL, 0UL, 0UL, 0UL) == -1) { a->failed = "prctl(PR_SET_PDEATHSIG)"; goto fail; }
+    if (syscall(SYS_prctl, PR_SET_PDEATHSIG, (unsigned long)SIGKILL, 0UL, 0UL, 0UL) == -1) { a->failed = "prctl(PR_SET_PDEATHSIG)"; goto fail; }
     // The parent process may have died before prctl took effect (another of its threads can end
     // it while this one is suspended): then this child was reparented and no signal will come.
-    if (getppid() != a->parent) _exit(127);
+    if (syscall(SYS_getppid) != a->parent) syscall(SYS_exit_group, 127);
     // A process group of its own: a Ctrl-C at the terminal reaches the supervisor only.
-    if (setpgid(0, 0) == -1) { a->failed = "setpgid"; goto fail; }
-    // The channel onto 3, without CLOEXEC: dup2 clears it on the copy, but dup2(3, 3) is a
-    // no-op, so clear it by hand when the channel already is 3.
-    if (a->channel == 3 ? fcntl(3, F_SETFD, 0) == -1 : dup2(a->channel, 3) == -1) { a->failed = "dup2"; goto fail; }
+    if (syscall(SYS_setpgid, 0, 0) == -1) { a->failed = "setpgid"; goto fail; }
+    // The channel onto 3, without CLOEXEC: dup3 with no flags clears it on the copy, but refuses
+    // equal numbers (EINVAL), so clear it by hand when the channel already is 3.
+    if (a->channel == 3 ? syscall(SYS_fcntl, 3, F_SETFD, 0) == -1 : syscall(SYS_dup3, a->channel, 3, 0) == -1) { a->failed = "dup3"; goto fail; }
     // Nothing else leaks into the worker, even a descriptor someone opened without CLOEXEC.
-    if (close_range(4, ~0U, 0) == -1) { a->failed = "close_range"; goto fail; }
+    if (syscall(SYS_close_range, 4U, ~0U, 0U) == -1) { a->failed = "close_range"; goto fail; }
     // An empty mask for the new program (execve keeps the mask); dispositions are default now.
-    sigset_t none;
-    sigemptyset(&none);
-    if (sigprocmask(SIG_SETMASK, &none, NULL) == -1) { a->failed = "sigprocmask"; goto fail; }
-    execve(a->path, a->argv, a->envp);
+    unsigned long none = 0;
+    if (syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, (void *)0, 8) == -1) { a->failed = "rt_sigprocmask"; goto fail; }
+    syscall(SYS_execve, a->path, a->argv, a->envp);
     a->failed = "execve";
 fail:
     a->error = errno;  // errno is the parent thread's (shared TLS); the parent reads a->error instead
-    _exit(127);
+    syscall(SYS_exit_group, 127);  // not _exit: sanitizers interpose it
+    return 127;  // not reached
 }
 
 // Spawns `path` as a worker: returns its pid, or -errno with `*failed` naming the failed step.
@@ -221,7 +233,7 @@ static inline pid_t cloop_spawn_worker(const char *_Nonnull path, char *_Nullabl
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     // SIGCHLD: an ordinary child for waitid and pidfds. Returns after the child's execve or exit.
-    pid_t pid = clone(cloop_spawn_child, stack + sizeof stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+    pid_t pid = __clone(cloop_spawn_child, stack + sizeof stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
     int error = pid == -1 ? errno : a.error;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (pid == -1) { *failed = "clone"; return -error; }
