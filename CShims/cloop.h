@@ -142,4 +142,108 @@ static inline int cloop_io_uring_queue_init(unsigned entries, struct io_uring *_
 // Expression-valued constant: IORING_CQE_F_MORE.
 static inline unsigned cloop_IORING_CQE_F_MORE(void) { return IORING_CQE_F_MORE; }
 
+// ---- spawning a worker: the one routine here longer than a line ----
+//
+// posix_spawn(3) cannot set PR_SET_PDEATHSIG between fork and exec, and a worker must die with
+// its supervisor whatever its language (a worker that never runs our runtime, or has not reached
+// it yet, included). So this is a small posix_spawn of our own, built the way glibc 2.24+ builds
+// its own: clone(CLONE_VM | CLONE_VFORK) onto a separate stack. CLONE_VM shares the address
+// space, so no page tables are copied (the cost does not grow with the parent's RSS, unlike
+// fork(2)); CLONE_VFORK suspends the calling thread, and only it, until the child calls execve
+// or exits. Why this is safe in a multi-threaded parent: the child runs only the function below,
+// on its own stack, touching only that stack and the arguments block; it takes no lock, calls no
+// malloc and runs no atfork handler, so what other threads hold or change meanwhile cannot
+// matter; it makes only raw system calls through syscall(2) (async-signal-safe: no lock, no
+// allocation, nothing interposed); and every signal stays blocked until its dispositions are
+// back to SIG_DFL, so no handler of the parent ever runs on the shared memory. Linux, with a
+// stack that grows down (x86_64, aarch64).
+
+// glibc's clone(2) wrapper under its exported name __clone (GLIBC_2.2.5): sanitizer runtimes
+// (TSan) interpose `clone` and reset their own state in the child, which with CLONE_VM is the
+// parent's state. <sched.h> declares `clone` under __USE_GNU only anyway.
+extern int __clone(int (*_Nonnull fn)(void *_Nullable), void *_Nullable stack, int flags, void *_Nullable arg, ...);
+// Kernel 5.9+: close_range(2); number defined locally for older headers.
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+// The child must run no sanitizer code: it would run on the parent's memory and thread state.
+#if __has_attribute(disable_sanitizer_instrumentation)
+#define CLOOP_NO_SANITIZER __attribute__((disable_sanitizer_instrumentation))
+#else
+#define CLOOP_NO_SANITIZER
+#endif
+
+// What the child needs, and where it leaves a failure for the parent (shared memory, CLONE_VM).
+struct cloop_spawn_args {
+    const char *_Nonnull path;
+    char *_Nullable const *_Nonnull argv;  // NULL-terminated
+    char *_Nullable const *_Nonnull envp;  // NULL-terminated
+    int channel;                           // becomes descriptor 3 in the child
+    pid_t parent;                          // getpid() of the spawning process
+    volatile int error;                    // errno of the step that failed; 0 if execve succeeded
+    const char *volatile _Nullable failed; // the name of that step (a string literal)
+};
+
+// The child, on its own stack in the parent's address space. Ends in execve or exit_group(127).
+// Every call is a raw syscall(2): async-signal-safe, and never a wrapper that a sanitizer or
+// another library interposes (their code would run on the parent's memory).
+static inline CLOOP_NO_SANITIZER int cloop_spawn_child(void *_Nullable raw) {
+    struct cloop_spawn_args *a = (struct cloop_spawn_args *)raw;
+    // Every signal is blocked (the parent blocked them before clone). Reset each disposition to
+    // SIG_DFL first: a handler inherited from the parent would run on the parent's memory. An
+    // all-zero kernel sigaction is SIG_DFL, no flags, empty mask (rt_sigaction(2), sigset of 8
+    // bytes); zero also covers glibc's two internal signals, which its sigaction(2) refuses.
+    unsigned long dfl[4] = { 0, 0, 0, 0 };
+    for (int sig = 1; sig < NSIG; sig++) if (sig != SIGKILL && sig != SIGSTOP) syscall(SYS_rt_sigaction, sig, dfl, (void *)0, 8);
+    // Die with the parent: the kernel sends SIGKILL when the *thread* that called clone exits.
+    // It survives execve (unless the program is set-user-ID or has file capabilities).
+    if (syscall(SYS_prctl, PR_SET_PDEATHSIG, (unsigned long)SIGKILL, 0UL, 0UL, 0UL) == -1) { a->failed = "prctl(PR_SET_PDEATHSIG)"; goto fail; }
+    // The parent process may have died before prctl took effect (another of its threads can end
+    // it while this one is suspended): then this child was reparented and no signal will come.
+    if (syscall(SYS_getppid) != a->parent) syscall(SYS_exit_group, 127);
+    // A process group of its own: a Ctrl-C at the terminal reaches the supervisor only.
+    if (syscall(SYS_setpgid, 0, 0) == -1) { a->failed = "setpgid"; goto fail; }
+    // The channel onto 3, without CLOEXEC: dup3 with no flags clears it on the copy, but refuses
+    // equal numbers (EINVAL), so clear it by hand when the channel already is 3.
+    if (a->channel == 3 ? syscall(SYS_fcntl, 3, F_SETFD, 0) == -1 : syscall(SYS_dup3, a->channel, 3, 0) == -1) { a->failed = "dup3"; goto fail; }
+    // Nothing else leaks into the worker, even a descriptor someone opened without CLOEXEC.
+    if (syscall(SYS_close_range, 4U, ~0U, 0U) == -1) { a->failed = "close_range"; goto fail; }
+    // An empty mask for the new program (execve keeps the mask); dispositions are default now.
+    unsigned long none = 0;
+    if (syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, (void *)0, 8) == -1) { a->failed = "rt_sigprocmask"; goto fail; }
+    syscall(SYS_execve, a->path, a->argv, a->envp);
+    a->failed = "execve";
+fail:
+    a->error = errno;  // errno is the parent thread's (shared TLS); the parent reads a->error instead
+    syscall(SYS_exit_group, 127);  // not _exit: sanitizers interpose it
+    return 127;  // not reached
+}
+
+// Spawns `path` as a worker: returns its pid, or -errno with `*failed` naming the failed step.
+// Call it from a thread that lives as long as the worker should (see PR_SET_PDEATHSIG above).
+static inline pid_t cloop_spawn_worker(const char *_Nonnull path, char *_Nullable const *_Nonnull argv,
+                                       char *_Nullable const *_Nonnull envp, int channel,
+                                       const char *_Nullable *_Nonnull failed) {
+    struct cloop_spawn_args a = { path, argv, envp, channel, getpid(), 0, NULL };
+    // The child's stack, in this frame: this thread is suspended while the child uses it.
+    char stack[16384] __attribute__((aligned(16)));
+    // Block every signal across clone, so that none runs a handler in the child before it has
+    // reset the dispositions; the child inherits this mask, the parent gets its own back.
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    // SIGCHLD: an ordinary child for waitid and pidfds. Returns after the child's execve or exit.
+    pid_t pid = __clone(cloop_spawn_child, stack + sizeof stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+    int error = pid == -1 ? errno : a.error;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (pid == -1) { *failed = "clone"; return -error; }
+    if (error != 0) {
+        // The child exited with 127 before or in execve: reap it here, nobody else knows it.
+        while (waitpid(pid, NULL, 0) == -1 && errno == EINTR) {}
+        *failed = a.failed;
+        return -error;
+    }
+    return pid;
+}
+
 #endif

@@ -21,11 +21,16 @@ public typealias RequestID = LPMWire.RequestID
 /// thread, hop with `worker.reactor.handle.execute { _ in ... }`.
 ///
 /// The worker exits cleanly when its channel reaches end of file (the supervisor is gone), and
-/// asks the kernel to kill it if the supervisor thread that spawned it dies
-/// (`PR_SET_PDEATHSIG`), so it never outlives its parent.
+/// the kernel kills it if the supervisor thread that spawned it dies (`PR_SET_PDEATHSIG`, set by
+/// the supervisor at spawn and again here), so it never outlives its parent.
 public final class Worker {
     /// The reactor the worker runs on: use it for timers and your own descriptors.
     public let reactor: Reactor
+    /// This worker's slot in the supervisor's pool (`LPM_WORKER_SLOT`), from 0: stable across
+    /// restarts (a replacement takes the slot of the worker it replaces) and unique among the
+    /// workers alive at one time, so it suits per-worker log names, ports and caches. `nil` when
+    /// the supervisor did not set it.
+    public let slot: Int?
     private let channel: Channel
     private let flusher: ChannelFlusher
     private var requestHandler: (Request) -> Void = { $0.fail("this worker has no request handler") }
@@ -50,11 +55,17 @@ public final class Worker {
         guard let raw = getenv(Wire.channelEnvironmentKey), let fd = CInt(String(cString: raw)), Sys.isValid(fd) else {
             throw WorkerError("this process was not started by a Supervisor (\(Wire.channelEnvironmentKey) is not set to an open descriptor)")
         }
+        // Nothing this worker execs inherits its channel: a child holding it would keep the
+        // supervisor from seeing end of file when this worker dies. (Inherited across execve, it
+        // could not be created CLOEXEC; no other thread of ours exists yet to spawn meanwhile.)
+        try Sys.setCloseOnExec(fd)
         let maxPayload = getenv(Wire.maxPayloadEnvironmentKey).flatMap { Int(String(cString: $0)) } ?? Wire.defaultMaxPayload
         guard Wire.maxPayloadRange.contains(maxPayload) else {
             throw WorkerError("\(Wire.maxPayloadEnvironmentKey)=\(maxPayload) is outside \(Wire.maxPayloadRange)")
         }
-        // Die with the supervisor; then check it did not die before the call took effect.
+        slot = getenv("LPM_WORKER_SLOT").flatMap { Int(String(cString: $0)) }
+        // The supervisor set this at spawn; set it again for a worker started some other way,
+        // then check the parent did not die before the call took effect.
         try Sys.setParentDeathSignal(SIGKILL)
         if let parent = getenv("LPM_PARENT_PID").flatMap({ pid_t(String(cString: $0)) }), getppid() != parent { _exit(0) }
         try Sys.setNonBlocking(fd)

@@ -67,7 +67,7 @@ struct SupervisorTests {
 
     @Test("a worker SIGKILLed with requests in flight: retried when attempts are left")
     func killedRetried() async throws {
-        var c = testConfig("slow", env: ["LPM_TEST_DELAY_MS": "300"])
+        var c = testConfig("slow", env: ["LPM_TEST_DELAY_MS": "1000"])
         c.retries = 2
         let (s, log) = try await startOnline(c)
         let victim = await s.health()[0].pid
@@ -288,7 +288,11 @@ struct SupervisorTests {
             #expect(w.pid > 0)
             #expect(kill(w.pid, 0) == 0)
             #expect(w.rss > 100_000)
-            #expect(w.heapTotal > 0 && w.heapUsed > 0 && w.heapUsed <= w.heapTotal)
+            // Under ThreadSanitizer (scripts/sanitizers.sh sets TSAN_OPTIONS) its allocator stands
+            // in for malloc, and mallinfo2 reports nothing.
+            if getenv("TSAN_OPTIONS") == nil {
+                #expect(w.heapTotal > 0 && w.heapUsed > 0 && w.heapUsed <= w.heapTotal)
+            }
         }
         await s.softKill()
     }

@@ -127,6 +127,13 @@ package enum Sys {
         _ = try syscallValue("fcntl") { cloop_fcntl_int(fd, F_SETFL, flags | O_NONBLOCK) }
     }
 
+    /// `fcntl(fd, F_SETFD, flags | FD_CLOEXEC)`: for a descriptor inherited across `execve`,
+    /// which could not be created CLOEXEC (a worker's channel, descriptor 3).
+    package static func setCloseOnExec(_ fd: CInt) throws(SyscallError) {
+        let flags = try syscallValue("fcntl") { cloop_fcntl_int(fd, F_GETFD, 0) }
+        _ = try syscallValue("fcntl") { cloop_fcntl_int(fd, F_SETFD, flags | FD_CLOEXEC) }
+    }
+
     /// `pidfd_open(2)` with `PIDFD_NONBLOCK` (kernel 5.10+); pidfds are always CLOEXEC.
     package static func pidfdOpen(_ pid: pid_t) throws(SyscallError) -> FileDescriptor {
         let fd = try syscallValue("pidfd_open") { cloop_pidfd_open(pid, UInt32(PIDFD_NONBLOCK)) }

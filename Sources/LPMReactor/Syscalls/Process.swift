@@ -1,41 +1,33 @@
 import CLoop
 
 extension Sys {
-    /// `posix_spawn(3)` of `path` with `channel` as descriptor 3 in the child and every other
-    /// descriptor from 4 up closed (`posix_spawn_file_actions_addclosefrom_np`, glibc 2.34+), an
-    /// empty signal mask and default dispositions for every signal (`POSIX_SPAWN_SETSIGMASK`,
-    /// `POSIX_SPAWN_SETSIGDEF`: a supervisor blocks the signals it reads through a signalfd, and
-    /// a child must not inherit that), in a process group of its own (`POSIX_SPAWN_SETPGROUP`).
+    /// Starts `path` as a worker (`cloop_spawn_worker` in CLoop: `clone(2)` with `CLONE_VM |
+    /// CLONE_VFORK`, then `execve(2)`), a `posix_spawn(3)` that also ties the child's life to
+    /// ours. In the child, before `execve`: default dispositions for every signal and an empty
+    /// signal mask (a supervisor blocks the signals it reads through a signalfd, and a child must
+    /// not inherit that); `prctl(PR_SET_PDEATHSIG, SIGKILL)`, so the kernel kills the child when
+    /// the spawning thread exits, whatever the child runs (a worker in another language, or one
+    /// that never speaks the protocol); a process group of its own (`setpgid(0, 0)`); `channel`
+    /// as descriptor 3 and every descriptor from 4 up closed (`close_range(2)`, kernel 5.9+).
     ///
     /// `argv` and `envp` are NULL-terminated arrays of C strings the caller owns.
+    /// - Important: `PR_SET_PDEATHSIG` fires when the *thread* that spawned the child exits, not
+    ///   the process: call this from a thread that lives as long as the child should (the
+    ///   supervisor spawns from its reactor thread, which lives as long as the pool).
     /// - Returns: the child's pid.
-    /// - Throws: ``SyscallError`` with posix_spawn's error number (it returns it, not errno).
+    /// - Throws: ``SyscallError`` naming the step that failed (`execve` for a missing
+    ///   executable, `ENOENT`) with its error number. A child that failed is already reaped.
     package static func spawnWorker(
         _ path: String, argv: inout [UnsafeMutablePointer<CChar>?], envp: inout [UnsafeMutablePointer<CChar>?],
         channel: CInt
     ) throws(SyscallError) -> pid_t {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        // dup2 onto 3 clears CLOEXEC on the copy (glibc 2.29+ also when the numbers are equal).
-        posix_spawn_file_actions_adddup2(&actions, channel, 3)
-        posix_spawn_file_actions_addclosefrom_np(&actions, 4)
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        var all = sigset_t()
-        sigfillset(&all)
-        sigdelset(&all, SIGKILL)
-        sigdelset(&all, SIGSTOP)
-        posix_spawnattr_setsigdefault(&attr, &all)
-        posix_spawnattr_setpgroup(&attr, 0)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, path, &actions, &attr, &argv, &envp)
-        guard rc == 0 else { throw SyscallError("posix_spawn(\(path))", Errno(rawValue: rc)) }
+        precondition(argv.last == .some(nil) && envp.last == .some(nil), "argv and envp must end with nil")
+        var failed: UnsafePointer<CChar>? = nil
+        let pid = cloop_spawn_worker(path, argv, envp, channel, &failed)
+        guard pid > 0 else {
+            let step = failed.map { String(cString: $0) } ?? "spawn"
+            throw SyscallError("\(step)(\(path))", Errno(rawValue: -pid))
+        }
         return pid
     }
 

@@ -7,18 +7,36 @@ import LPMWire
 public struct SupervisorConfiguration: Sendable {
     /// The worker executable and how to start it.
     public struct Executable: Sendable {
+        /// Which of the supervisor's environment variables a worker inherits.
+        public enum InheritedEnvironment: Sendable, Hashable {
+            /// All of them (the default).
+            case all
+            /// None: the worker sees only the `LPM_*` variables and ``Executable/environment``.
+            case none
+            /// Only these names (those the supervisor has set), e.g. `.only(["PATH", "HOME"])`.
+            case only([String])
+        }
+
         /// Path of the executable.
         public var path: String
         /// Arguments after `argv[0]`.
         public var arguments: [String]
-        /// Extra environment variables, added to the supervisor's own environment.
+        /// Extra environment variables, added to the inherited ones (replacing any of the same
+        /// name); always set, whatever ``inheritEnvironment`` says.
         public var environment: [String: String]
+        /// Which of the supervisor's own environment variables the worker inherits. Default
+        /// `.all`. The protocol's variables (`LPM_CHANNEL_FD`, `LPM_MAX_FRAME`, `LPM_PARENT_PID`,
+        /// `LPM_WORKER_SLOT`...) and ``environment`` are always set.
+        public var inheritEnvironment: InheritedEnvironment
 
-        /// The executable at `path`, run with `arguments`, with `environment` added.
-        public init(path: String, arguments: [String] = [], environment: [String: String] = [:]) {
+        /// The executable at `path`, run with `arguments`, with `environment` added to the
+        /// supervisor's environment (all of it, or what `inheritEnvironment` lets through).
+        public init(path: String, arguments: [String] = [], environment: [String: String] = [:],
+                    inheritEnvironment: InheritedEnvironment = .all) {
             self.path = path
             self.arguments = arguments
             self.environment = environment
+            self.inheritEnvironment = inheritEnvironment
         }
     }
 

@@ -76,7 +76,7 @@ public struct SupervisorError: Error, Sendable, Hashable, CustomStringConvertibl
 
     /// A system call that failed: its name and errno.
     public struct SystemCallFailure: Error, Sendable, Hashable, CustomStringConvertible {
-        /// The call, as in `posix_spawn(/path/to/worker)` or `pidfd_open`.
+        /// The call, as in `execve(/path/to/worker)` or `pidfd_open`.
         public let call: String
         /// The `errno` value (`EMFILE` is 24, say).
         public let errno: CInt

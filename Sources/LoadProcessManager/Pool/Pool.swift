@@ -208,7 +208,7 @@ final class Pool {
     func spawn(slot i: Int) throws(SupervisorError) {
         let cpu = config.cpuAffinity.isEmpty ? nil : config.cpuAffinity[i % config.cpuAffinity.count]
         let spawned: (pid: pid_t, channel: CInt)
-        do { spawned = try spawner.spawn(cpu: cpu) } catch {
+        do { spawned = try spawner.spawn(cpu: cpu, slot: i) } catch {
             throw SupervisorError(.spawnFailed, "could not start the worker \(config.executable.path): \(error)",
                                   underlying: .init(error))
         }

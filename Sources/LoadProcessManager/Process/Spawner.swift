@@ -2,30 +2,49 @@ import Glibc
 import LPMReactor
 import LPMWire
 
-/// Starts worker processes (`Sys.spawnWorker`, over `posix_spawn(3)`): the channel end as
-/// descriptor 3 (named in `LPM_CHANNEL_FD`), every other descriptor closed, an empty signal mask
-/// and default signal dispositions, in a process group of its own: a Ctrl-C at the terminal
-/// (SIGINT to the foreground group) reaches the supervisor, which decides, instead of killing
-/// every worker behind its back.
+/// Starts worker processes (`Sys.spawnWorker`: `clone(CLONE_VM | CLONE_VFORK)` then `execve`):
+/// the channel end as descriptor 3 (named in `LPM_CHANNEL_FD`), every other descriptor closed,
+/// an empty signal mask and default signal dispositions, `PR_SET_PDEATHSIG` set to `SIGKILL`
+/// (a worker in any language dies with the supervisor), in a process group of its own: a Ctrl-C
+/// at the terminal (SIGINT to the foreground group) reaches the supervisor, which decides,
+/// instead of killing every worker behind its back.
+///
+/// The pool spawns from its reactor thread, which lives as long as the pool: the death signal
+/// follows the spawning *thread*, so spawning from a short-lived thread would kill the worker
+/// when that thread ends.
 struct Spawner {
+    /// The per-worker variable set at each spawn; every other entry is built once.
+    static let slotEnvironmentKey = "LPM_WORKER_SLOT"
+
     private let path: String
     private var argv: [UnsafeMutablePointer<CChar>?]
     private var envp: [UnsafeMutablePointer<CChar>?]
 
     init(_ configuration: SupervisorConfiguration) {
-        path = configuration.executable.path
-        argv = ([configuration.executable.path] + configuration.executable.arguments).map { strdup($0) } + [nil]
+        let executable = configuration.executable
+        path = executable.path
+        argv = ([executable.path] + executable.arguments).map { strdup($0) } + [nil]
         var env: [String: String] = [:]
+        let allowed: Set<String>? = switch executable.inheritEnvironment {
+        case .all: nil
+        case .none: []
+        case .only(let names): Set(names)
+        }
         var p = Glibc.environ
-        while let entry = p.pointee {
+        while allowed != [], let entry = p.pointee {
             let s = String(cString: entry)
-            if let eq = s.firstIndex(of: "=") { env[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
+            if let eq = s.firstIndex(of: "=") {
+                let name = String(s[..<eq])
+                if allowed?.contains(name) ?? true { env[name] = String(s[s.index(after: eq)...]) }
+            }
             p += 1
         }
-        for (k, v) in configuration.executable.environment { env[k] = v }
+        for (k, v) in executable.environment { env[k] = v }
         env[Wire.channelEnvironmentKey] = "3"
         env[Wire.maxPayloadEnvironmentKey] = String(configuration.maxPayload)
         env["LPM_PARENT_PID"] = String(getpid())
+        // Set per spawn, never inherited (a supervisor that is itself a worker has one).
+        env[Spawner.slotEnvironmentKey] = nil
         if let poll = configuration.busyPoll {
             let (seconds, attoseconds) = poll.components
             env["LPM_BUSY_POLL_US"] = String(seconds * 1_000_000 + attoseconds / 1_000_000_000_000)
@@ -39,12 +58,19 @@ struct Spawner {
     }
 
     /// Spawns a worker; returns its pid and the supervisor's end of the channel (non-blocking).
-    func spawn(cpu: Int?) throws(SyscallError) -> (pid: pid_t, channel: CInt) {
+    /// - Parameters:
+    ///   - cpu: the CPU to pin the worker to, best effort; `nil`: no pinning.
+    ///   - slot: the worker's slot, set as `LPM_WORKER_SLOT`; `nil`: the variable is not set.
+    func spawn(cpu: Int?, slot: Int? = nil) throws(SyscallError) -> (pid: pid_t, channel: CInt) {
         // Non-blocking at birth (both ends; the worker's runtime wants its end non-blocking too).
         let pair = try Sys.socketpair(flags: CInt(SOCK_NONBLOCK.rawValue))
         let parentEnd = pair.first, childEnd = pair.second
         var args = argv
         var env = envp
+        // The one per-spawn entry: one small string, inserted before the terminating nil.
+        let slotEntry: UnsafeMutablePointer<CChar>? = slot.flatMap { strdup("\(Spawner.slotEnvironmentKey)=\($0)") }
+        defer { Glibc.free(slotEntry) }
+        if let slotEntry { env.insert(slotEntry, at: env.count - 1) }
         let pid: pid_t
         do {
             pid = try Sys.spawnWorker(path, argv: &args, envp: &env, channel: childEnd.rawValue)

@@ -22,6 +22,9 @@
 //   stream-out      payload "N:seed": answers with a stream of N pattern bytes
 //   stream-die      starts a response stream, then exits mid-way
 //   socket-echo     echoes one line on the request's socket, closes it, answers with its pid
+//   slot            answers with Worker.slot ("none" when unset)
+//   getenv          answers with the value of the variable the payload names ("<unset>" when unset)
+//   cloexec         answers with fcntl(3, F_GETFD) & FD_CLOEXEC
 import LPMReactor
 import LoadProcessManagerWorker
 import LPMWire
@@ -146,6 +149,12 @@ worker.onRequest { request in
         request.respond(String(getpid()))
     case "fail":
         request.fail("handler failed on purpose")
+    case "slot":
+        request.respond(worker.slot.map { String($0) } ?? "none")
+    case "getenv":
+        request.respond(getenv(String(decoding: request.data, as: UTF8.self)).map { String(cString: $0) } ?? "<unset>")
+    case "cloexec":
+        request.respond(String(fcntl(3, F_GETFD) & FD_CLOEXEC))
     default:
         request.respond(request.data)
     }
