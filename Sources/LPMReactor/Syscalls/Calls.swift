@@ -46,41 +46,6 @@ package enum Sys {
         }
     }
 
-    /// `recvmsg(2)` into `buffer`, with received descriptors made CLOEXEC
-    /// (`MSG_CMSG_CLOEXEC`) and appended to `descriptors`. Retries `EINTR`.
-    package static func recvmsg(_ fd: CInt, _ buffer: UnsafeMutableRawBufferPointer, descriptors: inout [CInt]) throws(SyscallError) -> IOResult<Int> {
-        // Room for 32 descriptors in one read.
-        var control = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0),
-                       UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0),
-                       UInt64(0), UInt64(0))
-        var iov = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
-        var msg = msghdr()
-        let result: IOResult<Int> = try withUnsafeMutablePointer(to: &iov) { (iovp) throws(SyscallError) -> IOResult<Int> in
-            try withUnsafeMutableBytes(of: &control) { (raw) throws(SyscallError) -> IOResult<Int> in
-                msg.msg_iov = iovp
-                msg.msg_iovlen = 1
-                msg.msg_control = raw.baseAddress
-                msg.msg_controllen = raw.count
-                let r = try syscall("recvmsg") { CLoop.recvmsg(fd, &msg, CInt(MSG_CMSG_CLOEXEC)) }
-                if case .processed = r, msg.msg_controllen > 0 {
-                    var c = cloop_CMSG_FIRSTHDR(&msg)
-                    while let cmsg = c {
-                        if cmsg.pointee.cmsg_level == SOL_SOCKET && cmsg.pointee.cmsg_type == CInt(SCM_RIGHTS) {
-                            let count = (Int(cmsg.pointee.cmsg_len) - Int(cloop_CMSG_LEN(0))) / MemoryLayout<CInt>.size
-                            let data = UnsafeRawPointer(cloop_CMSG_DATA(cmsg))
-                            for k in 0..<count {
-                                descriptors.append(data.loadUnaligned(fromByteOffset: k * MemoryLayout<CInt>.size, as: CInt.self))
-                            }
-                        }
-                        c = cloop_CMSG_NXTHDR(&msg, cmsg)
-                    }
-                }
-                return r
-            }
-        }
-        return result
-    }
-
     /// `fcntl(fd, F_DUPFD_CLOEXEC, 3)`: a CLOEXEC copy of a descriptor.
     package static func duplicate(_ fd: CInt) throws(SyscallError) -> FileDescriptor {
         FileDescriptor(owning: try syscallValue("fcntl") { cloop_fcntl_int(fd, F_DUPFD_CLOEXEC, 3) })

@@ -1,18 +1,17 @@
 import CLoop
-import LPMReactor
 
 /// The control-message buffer of a channel's `recvmsg(2)`: made once per decoder, so receiving
 /// allocates nothing, and large enough for a few descriptors. A conforming peer sends one
 /// descriptor per `sendmsg`, and the kernel ends a stream `recvmsg` after the first message that
 /// carries descriptors (`unix_stream_read_generic`), so one call sees at most one; more than fit
 /// here are cut off by the kernel (`MSG_CTRUNC`), which the channel treats as a violation.
-struct ControlBuffer: ~Copyable {
+package struct ControlBuffer: ~Copyable {
     /// How many descriptors one receive can take before the kernel truncates.
-    static let descriptorRoom = 8
-    let base: UnsafeMutableRawPointer
-    let count: Int
+    package static let descriptorRoom = 8
+    package let base: UnsafeMutableRawPointer
+    package let count: Int
 
-    init() {
+    package init() {
         count = cloop_CMSG_SPACE(Self.descriptorRoom * MemoryLayout<CInt>.size)
         base = .allocate(byteCount: count, alignment: 8)
     }
@@ -23,7 +22,7 @@ struct ControlBuffer: ~Copyable {
     /// SCM_RIGHTS is appended to `descriptors`. Retries `EINTR`.
     /// - Returns: the byte count (0 at end of file) and whether the kernel cut the control data
     ///   short (`MSG_CTRUNC`: descriptors were lost, closed by the kernel).
-    func receive(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer,
+    package func receive(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer,
                  descriptors: inout [CInt]) throws(SyscallError) -> IOResult<(count: Int, truncated: Bool)> {
         var iov = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
         var msg = msghdr()
