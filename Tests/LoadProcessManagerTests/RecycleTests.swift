@@ -87,3 +87,30 @@ struct RecycleTests {
         await s.hardKill()
     }
 }
+
+@Suite("Idle shrink", .serialized, .timeLimit(.minutes(2)))
+struct IdleShrinkTests {
+    @Test("idle workers are retired down to the minimum; waiting work grows the pool back to its size")
+    func shrinkAndGrowBack() async throws {
+        var c = testConfig("slow", count: 3, env: ["LPM_TEST_DELAY_MS": "100"])
+        c.idleShrink = (after: .milliseconds(100), minimum: 1)
+        c.healthInterval = .milliseconds(20)
+        c.maxConcurrentRequestsPerWorker = 1
+        let (s, log) = try await startOnline(c)
+        let retired: (SupervisorEvent) -> Bool = { if case .idleWorkerRetired = $0 { return true }; return false }
+        #expect(await log.wait(for: 2, retired))
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(await s.status().workers == 1, "down to the minimum")
+        #expect(log.count(retired) == 2, "and no further")
+        let started = log.count { if case .workerStarted = $0 { return true }; return false }
+        let answers = await withTaskGroup(of: Bool.self) { group in
+            for i in 0..<20 { group.addTask { (try? await s.enqueue("r\(i)"))?.text == "r\(i)" } }
+            var ok = 0
+            for await a in group where a { ok += 1 }
+            return ok
+        }
+        #expect(answers == 20)
+        #expect(log.count { if case .workerStarted = $0 { return true }; return false } == started + 2, "grown back to 3")
+        await s.hardKill()
+    }
+}

@@ -95,6 +95,11 @@ public struct SupervisorConfiguration: Sendable {
     public var recycleAboveRSS: Int? = nil
     /// Recycle a worker when one of its requests times out (it may be stuck). Default `false`.
     public var recycleAfterTimeout: Bool = false
+    /// Retire workers idle this long (nothing in flight, checked at each health sample), one at
+    /// a time, down to `minimum` workers; when requests then wait in the queue, the pool grows
+    /// back, one worker per wait, up to its size (``count``, or the last ``Supervisor/resize(_:)``).
+    /// `nil` (default): the pool keeps its size.
+    public var idleShrink: (after: Duration, minimum: Int)? = nil
     /// How often each worker is pinged (its runtime answers on its reactor thread). `nil`: never.
     /// Default 5 s.
     public var pingInterval: Duration? = .seconds(5)

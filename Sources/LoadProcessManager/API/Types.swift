@@ -88,6 +88,8 @@ public enum SupervisorEvent: Sendable {
     case workerExited(slot: Int, pid: pid_t, status: WorkerExitStatus, expected: Bool)
     /// A replacement was spawned for a worker that ended.
     case workerRestarted(slot: Int, pid: pid_t)
+    /// An idle worker was retired (``SupervisorConfiguration/idleShrink``): it drains and exits.
+    case idleWorkerRetired(slot: Int, pid: pid_t)
     /// A worker is being recycled: `newPID` started in its slot, `oldPID` drains and exits.
     /// `reason` says why (its request count, its RSS, a timeout, ``Supervisor/restart(pid:)``, a reload).
     case workerRecycled(slot: Int, oldPID: pid_t, newPID: pid_t, reason: String)

@@ -14,6 +14,7 @@ extension Pool {
             w.sampleRSS()
             w.channel.send(.healthRequest, id: healthSequence)
         }
+        if config.idleShrink != nil { retireIdleWorker() }
         if let limit = config.recycleAboveRSS {
             for i in slots.indices where slots[i].membership == .active {
                 guard let w = slots[i].process, w.rss > limit else { continue }

@@ -61,7 +61,10 @@ extension Pool {
     func pump() {
         while let next = table.firstQueued {
             guard let slot = pickWorker(forSocket: table.carriesSocket(next)), let w = slots[slot].process,
-                  let index = table.dispatchFirst(to: slot) else { break }
+                  let index = table.dispatchFirst(to: slot) else {
+                if idleRetired > 0 { growBackForLoad() }
+                break
+            }
             send(index, to: w)
         }
         if phase == .softKilling { advanceSoftKill() }

@@ -69,6 +69,8 @@ final class Pool {
     /// Replies awaited from workers, by event id.
     var pendingReplies: [UInt64: (pid: pid_t, handler: ReplyHandler)] = [:]
     var nextEventID: UInt64 = 0
+    /// Workers retired for idleness that the pool may grow back when work waits.
+    var idleRetired = 0
     /// A rolling reload in progress: the slots still to replace, and who waits for the end.
     var reload: (remaining: [Int], waiting: Int?, completions: [@Sendable (SupervisorError?) -> Void])?
     /// Response streams the pool still reads for their callers (a soft kill waits for them).

@@ -19,6 +19,8 @@ final class WorkerProcess {
     @exclusivity(unchecked) var rss = 0
     var heapTotal = 0
     var heapUsed = 0
+    /// Since when it has had nothing in flight, as of the last health sample (`nil`: busy).
+    var idleSince: Int64?
     /// Recycle it once it has answered this many requests (`nil`: never).
     var recycleAfter: Int?
     /// The ping awaiting its pong (0: none), and when it was sent (monotonic nanoseconds).
