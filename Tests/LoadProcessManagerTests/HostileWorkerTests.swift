@@ -6,7 +6,7 @@ import Testing
 
 @Suite("Hostile workers", .serialized, .timeLimit(.minutes(2)))
 struct HostileWorkerTests {
-    @Test("a worker that floods pings and never reads, or floods descriptors, is killed; the supervisor's memory and descriptors stay flat",
+    @Test("a worker that floods pings and never reads, or floods descriptors, is killed while the other keeps serving; the supervisor's memory and descriptors stay flat",
           arguments: ["flood-pings", "fd-flood"])
     func floods(_ mode: String) async {
         await #expect(processExitsWith: .success) { [mode] in
@@ -14,12 +14,30 @@ struct HostileWorkerTests {
             try await Task.sleep(for: .milliseconds(1))
             let fds = openFDCount()
             let rss = residentBytes()
-            var c = testConfig(mode, count: 1)
+            // Slot 0 turns hostile on its first request; slot 1 echoes and must keep serving.
+            var c = testConfig(mode, count: 2, env: ["LPM_TEST_ONLY_SLOT": "0"])
             c.afterBudgetSpent = .stop
             c.restarts = 0  // the hostile worker is not replaced
             let (s, log) = try await startOnline(c)
-            s.enqueue([1]) { _ in }  // sets it off
-            #expect(await log.wait(isViolation), "the worker was stopped")
+            let health = await s.health()
+            let hostile = try #require(health.first { $0.slot == 0 }?.pid)
+            // Two at once: dispatch by load gives one to each worker, which sets slot 0 off.
+            async let first = outcome(s, "first")
+            async let second = outcome(s, "second")
+            _ = await (first, second)
+            var ids: [Int] = []
+            for i in 0..<200 {
+                // Until the hostile worker is stopped, requests to the other one keep completing.
+                let r = await outcome(s, "r\(i)")
+                if case .success(let w) = r {
+                    #expect(w.text == "r\(i)")
+                    if w.workerPID != hostile { ids.append(i) }
+                } else {
+                    #expect(r.error?.workerPID == hostile, "only requests on the hostile worker may fail: \(r)")
+                }
+            }
+            #expect(ids.count >= 100, "the other worker kept serving: \(ids.count) answers")
+            #expect(await log.wait(isViolation), "the hostile worker was stopped")
             let reasons = log.all.compactMap { e -> String? in if case .protocolViolation(_, _, let r) = e { return r }; return nil }
             #expect(!reasons.isEmpty, "\(reasons)")
             await s.hardKill()

@@ -31,7 +31,10 @@ import LPMWire
 import LPMTestSupport
 import Glibc
 
-let mode = getenv("LPM_TEST_MODE").map { String(cString: $0) } ?? "echo"
+// With LPM_TEST_ONLY_SLOT, only the worker in that slot takes LPM_TEST_MODE; the others echo.
+let onlySlot = getenv("LPM_TEST_ONLY_SLOT").map { String(cString: $0) }
+let mySlot = getenv("LPM_WORKER_SLOT").map { String(cString: $0) }
+let mode = onlySlot == nil || onlySlot == mySlot ? getenv("LPM_TEST_MODE").map { String(cString: $0) } ?? "echo" : "echo"
 let delay = getenv("LPM_TEST_DELAY_MS").flatMap { Int(String(cString: $0)) } ?? 100
 if mode == "crash-on-start" { exit(3) }
 
