@@ -19,6 +19,8 @@ let package = Package(
         .executable(name: "lpm-prefork-worker", targets: ["lpm-prefork-worker"]),
     ],
     dependencies: [
+        // Structured logging for the supervisor (small; builds in seconds).
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         // Tests only: the surface test imports it beside our modules (small; builds in seconds).
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     ],
@@ -36,7 +38,11 @@ let package = Package(
         // Framing and message codec shared by the supervisor and the worker runtime.
         .target(name: "LPMWire", dependencies: ["LPMReactor", "CLoop"], swiftSettings: strict),
         // The parent side: Supervisor.
-        .target(name: "LoadProcessManager", dependencies: ["LPMReactor", "LPMWire"], swiftSettings: strict),
+        .target(
+            name: "LoadProcessManager",
+            dependencies: ["LPMReactor", "LPMWire", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
         // The child side: the Worker runtime (no Foundation, starts fast).
         .target(name: "LoadProcessManagerWorker", dependencies: ["LPMReactor", "LPMWire"], swiftSettings: strict),
         // Codable (JSON) conveniences for both sides; the only module that imports Foundation.
@@ -66,7 +72,8 @@ let package = Package(
         ),
         .testTarget(
             name: "LoadProcessManagerTests",
-            dependencies: ["LoadProcessManager", "LoadProcessManagerWorker", "LoadProcessManagerCodable", "LPMWire", "CLoop", "LPMTestSupport", "lpm-test-worker", "lpm-demo-worker", "lpm-readme-example"],
+            dependencies: ["LoadProcessManager", "LoadProcessManagerWorker", "LoadProcessManagerCodable", "LPMWire", "CLoop", "LPMTestSupport", "lpm-test-worker", "lpm-demo-worker", "lpm-readme-example",
+                           .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
     ]

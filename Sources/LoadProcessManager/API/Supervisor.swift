@@ -99,9 +99,31 @@ public final class Supervisor: Sendable {
         if let error { throw error }
     }
 
-    /// Sets the handler for pool events (online, exits, restarts...). Runs on the reactor thread.
+    /// Adds a handler for pool events (online, exits, restarts...). Any number may be added;
+    /// each runs, in the order added, on the reactor thread, and must not block it.
     public func onEvent(_ handler: @escaping @Sendable (SupervisorEvent) -> Void) {
-        onLoop { $0.eventHandler = handler }
+        onLoop { $0.eventHandlers.append(handler) }
+    }
+
+    /// The pool's events as an `AsyncSequence`, from now on. Any number of subscribers, each
+    /// with its own buffer (by default, unbounded: a subscriber that does not keep up holds
+    /// events in memory; pass `.bufferingNewest(n)` to keep only the latest). The sequence ends
+    /// when the pool has stopped; stopping iterating (or dropping it) unsubscribes.
+    public func events(bufferingPolicy: AsyncStream<SupervisorEvent>.Continuation.BufferingPolicy = .unbounded)
+        -> AsyncStream<SupervisorEvent> {
+        let (stream, continuation) = AsyncStream<SupervisorEvent>.makeStream(bufferingPolicy: bufferingPolicy)
+        let box = self.box
+        let subscribed = onLoop { pool in
+            guard !pool.isStopped else { return continuation.finish() }
+            pool.nextSubscriber &+= 1
+            let key = pool.nextSubscriber
+            pool.eventSubscribers[key] = continuation
+            continuation.onTermination = { _ in
+                box.reactor.execute { _ in box.pool?.eventSubscribers[key] = nil }
+            }
+        }
+        if !subscribed { continuation.finish() }
+        return stream
     }
 
     /// Sets the handler for custom events named `name` emitted by workers.

@@ -26,6 +26,8 @@ enum Delivery {
     case reply(Pool.ReplyHandler, Result<[UInt8], SupervisorError>)
     /// Anything else (kill and start completions).
     case call(@Sendable () -> Void)
+    /// The pool stopped: the event sequences end, after the events queued before this.
+    case endEventStreams
 }
 
 /// The calls into user code the pool owes, in the order they arose.

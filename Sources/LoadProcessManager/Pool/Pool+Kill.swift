@@ -36,6 +36,7 @@ extension Pool {
         case .running:
             killCompletions.append(done)
             phase = .softKilling
+            logKill("soft kill: draining", ["deadline": "\(config.softKillTimeout.map { "\($0)" } ?? "none")"])
             if let t = config.softKillTimeout {
                 do {
                     softKillTimer = try reactor.schedule(after: t) { [unowned self] in
@@ -80,6 +81,7 @@ extension Pool {
         case .idle, .running, .softKilling:
             phase = .hardKilling
         }
+        logKill("hard kill: killing every worker")
         if let t = softKillTimer { reactor.cancel(t); softKillTimer = nil }
         for s in slots {
             guard let w = s.process else { continue }
@@ -124,6 +126,7 @@ extension Pool {
         failReload()
         if phase != .stopped {
             phase = .stopped
+            logKill("pool stopped")
             if let t = healthTimer { reactor.cancel(t); healthTimer = nil }
             if let t = pingTimer { reactor.cancel(t); pingTimer = nil }
             for i in slots.indices { cancelComeback(slot: i) }
@@ -135,6 +138,8 @@ extension Pool {
             signalWatches = []
             onStopped?()
         }
+        // Event subscribers get the events still in the outbox, then their sequences end.
+        outbox.push(.endEventStreams)
         for done in killCompletions { outbox.push(.call(done)) }
         killCompletions = []
         if let status = config.exitStatusAfterKill { outbox.push(.call { exit(status) }) }

@@ -78,7 +78,11 @@ final class Pool {
     /// Called once the pool has stopped (the supervisor's own reactor thread then ends).
     var onStopped: (() -> Void)?
 
-    var eventHandler: (@Sendable (SupervisorEvent) -> Void)?
+    /// Event handlers (``Supervisor/onEvent(_:)``), in the order added, and the subscribers of
+    /// ``Supervisor/events(bufferingPolicy:)``, by subscription.
+    var eventHandlers: [@Sendable (SupervisorEvent) -> Void] = []
+    var eventSubscribers: [UInt64: AsyncStream<SupervisorEvent>.Continuation] = [:]
+    var nextSubscriber: UInt64 = 0
     var workerEventHandlers: [String: @Sendable (WorkerEvent) -> Void] = [:]
     var anyWorkerEventHandler: (@Sendable (WorkerEvent) -> Void)?
     var signalHandlers: [CInt: @Sendable (CInt) -> Void] = [:]
@@ -98,7 +102,10 @@ final class Pool {
 
     // MARK: Calls into user code
 
-    func emit(_ e: SupervisorEvent) { outbox.push(.event(e)) }
+    func emit(_ e: SupervisorEvent) {
+        log(e)
+        outbox.push(.event(e))
+    }
 
     func answer(_ completion: Completion, _ result: Result<WorkerResponse, SupervisorError>) {
         outbox.push(.answer(completion, result))
@@ -121,10 +128,16 @@ final class Pool {
         while let d = outbox.next() {
             switch d {
             case .answer(let completion, let result): completion(result)
-            case .event(let e): eventHandler?(e)
+            case .event(let e):
+                for handler in eventHandlers { handler(e) }
+                for subscriber in eventSubscribers.values { subscriber.yield(e) }
             case .workerEvent(let e): (workerEventHandlers[e.name] ?? anyWorkerEventHandler)?(e)
             case .reply(let handler, let result): handler(result)
             case .call(let body): body()
+            case .endEventStreams:
+                let subscribers = eventSubscribers.values
+                eventSubscribers = [:]
+                for s in subscribers { s.finish() }
             }
         }
     }
