@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "LoadProcessManager", targets: ["LoadProcessManager"]),
         .library(name: "LoadProcessManagerWorker", targets: ["LoadProcessManagerWorker"]),
         .library(name: "LoadProcessManagerCodable", targets: ["LoadProcessManagerCodable"]),
+        .library(name: "LoadProcessManagerServiceLifecycle", targets: ["LoadProcessManagerServiceLifecycle"]),
         .executable(name: "lpm-demo", targets: ["lpm-demo"]),
         .executable(name: "lpm-demo-worker", targets: ["lpm-demo-worker"]),
         .executable(name: "lpm-prefork-server", targets: ["lpm-prefork-server"]),
@@ -21,6 +22,8 @@ let package = Package(
     dependencies: [
         // Structured logging for the supervisor (small; builds in seconds).
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // The Service adapter's own product only.
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         // Tests only: the surface test imports it beside our modules (small; builds in seconds).
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     ],
@@ -48,6 +51,13 @@ let package = Package(
         // Codable (JSON) conveniences for both sides; the only module that imports Foundation.
         .target(name: "LoadProcessManagerCodable", dependencies: ["LoadProcessManager", "LoadProcessManagerWorker"], swiftSettings: strict),
 
+        // A pool as a swift-service-lifecycle Service (its own product: the core does not pay for it).
+        .target(
+            name: "LoadProcessManagerServiceLifecycle",
+            dependencies: ["LoadProcessManager", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+            swiftSettings: strict
+        ),
+
         .executableTarget(name: "lpm-demo", dependencies: ["LoadProcessManager"], path: "Examples/Demo", swiftSettings: strict),
         .executableTarget(name: "lpm-demo-worker", dependencies: ["LoadProcessManagerWorker"], path: "Examples/DemoWorker", swiftSettings: strict),
         .executableTarget(name: "lpm-prefork-server", dependencies: ["LoadProcessManager", "CLoop"], path: "Examples/PreforkServer", swiftSettings: strict),
@@ -73,7 +83,8 @@ let package = Package(
         .testTarget(
             name: "LoadProcessManagerTests",
             dependencies: ["LoadProcessManager", "LoadProcessManagerWorker", "LoadProcessManagerCodable", "LPMWire", "CLoop", "LPMTestSupport", "lpm-test-worker", "lpm-demo-worker", "lpm-readme-example",
-                           .product(name: "Logging", package: "swift-log")],
+                           .product(name: "Logging", package: "swift-log"), "LoadProcessManagerServiceLifecycle",
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
             swiftSettings: strict
         ),
     ]
