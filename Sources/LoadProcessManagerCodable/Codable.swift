@@ -1,7 +1,11 @@
-// Codable conveniences over the byte payloads, for both sides. This module imports Foundation
-// (JSONEncoder/JSONDecoder); the core modules do not, so a worker that does not need JSON
-// starts without loading it.
+// Codable conveniences over the byte payloads, for both sides. JSONEncoder/JSONDecoder come from
+// FoundationEssentials where the toolchain has it (a worker then starts without loading all of
+// Foundation), else from Foundation; the core modules import neither.
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 @_exported import LoadProcessManager
 @_exported import LoadProcessManagerWorker
 
