@@ -87,7 +87,12 @@ def parse_event_payload(payload):
 class Worker:
     def __init__(self, fd, max_payload, delay):
         os.set_inheritable(fd, False)  # FD_CLOEXEC: nothing this worker runs inherits the channel
-        self.channel = socket.socket(fileno=fd)  # blocking: we wait in select(), then read
+        self.channel = socket.socket(fileno=fd)
+        # The channel arrives O_NONBLOCK. This worker waits in select() and then reads, and
+        # writes with sendall(), so it makes its end blocking (the supervisor's end is its own
+        # open file description and stays non-blocking). Left non-blocking, a large answer
+        # would fail with EAGAIN once the socket buffer is full.
+        self.channel.setblocking(True)
         self.max_payload = max_payload
         self.delay = delay
         self.incoming = bytearray()  # bytes of frames not yet complete

@@ -59,9 +59,9 @@ struct PythonWorkerTests {
             #expect(r.text == "request \(i) " + String(repeating: "x", count: i))
         }
         #expect(Set(results.map { $0.1.workerPID }).count == 2, "both workers answered")
-        // An empty request, and one larger than a single recvmsg of the worker's.
+        // An empty request, and one larger than the socket buffers (many recvmsg calls, a blocking send).
         #expect(try await s.enqueue([]).data.isEmpty)
-        let big = (0..<200_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        let big = (0..<4_000_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
         #expect(try await s.enqueue(big).data == big)
         await s.softKill()
     }
