@@ -172,7 +172,7 @@ public final class Worker {
                 return violation("request frame shorter than its \(RequestHead.size)-byte head")
             }
             let request = Request(worker: self, wireID: h.id, id: head.id, createdAt: head.createdAt, data: Array(body))
-            if h.flags.contains(.descriptor) {
+            if h.flags.announcesDescriptor {
                 guard let fd = channel.takeDescriptor() else { return violation("a request announced a descriptor that did not arrive") }
                 if h.flags.contains(.stream) {
                     request.stream = InputStream(reader: StreamReader(fd: fd, reactor: reactor))
@@ -185,7 +185,7 @@ public final class Worker {
         case .event, .broadcast:
             guard let (name, data) = EventPayload.decode(payload) else { return violation("malformed event frame") }
             var socket: CInt?
-            if h.flags.contains(.descriptor) {
+            if h.flags.announcesDescriptor {
                 guard let fd = channel.takeDescriptor() else { return violation("an event announced a descriptor that did not arrive") }
                 socket = fd
             }
