@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import Testing
 
 /// The `lpm` command line, run as a process against the test worker.
@@ -19,14 +20,19 @@ struct CLITests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let (inURL, outURL, errURL) = (dir.appendingPathComponent("in"), dir.appendingPathComponent("out"), dir.appendingPathComponent("err"))
         try Data(input.utf8).write(to: inURL)
-        _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
-        _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
+        // Close-on-exec: other tests spawn processes (exit tests count their descriptors), which
+        // must not inherit these; Process still installs them as lpm's 0, 1 and 2.
+        func open(_ url: URL, _ flags: Int32) -> FileHandle {
+            FileHandle(fileDescriptor: Glibc.open(url.path, flags | O_CLOEXEC, 0o600), closeOnDealloc: true)
+        }
+        let handles = [open(inURL, O_RDONLY), open(outURL, O_WRONLY | O_CREAT | O_TRUNC), open(errURL, O_WRONLY | O_CREAT | O_TRUNC)]
+        defer { for h in handles { try? h.close() } }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: sibling("lpm"))
         process.arguments = arguments
-        process.standardInput = try FileHandle(forReadingFrom: inURL)
-        process.standardOutput = try FileHandle(forWritingTo: outURL)
-        process.standardError = try FileHandle(forWritingTo: errURL)
+        process.standardInput = handles[0]
+        process.standardOutput = handles[1]
+        process.standardError = handles[2]
         let exited = AsyncStream<Void>.makeStream()
         process.terminationHandler = { _ in exited.continuation.yield(); exited.continuation.finish() }
         try process.run()
