@@ -18,6 +18,7 @@ let package = Package(
         .executable(name: "lpm-demo-worker", targets: ["lpm-demo-worker"]),
         .executable(name: "lpm-prefork-server", targets: ["lpm-prefork-server"]),
         .executable(name: "lpm-prefork-worker", targets: ["lpm-prefork-worker"]),
+        .executable(name: "lpm", targets: ["lpm"]),
     ],
     dependencies: [
         // Structured logging for the supervisor (small; builds in seconds).
@@ -26,6 +27,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         // Tests only: the surface test imports it beside our modules (small; builds in seconds).
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        // The `lpm` command line only (the library never depends on it).
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
         // Kernel interfaces: a header-only module map over epoll, liburing, signalfd, timerfd,
@@ -62,6 +65,12 @@ let package = Package(
         .executableTarget(name: "lpm-demo-worker", dependencies: ["LoadProcessManagerWorker"], path: "Examples/DemoWorker", swiftSettings: strict),
         .executableTarget(name: "lpm-prefork-server", dependencies: ["LoadProcessManager", "CLoop"], path: "Examples/PreforkServer", swiftSettings: strict),
         .executableTarget(name: "lpm-prefork-worker", dependencies: ["LoadProcessManagerWorker"], path: "Examples/PreforkWorker", swiftSettings: strict),
+        // The command line: `lpm run -- ./worker` feeds stdin's lines to a pool, answers on stdout.
+        .executableTarget(
+            name: "lpm",
+            dependencies: ["LoadProcessManager", "LPMReactor", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict
+        ),
         .executableTarget(name: "reactor-example", dependencies: ["LPMReactor"], path: "Examples/ReactorExample", swiftSettings: strict),
         // The README's supervisor snippet as top-level code; run by the tests.
         .executableTarget(name: "lpm-readme-example", dependencies: ["LoadProcessManager"], path: "Examples/ReadmeSnippet", swiftSettings: strict),
@@ -82,7 +91,7 @@ let package = Package(
         ),
         .testTarget(
             name: "LoadProcessManagerTests",
-            dependencies: ["LoadProcessManager", "LoadProcessManagerWorker", "LoadProcessManagerCodable", "LPMWire", "CLoop", "LPMTestSupport", "lpm-test-worker", "lpm-demo-worker", "lpm-readme-example",
+            dependencies: ["LoadProcessManager", "LoadProcessManagerWorker", "LoadProcessManagerCodable", "LPMWire", "CLoop", "LPMTestSupport", "lpm-test-worker", "lpm-demo-worker", "lpm-readme-example", "lpm",
                            .product(name: "Logging", package: "swift-log"), "LoadProcessManagerServiceLifecycle",
                            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
             swiftSettings: strict
