@@ -60,86 +60,74 @@ struct CoreBehaviourTests {
     @Test("after the restart budget is spent, resize to the original count brings the pool back")
     func resizeAfterBudget() async throws {
         await #expect(processExitsWith: .success) {
-            await settleChildProcess()
-            try await Task.sleep(for: .milliseconds(1))  // the concurrency runtime's timerfd, first
-            let fds = openFDCount()
-            var c = testConfig("exit-on-request", count: 2)
-            c.restarts = 1
-            c.afterBudgetSpent = .stop
-            let (s, log) = try await startOnline(c)
-            // Each request kills its worker: 1 restart is allowed, then both slots go down.
-            for _ in 0..<3 { _ = try? await s.enqueue("die") }
-            #expect(await log.wait(isExhausted))
-            #expect(await log.wait { if case .noWorkersLeft = $0 { return true }; return false })
-            var status = await s.status()
-            #expect(status.workers == 0, "down slots are not part of the pool")
-            let startedBefore = log.count { if case .workerStarted = $0 { return true }; return false }
-            try await s.resize(2)
-            status = await s.status()
-            #expect(status.workers == 2)
-            let started = log.count { if case .workerStarted = $0 { return true }; return false }
-            #expect(started == startedBefore + 2, "two workers spawned by the resize")
-            #expect(await log.wait(for: 2, isOnline), "online again")
-            await s.hardKill()
-            #expect(hasNoChildren())
-            try await Task.sleep(for: .milliseconds(50))  // the reactor thread closes its descriptors as it ends
-            #expect(openFDCount() == fds, "\(fdList())")
+            try await leavesNothingBehind {
+                var c = testConfig("exit-on-request", count: 2)
+                c.restarts = 1
+                c.afterBudgetSpent = .stop
+                let (s, log) = try await startOnline(c)
+                // Each request kills its worker: 1 restart is allowed, then both slots go down.
+                for _ in 0..<3 { _ = try? await s.enqueue("die") }
+                #expect(await log.wait(isExhausted))
+                #expect(await log.wait { if case .noWorkersLeft = $0 { return true }; return false })
+                var status = await s.status()
+                #expect(status.workers == 0, "down slots are not part of the pool")
+                let startedBefore = log.count { if case .workerStarted = $0 { return true }; return false }
+                try await s.resize(2)
+                status = await s.status()
+                #expect(status.workers == 2)
+                let started = log.count { if case .workerStarted = $0 { return true }; return false }
+                #expect(started == startedBefore + 2, "two workers spawned by the resize")
+                #expect(await log.wait(for: 2, isOnline), "online again")
+                await s.hardKill()
+            }
         }
     }
 
     @Test("spawn failures keep their errno, are reported one by one, and a grow that adds nothing fails")
     func spawnErrors() async throws {
         await #expect(processExitsWith: .success) {
-            await settleChildProcess()
-            try await Task.sleep(for: .milliseconds(1))  // the concurrency runtime's timerfd, first
-            let fds = openFDCount()
-            var c = SupervisorConfiguration(workerPath: "/nonexistent/worker", count: 2)
-            c.shutdownSignals = []
-            let s = try Supervisor(c)
-            let log = EventLog(s)
-            do { try await s.start(); Issue.record("started") } catch let error as SupervisorError {
-                #expect(error.code == .spawnFailed)
-                #expect(error.underlying?.errno == ENOENT, "\(error)")
+            try await leavesNothingBehind {
+                var c = SupervisorConfiguration(workerPath: "/nonexistent/worker", count: 2)
+                c.shutdownSignals = []
+                let s = try Supervisor(c)
+                let log = EventLog(s)
+                do { try await s.start(); Issue.record("started") } catch let error as SupervisorError {
+                    #expect(error.code == .spawnFailed)
+                    #expect(error.underlying?.errno == ENOENT, "\(error)")
+                }
+                let failed: (SupervisorEvent) -> Bool = { if case .workerSpawnFailed = $0 { return true }; return false }
+                #expect(await log.wait(for: 2, failed), "one event per slot")
+                do { try await s.resize(3); Issue.record("grew") } catch let error as SupervisorError {
+                    #expect(error.code == .spawnFailed)
+                }
+                #expect(await log.wait(for: 5, failed), "three more")
+                await s.hardKill()
             }
-            let failed: (SupervisorEvent) -> Bool = { if case .workerSpawnFailed = $0 { return true }; return false }
-            #expect(await log.wait(for: 2, failed), "one event per slot")
-            do { try await s.resize(3); Issue.record("grew") } catch let error as SupervisorError {
-                #expect(error.code == .spawnFailed)
-            }
-            #expect(await log.wait(for: 5, failed), "three more")
-            await s.hardKill()
-            #expect(hasNoChildren())
-            try await Task.sleep(for: .milliseconds(50))  // the reactor thread closes its descriptors as it ends
-            #expect(openFDCount() == fds, "\(fdList())")
         }
     }
 
     @Test("a handler may re-enter the API: hard kill from a completion, resize from an event")
     func reentrantHandlers() async throws {
         await #expect(processExitsWith: .success) {
-            await settleChildProcess()
-            try await Task.sleep(for: .milliseconds(1))  // the concurrency runtime's timerfd, first
-            let fds = openFDCount()
-            let (s, _) = try await startOnline(testConfig(count: 2))
-            let answers = Mutex<[SupervisorError.Code?]>([])
-            let exits = Atomic<Int>(0)
-            s.onEvent { e in  // replaces the log's handler
-                guard case .workerExited = e else { return }
-                exits.add(1, ordering: .relaxed)
-                s.resize(2, completion: { _ in })  // refused (shut down): no harm
-            }
-            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                s.enqueue(Array("a".utf8)) { r in
-                    answers.withLock { $0.append(r.error?.code) }
-                    s.hardKill(completion: { c.resume() })
-                    s.enqueue([2]) { r in answers.withLock { $0.append(r.error?.code) } }
+            try await leavesNothingBehind {
+                let (s, _) = try await startOnline(testConfig(count: 2))
+                let answers = Mutex<[SupervisorError.Code?]>([])
+                let exits = Atomic<Int>(0)
+                s.onEvent { e in  // replaces the log's handler
+                    guard case .workerExited = e else { return }
+                    exits.add(1, ordering: .relaxed)
+                    s.resize(2, completion: { _ in })  // refused (shut down): no harm
                 }
+                await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                    s.enqueue(Array("a".utf8)) { r in
+                        answers.withLock { $0.append(r.error?.code) }
+                        s.hardKill(completion: { c.resume() })
+                        s.enqueue([2]) { r in answers.withLock { $0.append(r.error?.code) } }
+                    }
+                }
+                #expect(answers.withLock { $0 } == [nil, .shutDown])
+                #expect(exits.load(ordering: .relaxed) == 2)
             }
-            #expect(answers.withLock { $0 } == [nil, .shutDown])
-            #expect(exits.load(ordering: .relaxed) == 2)
-            #expect(hasNoChildren())
-            try await Task.sleep(for: .milliseconds(50))  // the reactor thread closes its descriptors as it ends
-            #expect(openFDCount() == fds, "\(fdList())")
         }
     }
 }
@@ -149,23 +137,19 @@ struct LivenessTests {
     @Test("a worker that blocks its thread is unresponsive: killed and replaced, its request fails with workerUnresponsive")
     func hungWorker() async throws {
         await #expect(processExitsWith: .success) {
-            await settleChildProcess()
-            try await Task.sleep(for: .milliseconds(1))
-            let fds = openFDCount()
-            // The worker blocks its thread on its first request: no answer, no pong.
-            var c = testConfig("hang", count: 1)
-            c.pingInterval = .milliseconds(20)
-            c.unresponsiveTimeout = .milliseconds(300)
-            c.retries = 0
-            let (s, log) = try await startOnline(c)
-            let r = await outcome(s, "stuck")
-            #expect(r.error?.code == .workerUnresponsive, "\(r)")
-            #expect(await log.wait { if case .workerUnresponsive = $0 { return true }; return false })
-            #expect(await log.wait(isRestart), "replaced")
-            await s.hardKill()
-            #expect(hasNoChildren())
-            try await Task.sleep(for: .milliseconds(50))
-            #expect(openFDCount() == fds, "\(fdList())")
+            try await leavesNothingBehind {
+                // The worker blocks its thread on its first request: no answer, no pong.
+                var c = testConfig("hang", count: 1)
+                c.pingInterval = .milliseconds(20)
+                c.unresponsiveTimeout = .milliseconds(300)
+                c.retries = 0
+                let (s, log) = try await startOnline(c)
+                let r = await outcome(s, "stuck")
+                #expect(r.error?.code == .workerUnresponsive, "\(r)")
+                #expect(await log.wait { if case .workerUnresponsive = $0 { return true }; return false })
+                #expect(await log.wait(isRestart), "replaced")
+                await s.hardKill()
+            }
         }
     }
 

@@ -69,3 +69,16 @@ func startOnline(_ config: SupervisorConfiguration) async throws -> (Supervisor,
 extension Result {
     var error: Failure? { if case .failure(let e) = self { return e }; return nil }
 }
+
+/// Runs `body`, then checks that this process has no child left and its descriptors came back.
+/// For exit tests (`#expect(processExitsWith:)`), where the process and its counts are the
+/// test's own.
+func leavesNothingBehind(_ body: () async throws -> Void) async throws {
+    await settleChildProcess()
+    try await Task.sleep(for: .milliseconds(1))  // the concurrency runtime's timerfd, first
+    let fds = openFDCount()
+    try await body()
+    #expect(hasNoChildren())
+    try await Task.sleep(for: .milliseconds(50))  // the reactor thread closes its descriptors as it ends
+    #expect(openFDCount() == fds, "\(fdList())")
+}
