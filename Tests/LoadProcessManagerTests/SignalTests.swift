@@ -11,10 +11,7 @@ struct SupervisorSignalTests {
         await #expect(processExitsWith: .success) { [signal] in
             var c = SupervisorConfiguration(executable: .init(path: sibling("lpm-test-worker"), environment: ["LPM_TEST_MODE": "slow"]))
             c.count = 2
-            let s = try Supervisor(c)
-            let log = EventLog(s)
-            try await s.start()
-            #expect(await log.wait(isOnline))
+            let (s, log) = try await startOnline(c)
             async let answer = s.enqueue("in flight during the signal")
             try await Task.sleep(for: .milliseconds(20))
             kill(getpid(), signal)
@@ -37,10 +34,7 @@ struct SupervisorSignalTests {
             var c = SupervisorConfiguration(executable: .init(path: sibling("lpm-test-worker"), environment: ["LPM_TEST_MODE": "never"]))
             c.count = 1
             c.softKillTimeout = nil  // only the second signal can end the drain
-            let s = try Supervisor(c)
-            let log = EventLog(s)
-            try await s.start()
-            #expect(await log.wait(isOnline))
+            let (s, log) = try await startOnline(c)
             async let answer = outcome(s, "never answered")
             try await Task.sleep(for: .milliseconds(20))
             kill(getpid(), SIGTERM)
@@ -62,10 +56,7 @@ struct SupervisorSignalTests {
             c.count = 1
             c.shutdownSignals = []
             c.softKillTimeout = .milliseconds(200)
-            let s = try Supervisor(c)
-            let log = EventLog(s)
-            try await s.start()
-            #expect(await log.wait(isOnline))
+            let (s, _) = try await startOnline(c)
             async let answer = outcome(s, "never answered")
             try await Task.sleep(for: .milliseconds(20))
             await s.softKill()
@@ -99,12 +90,10 @@ struct SupervisorSignalTests {
         await #expect(processExitsWith: .signal(SIGTERM)) {
             var c = SupervisorConfiguration(executable: .init(path: sibling("lpm-test-worker")))
             c.shutdownSignals = []
-            let s = try Supervisor(c)
-            let log = EventLog(s)
-            try await s.start()
-            #expect(await log.wait(isOnline))
+            let (s, _) = try await startOnline(c)
             kill(getpid(), SIGTERM)
             try await Task.sleep(for: .seconds(10))
+            withExtendedLifetime(s) {}  // the pool runs while the signal arrives
             exit(2)
         }
     }
