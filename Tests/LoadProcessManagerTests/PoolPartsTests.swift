@@ -92,9 +92,9 @@ struct RequestTableTests {
             _ = t.dispatchFirst(to: 0)
             wires.append(t.wireID(i))
         }
-        #expect(t.entries.count == n)
+        #expect(t.entryCount == n)
         for w in wires { _ = t.finish(UInt32(truncatingIfNeeded: w)) }
-        #expect(t.pendingCount == 0 && t.entries.isEmpty, "given back")
+        #expect(t.pendingCount == 0 && t.entryCount == 0, "given back")
         #expect(wires.allSatisfy { t.lookup(wireID: $0, from: 0) == .late })
         let fresh = t.admit(admission(), completion: -1)
         _ = t.dispatchFirst(to: 0)

@@ -19,7 +19,7 @@ extension Pool {
             return (.max, .zero)
         }
         let id = RequestID.random(using: &ids)
-        let index = table.admit(.init(payload: payload, id: id, createdAt: UInt64(Sys.monotonicNanoseconds()),
+        let index = table.admit(.init(payload: payload, id: id, createdAt: UInt64(reactor.iterationNanoseconds),
                                       maxAttempts: 1 + max(0, options.retries ?? config.retries),
                                       timeout: options.timeout ?? config.requestTimeout, descriptor: descriptor,
                                       isStream: isStream),

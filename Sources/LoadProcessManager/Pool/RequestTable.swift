@@ -14,7 +14,7 @@ import LPMWire
 /// Wire ids are `generation << 32 | index`: the generation changes whenever the request is
 /// finished or sent again, so a late answer to an earlier attempt (or to an earlier request in
 /// the same entry) is recognised and dropped.
-struct RequestTable<Completion> {
+struct RequestTable<Completion>: ~Copyable {
     /// One request's record. Compact (about 100 bytes): a million queued requests cost their
     /// payloads plus about 110 MB, table and queue together.
     struct Entry {
@@ -94,7 +94,8 @@ struct RequestTable<Completion> {
         case elsewhere
     }
 
-    private(set) var entries: [Entry] = []
+    /// The entries, in segments that never move (see ``Segments``).
+    private var entries = Segments()
     private var free: [UInt32] = []
     /// The most entries the table has had: an answer naming an entry at or above the current
     /// count, but below this, is late (its request finished before the table shrank).
@@ -129,10 +130,14 @@ struct RequestTable<Completion> {
         return UInt32(i)
     }
 
-    /// Borrows an entry (`_read`: reading one field copies nothing else, retains nothing).
+    /// Borrows an entry (reading one field copies nothing else, retains nothing).
     subscript(index: UInt32) -> Entry {
-        _read { yield entries[Int(index)] }
+        unsafeAddress { UnsafePointer(entries.address(Int(index))) }
     }
+
+    /// How many entries the table holds now, pending or free (it grows with the peak of pending
+    /// requests, and gives them back when it empties).
+    var entryCount: Int { entries.count }
 
     func wireID(_ index: UInt32) -> UInt64 { UInt64(entries[Int(index)].generation) << 32 | UInt64(index) }
 
@@ -238,9 +243,11 @@ struct RequestTable<Completion> {
     /// Nothing is pending: after a burst, the table gives back what it grew to.
     private mutating func shrink() {
         var top = generationFloor
-        for e in entries where e.generation &- generationFloor > top &- generationFloor { top = e.generation }
+        for i in 0..<entries.count where entries[i].generation &- generationFloor > top &- generationFloor {
+            top = entries[i].generation
+        }
         generationFloor = top &+ 1
-        entries = []
+        entries.removeAll()
         free = []
         queue.removeAll()
     }
@@ -272,12 +279,12 @@ struct RequestTable<Completion> {
 
     /// The requests in flight on `worker`, most recently admitted entry last.
     func inFlight(on worker: Int) -> [UInt32] {
-        entries.indices.filter { entries[$0].isPending && entries[$0].worker == worker }.map { UInt32($0) }
+        (0..<entries.count).filter { entries[$0].isPending && entries[$0].worker == worker }.map { UInt32($0) }
     }
 
     /// The requests in flight on `from` are now on `to` (their worker moved slots).
     mutating func moveInFlight(from: Int, to: Int) {
-        for i in entries.indices where entries[i].isPending && entries[i].worker == from { entries[i].worker = to }
+        for i in 0..<entries.count where entries[i].isPending && entries[i].worker == from { entries[i].worker = to }
     }
 
     /// Empties the queue; the requests it held are returned, still pending (and counted as
@@ -294,12 +301,71 @@ struct RequestTable<Completion> {
     /// Every pending request, queued or in flight (the queue is emptied), for the caller to finish.
     mutating func takeAll() -> [UInt32] {
         queue.removeAll()
-        return entries.indices.filter { entries[$0].isPending }.map { UInt32($0) }
+        return (0..<entries.count).filter { entries[$0].isPending }.map { UInt32($0) }
     }
 
     /// The pending request with id `id` in entry `index`, if it is still there (a cancellation
     /// names the request by its entry and its id, which outlives retries).
     func pending(_ index: UInt32, id: RequestID) -> Bool {
         Int(index) < entries.count && entries[Int(index)].isPending && entries[Int(index)].id == id
+    }
+}
+
+extension RequestTable {
+    /// The entries of a table, in segments of ``segmentSize`` that never move once made: the
+    /// table grows by one segment at a time, with no copy of the entries before it and no
+    /// doubling (a queue of a million requests neither copies its entries nor keeps spare
+    /// capacity for another million), and an entry's address is stable. Segments are their own
+    /// anonymous mappings, so that the memory goes back to the system when the table empties.
+    struct Segments: ~Copyable {
+        static var segmentShift: Int { 12 }
+        static var segmentSize: Int { 1 << segmentShift }
+        private static var segmentBytes: Int {
+            let page = 4096
+            return (segmentSize * MemoryLayout<Entry>.stride + page - 1) / page * page
+        }
+
+        private var segments: [UnsafeMutablePointer<Entry>] = []
+        private(set) var count = 0
+
+        init() {}
+
+        deinit { Self.release(segments, count: count) }
+
+        @inline(__always)
+        func address(_ i: Int) -> UnsafeMutablePointer<Entry> {
+            segments[i &>> Self.segmentShift] + (i & (Self.segmentSize &- 1))
+        }
+
+        subscript(i: Int) -> Entry {
+            unsafeAddress { UnsafePointer(address(i)) }
+            nonmutating unsafeMutableAddress { address(i) }
+        }
+
+        mutating func append(_ entry: consuming Entry) {
+            if count == segments.count &<< Self.segmentShift {
+                guard let raw = mmap(nil, Self.segmentBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+                      raw != MAP_FAILED else {
+                    fatalError("RequestTable: mmap of \(Self.segmentBytes) bytes failed (errno \(errno)): out of memory")
+                }
+                segments.append(raw.bindMemory(to: Entry.self, capacity: Self.segmentSize))
+            }
+            address(count).initialize(to: entry)
+            count += 1
+        }
+
+        /// Destroys every entry and unmaps every segment.
+        mutating func removeAll() {
+            Self.release(segments, count: count)
+            segments = []
+            count = 0
+        }
+
+        private static func release(_ segments: [UnsafeMutablePointer<Entry>], count: Int) {
+            for (k, segment) in segments.enumerated() {
+                segment.deinitialize(count: min(segmentSize, count - k &<< segmentShift))
+                munmap(UnsafeMutableRawPointer(segment), segmentBytes)
+            }
+        }
     }
 }
