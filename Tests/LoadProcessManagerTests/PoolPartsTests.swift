@@ -60,14 +60,14 @@ struct RequestTableTests {
     func descriptors() {
         var t = RequestTable<String>()
         let a = t.admit(admission(3, descriptor: 42), completion: "a")
-        #expect(t.carriesSocket(a))
+        #expect(t.carriesSocket(a) == true)
         _ = t.dispatchFirst(to: 0)
         #expect(t[a].maxAttempts == 1)
         t.descriptorSent(a)
         guard case .finished(let f)? = t.attemptFailed(a, retryAllowed: true) else { Issue.record("not finished"); return }
         #expect(f.descriptor == -1, "sent: no longer ours to close")
         let s = t.admit(admission(descriptor: 7, isStream: true), completion: "s")
-        #expect(!t.carriesSocket(s), "a stream is not a socket")
+        #expect(t.carriesSocket(s) == false, "a stream is not a socket")
         #expect(t.finish(s)?.descriptor == 7, "never sent: the pool must close it")
     }
 
@@ -77,9 +77,9 @@ struct RequestTableTests {
         let a = t.admit(admission(2), completion: "a")
         _ = t.dispatchFirst(to: 0)
         let generation = UInt32(truncatingIfNeeded: t.wireID(a) >> 32)
-        #expect(t.isCurrent(a, generation: generation, attempt: 1))
+        #expect(t.isCurrent(a, generation: generation, attempt: 1) == true)
         _ = t.attemptFailed(a, retryAllowed: true)
-        #expect(!t.isCurrent(a, generation: generation, attempt: 1))
+        #expect(t.isCurrent(a, generation: generation, attempt: 1) == false)
     }
 
     @Test("after a burst the table gives its memory back; late answers to the old entries stay late")
