@@ -245,3 +245,56 @@ struct DispatchPolicyTests {
         #expect(forSocket == 1 && forRequest == 0)
     }
 }
+
+@Suite("SubmissionIndex: cancellation handles of requests from other threads")
+struct SubmissionIndexTests {
+    /// A model table: submission number -> (entry, still pending).
+    private struct Model {
+        var pending: [UInt64: UInt32] = [:]
+        func isPending(_ index: UInt32, _ number: UInt64) -> Bool { pending[number] == index }
+    }
+
+    @Test("finds admitted requests, not refused or unknown ones; drops answered ones from the front")
+    func findsAndDrops() {
+        var s = SubmissionIndex()
+        var m = Model()
+        for n in UInt64(1)...10 {
+            let index = n == 4 ? UInt32.max : UInt32(n * 10)
+            if index != .max { m.pending[n] = index }
+            s.admitted(n, at: index, pendingCount: m.pending.count, isPending: m.isPending)
+        }
+        #expect(s.find(3) == 30)
+        #expect(s.find(4) == nil, "refused")
+        #expect(s.find(11) == nil, "not admitted yet")
+        for n in UInt64(1)...10 { m.pending[n] = nil }
+        m.pending[11] = 110
+        s.admitted(11, at: 110, pendingCount: 1, isPending: m.isPending)
+        #expect(s.count == 1, "the answered front is dropped")
+        #expect(s.find(11) == 110)
+        #expect(s.find(3) == nil)
+    }
+
+    @Test("a request pending for long is moved aside: the index stays within a bound of the requests pending")
+    func boundedWithAStraggler() {
+        var s = SubmissionIndex()
+        var m = Model()
+        m.pending[1] = 7  // never answered
+        s.admitted(1, at: 7, pendingCount: 1, isPending: m.isPending)
+        for n in UInt64(2)...100_000 {
+            m.pending[n] = UInt32(n % 1000 + 10)
+            s.admitted(n, at: UInt32(n % 1000 + 10), pendingCount: m.pending.count, isPending: m.isPending)
+            m.pending[n] = nil  // answered at once
+        }
+        #expect(s.count <= SubmissionIndex.ringBound + 2, "the ring does not grow with every later request")
+        #expect(s.find(1) == 7, "the straggler is still found")
+        #expect(s.find(99_999) == nil || !m.isPending(s.find(99_999)!, 99_999))
+    }
+
+    @Test("submissions must come in order")
+    func inOrder() async {
+        await #expect(processExitsWith: .failure) {
+            var s = SubmissionIndex()
+            s.admitted(2, at: 0, pendingCount: 1) { _, _ in true }
+        }
+    }
+}

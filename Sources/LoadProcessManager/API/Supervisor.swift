@@ -25,14 +25,6 @@ public final class Supervisor: Sendable {
     let box: PoolBox
     private let ownThread: ReactorThread?
 
-    /// Holds the pool, and the handle of the reactor it runs on. `@unchecked Sendable`:
-    /// `reactor` is set in `init`; `pool` is read and written only on the reactor thread.
-    final class PoolBox: @unchecked Sendable {
-        let reactor: Reactor.Handle
-        var pool: Pool?
-        init(reactor: Reactor.Handle) { self.reactor = reactor }
-    }
-
     /// Creates a supervisor on a reactor thread of its own (started now, ended when the pool
     /// is killed).
     /// - Throws: ``ReactorError`` if the thread's reactor cannot be created.
@@ -165,12 +157,13 @@ public final class Supervisor: Sendable {
             let admitted = pool.enqueue(payload, options, .handler(completion))
             return RequestHandle(index: admitted.index, id: admitted.id, box: box)
         }
-        // The ticket is the hop (one allocation) and what a cancellation finds the request by.
-        let ticket = RequestTicket(payload, options, box, .handler(completion))
-        if !reactor.execute(job: ticket) {
+        // Through the inbox: no allocation of its own, one wake-up per batch. Its submission
+        // number is what a cancellation finds it by.
+        guard let submission = box.submit(.request(payload, options, .handler(completion))) else {
             CallerTrampoline.run { completion(.failure(SupervisorError(.shutDown, "the pool is stopped"))) }
+            return RequestHandle(submission: 0, box: box)
         }
-        return RequestHandle(ticket: ticket)
+        return RequestHandle(submission: submission, box: box)
     }
 
     /// Queues many requests with one hop to the reactor thread; `completion` is called once per
@@ -194,16 +187,17 @@ public final class Supervisor: Sendable {
     ///   `.queueFull`, `.shutDown`, `.noWorkers`, `.payloadTooLarge`, `.workerError`,
     ///   `.cancelled`, `.invalidArgument` (a negative timeout or retry count).
     public func enqueue(_ payload: [UInt8], options: RequestOptions = RequestOptions()) async throws(SupervisorError) -> WorkerResponse {
-        // The ticket is the hop (one allocation) and what a cancellation finds the request by.
-        let ticket = RequestTicket(payload, options, box)
-        let reactor = self.reactor
+        // The ticket (one allocation) is what a cancellation finds the request by, even one
+        // that comes before the request reaches the pool.
+        let ticket = RequestTicket(payload, options)
+        let box = self.box
         let result: Result<WorkerResponse, SupervisorError> = await withTaskCancellationHandler {
             await withUnsafeContinuation { c in
                 ticket.completion = .continuation(c)
-                if !reactor.execute(job: ticket) { c.resume(returning: .failure(SupervisorError(.shutDown, "the pool is stopped"))) }
+                if box.submit(.ticket(ticket)) == nil { c.resume(returning: .failure(SupervisorError(.shutDown, "the pool is stopped"))) }
             }
         } onCancel: {
-            reactor.execute { _ in ticket.box.pool?.cancel(ticket) }
+            _ = box.submit(.cancelTicket(ticket))
         }
         return try result.get()
     }

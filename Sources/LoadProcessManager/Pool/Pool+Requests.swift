@@ -10,11 +10,13 @@ extension Pool {
     /// - Returns: where the request was admitted (`index` is `UInt32.max` when it was refused),
     ///   for a later cancellation.
     @discardableResult
+    /// `submission` is its number if it came through the inbox (0: it did not).
     func enqueue(_ payload: [UInt8], _ options: RequestOptions, _ completion: Completion,
-                 descriptor: CInt = -1, isStream: Bool = false) -> (index: UInt32, id: RequestID) {
+                 descriptor: CInt = -1, isStream: Bool = false, submission: UInt64 = 0) -> (index: UInt32, id: RequestID) {
         defer { deliver() }
         if let refusal = refusal(payloadCount: payload.count, options) {
             if descriptor >= 0 { FileDescriptor.closeRaw(descriptor) }
+            if submission != 0 { noteSubmission(submission, at: .max) }
             answer(completion, .failure(refusal))
             return (.max, .zero)
         }
@@ -22,10 +24,15 @@ extension Pool {
         let index = table.admit(.init(payload: payload, id: id, createdAt: UInt64(reactor.iterationNanoseconds),
                                       maxAttempts: 1 + max(0, options.retries ?? config.retries),
                                       timeout: options.timeout ?? config.requestTimeout, descriptor: descriptor,
-                                      isStream: isStream),
+                                      isStream: isStream, submission: submission),
                                 completion: completion)
+        if submission != 0 { noteSubmission(submission, at: index) }
         if phase == .running { pump() }
         return (index, id)
+    }
+
+    private func noteSubmission(_ number: UInt64, at index: UInt32) {
+        submissions.admitted(number, at: index, pendingCount: table.pendingCount) { table.isSubmission($0, $1) }
     }
 
     /// Why a request cannot be taken now, if it cannot.

@@ -52,6 +52,8 @@ final class Pool {
     @exclusivity(unchecked) var phase: Phase = .idle
     @exclusivity(unchecked) var slots: [WorkerSlot]
     @exclusivity(unchecked) var table = RequestTable<Completion>()
+    /// Requests from other threads by submission number, for their handles' cancellations.
+    @exclusivity(unchecked) var submissions = SubmissionIndex()
     var budget: RestartBudget
     @exclusivity(unchecked) var policy: DispatchPolicy
     @exclusivity(unchecked) var outbox = Outbox()

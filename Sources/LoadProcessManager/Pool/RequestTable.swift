@@ -23,6 +23,8 @@ struct RequestTable<Completion>: ~Copyable {
         var completion: Completion?
         var id = RequestID.zero
         var createdAt: UInt64 = 0
+        /// Its submission number, if it came through the inbox (0: it did not).
+        var submission: UInt64 = 0
         var timer: Reactor.Timer?
         private var timeoutNanoseconds: Int64 = -1
         private var worker32: Int32 = -1
@@ -58,6 +60,7 @@ struct RequestTable<Completion>: ~Copyable {
         var timeout: Duration?
         var descriptor: CInt = -1
         var isStream = false
+        var submission: UInt64 = 0
     }
 
     /// A request that finished: its completion, to be called once, and what the pool must
@@ -162,6 +165,7 @@ struct RequestTable<Completion>: ~Copyable {
         entries[i].completion = completion
         entries[i].id = a.id
         entries[i].createdAt = a.createdAt
+        entries[i].submission = a.submission
         entries[i].attempts = 0
         entries[i].maxAttempts = UInt16(clamping: max(1, a.maxAttempts))
         entries[i].timeout = a.timeout
@@ -302,6 +306,11 @@ struct RequestTable<Completion>: ~Copyable {
     mutating func takeAll() -> [UInt32] {
         queue.removeAll()
         return (0..<entries.count).filter { entries[$0].isPending }.map { UInt32($0) }
+    }
+
+    /// Whether entry `index` holds submission `number`, pending.
+    func isSubmission(_ index: UInt32, _ number: UInt64) -> Bool {
+        Int(index) < entries.count && entries[Int(index)].isPending && entries[Int(index)].submission == number
     }
 
     /// The pending request with id `id` in entry `index`, if it is still there (a cancellation
