@@ -127,7 +127,8 @@ extension Reactor {
                 switch job {
                 case .closure(let body): body(self)
                 case .object(let job): job.run(on: self)
-                case .executorJob(let job): job.runSynchronously(on: executor.asUnownedSerialExecutor())
+                case .executorJob(let job):
+                    job.runSynchronously(isolatedTo: executor.asUnownedSerialExecutor(), taskExecutor: taskExecutor.asUnownedTaskExecutor())
                 case .stop: loop.stopRequested = true
                 }
             }

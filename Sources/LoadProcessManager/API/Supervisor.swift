@@ -59,6 +59,23 @@ public final class Supervisor: Sendable {
         reactor.execute { _ in box.pool?.hardKill { _ = box } }
     }
 
+    /// The task executor of the supervisor's reactor thread.
+    ///
+    /// A task that prefers it runs on the reactor thread between suspensions: its requests are
+    /// admitted with no hop to another thread, and their answers resume it on the reactor thread
+    /// with no wake-up of another thread, the cheapest round trip the async API has:
+    ///
+    /// ```swift
+    /// let answer = try await withTaskExecutorPreference(supervisor.executor) {
+    ///     try await supervisor.enqueue(payload)
+    /// }
+    /// ```
+    ///
+    /// Code running there shares the thread with the pool: it must not block (no blocking
+    /// system calls, no long computations); move heavy work to other tasks. Once the pool has
+    /// stopped and its reactor thread ended, such a task runs on the global executor instead.
+    public var executor: ReactorTaskExecutor { reactor.taskExecutor }
+
     /// Runs `body` with the pool on the reactor thread; `false` when the reactor is gone.
     @discardableResult
     func onLoop(_ body: sending @escaping (Pool) -> Void) -> Bool {
@@ -194,7 +211,13 @@ public final class Supervisor: Sendable {
         let result: Result<WorkerResponse, SupervisorError> = await withTaskCancellationHandler {
             await withUnsafeContinuation { c in
                 ticket.completion = .continuation(c)
-                if box.submit(.ticket(ticket)) == nil { c.resume(returning: .failure(SupervisorError(.shutDown, "the pool is stopped"))) }
+                if box.reactor.isOnReactorThread, let pool = box.pool {
+                    // A task on the reactor's executor (see ``executor``): admitted now, no hop;
+                    // the answer resumes it on this thread.
+                    pool.enqueue(ticket)
+                } else if box.submit(.ticket(ticket)) == nil {
+                    c.resume(returning: .failure(SupervisorError(.shutDown, "the pool is stopped")))
+                }
             }
         } onCancel: {
             _ = box.submit(.cancelTicket(ticket))
