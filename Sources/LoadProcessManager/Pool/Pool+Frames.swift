@@ -14,6 +14,7 @@ extension Pool {
         case .busy:
             _ = w.lifecycle.handle(.busyFrame)
         case .event:
+            guard withinEventRate(w) else { return }
             guard let (name, data) = EventPayload.decode(payload) else {
                 return violation(w, "malformed event frame: the name runs past the payload")
             }
@@ -28,6 +29,7 @@ extension Pool {
         case .pong:
             if h.id == w.pingOutstanding { w.pingOutstanding = 0 }
         case .eventReply:
+            guard withinEventRate(w) else { return }
             guard let entry = pendingReplies[h.id], entry.pid == w.pid else { return }
             pendingReplies[h.id] = nil
             outbox.push(.reply(entry.handler, .success(Array(payload))))
@@ -44,6 +46,21 @@ extension Pool {
         case .request, .broadcast, .healthRequest, .softKill, .hardKill, .cancel:
             violation(w, "a worker may not send \(h.type) frames")
         }
+    }
+
+    /// Counts an event from `w` against ``SupervisorConfiguration/maxEventsPerSecondPerWorker``;
+    /// past it, the worker is a violation (and `false` is returned).
+    private func withinEventRate(_ w: WorkerProcess) -> Bool {
+        guard let limit = config.maxEventsPerSecondPerWorker else { return true }
+        let now = reactor.iterationNanoseconds
+        if now &- w.eventWindowStart >= 1_000_000_000 {
+            w.eventWindowStart = now
+            w.eventsInWindow = 0
+        }
+        w.eventsInWindow += 1
+        guard w.eventsInWindow > limit else { return true }
+        violation(w, "sent more than \(limit) events in one second (maxEventsPerSecondPerWorker)")
+        return false
     }
 
     /// A response, an acknowledgement or an error for a request.

@@ -76,6 +76,17 @@ worker.onRequest { request in
         while true {
             if write(3, &frame, frame.count) < 0 { _ = poll(&pollfd, 1, 1000) }
         }
+    case "flood-events":
+        // Floods the supervisor with custom events (no reply wanted), as fast as it can write.
+        var frame: [UInt8] = []
+        frame.appendFrame(.event, id: 0, payload: EventPayload.encode(name: "spam", data: [1, 2, 3]))
+        var pollfd = pollfd(fd: 3, events: Int16(POLLOUT), revents: 0)
+        while true {
+            if write(3, &frame, frame.count) < 0 {
+                if errno == EPIPE || errno == ECONNRESET { exit(0) }
+                _ = poll(&pollfd, 1, 1000)
+            }
+        }
     case "fd-flood":
         // Sends descriptors on frames that announce none, thousands of them.
         var frame: [UInt8] = []
