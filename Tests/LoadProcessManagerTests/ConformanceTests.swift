@@ -528,16 +528,21 @@ struct ConformanceTests {
         68 69
         """)
     static let expectedResponse = hex("4c 01 04 00  02 00 00 00  05 00 00 00 00 00 00 00  68 69")
+    /// The `event` example of docs/PROTOCOL.md ("echo", data "abc", reply id 9), and its reply.
+    static let documentedEvent = hex("4c 01 07 00  09 00 00 00  09 00 00 00 00 00 00 00  04 00  65 63 68 6f  61 62 63")
+    static let expectedEventReply = hex("4c 01 08 00  03 00 00 00  09 00 00 00 00 00 00 00  61 62 63")
 
     @Test("end of file: a worker whose supervisor closes the channel exits 0, whether or not the supervisor read what it sent",
           arguments: WorkerLanguage.allCases, [true, false])
     func endOfFile(_ language: WorkerLanguage, readEverything: Bool) async throws {
         let worker = try await HandStartedWorker(language)
         if readEverything {
-            // `ready`, exactly as documented, then the documented request's response, and a pong.
-            #expect(readExactly(worker.channel, 16) == frame(1))
-            #expect(writeAll(worker.channel, Self.documentedRequest + frame(15, id: 0xDEAD_BEEF_0102)))
+            // `ready`, exactly as documented, then the documented request's response, the
+            // documented event's reply, and a pong.
+            #expect(readExactly(worker.channel, 16) == hex("4c 01 01 00 00 00 00 00 00 00 00 00 00 00 00 00"))
+            #expect(writeAll(worker.channel, Self.documentedRequest + Self.documentedEvent + frame(15, id: 0xDEAD_BEEF_0102)))
             #expect(readExactly(worker.channel, Self.expectedResponse.count) == Self.expectedResponse)
+            #expect(readExactly(worker.channel, Self.expectedEventReply.count) == Self.expectedEventReply)
             #expect(readExactly(worker.channel, 16) == frame(16, id: 0xDEAD_BEEF_0102))
         } else {
             // Closed with the worker's `ready` (and its answer) unread: Linux then gives the
