@@ -164,7 +164,9 @@ int lpm_fail(lpm_worker *w, uint64_t id, const char *message);
 /* Answers request `id` with data and a stream: returns the write end (blocking, close-on-exec)
  * of a socketpair whose read end goes to the supervisor, or -1. Write to it (send() with
  * MSG_NOSIGNAL, so that a reader that went away gives EPIPE rather than SIGPIPE), then call
- * lpm_stream_end() with the byte count: the request stays in hand until then. */
+ * lpm_stream_end() with the byte count: the request stays in hand until then. Blocking writes
+ * hold the worker's thread until the supervisor's caller reads them: for a large stream, make
+ * the descriptor non-blocking and write it as it drains (lpm_after, or a poll loop of one's own). */
 int lpm_respond_stream(lpm_worker *w, uint64_t id, const void *data, size_t size);
 /* Closes `fd` (the stream's write end) and ends the stream: `count` bytes, complete or not. */
 int lpm_stream_end(lpm_worker *w, uint64_t id, int fd, uint64_t count, int ok);

@@ -167,7 +167,8 @@ class Worker:
     # Handlers
 
     def on_request(self, fn):
-        """`fn(worker, request)` for each request; answer now or later, once."""
+        """`fn(worker, request)` for each request; answer now or later, once. An exception out
+        of it fails the request (an `error` with the exception's text), if not answered yet."""
         self._request_handler = fn
 
     def on(self, name, fn):
@@ -422,7 +423,10 @@ class Worker:
             request = Request(id_, payload[:16], created_at, payload[REQUEST_HEAD_SIZE:], fd,
                               fd is not None and bool(flags & FLAG_STREAM))
             self._in_hand.setdefault(id_, False)
-            self._request_handler(self, request)
+            try:
+                self._request_handler(self, request)
+            except Exception as e:  # a failing handler fails its request, not the worker
+                self.fail(id_, f"{type(e).__name__}: {e}")
             if request.fd is not None:
                 if request.is_stream:
                     _close(request.fd)
