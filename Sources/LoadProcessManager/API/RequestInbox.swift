@@ -23,6 +23,9 @@ extension Supervisor {
             /// A request with a completion handler; its submission number is its rank among
             /// the `.request` items.
             case request([UInt8], RequestOptions, Completion)
+            /// A batch of requests (``Supervisor/map(_:options:)``): body, count, options, and
+            /// its answers' handler; numbered like `.request`.
+            case batch([UInt8], Int, RequestOptions, Pool.BatchCompletion)
             /// A request from an async caller: its ticket is what that caller's cancellation
             /// finds it by (the cancellation may come before the request).
             case ticket(RequestTicket)
@@ -54,9 +57,12 @@ extension Supervisor {
             let taken: (submission: UInt64, schedule: Bool)? = lock.withLock {
                 if closed { return nil }
                 var submission: UInt64 = 0
-                if case .request = item {
+                switch item {
+                case .request, .batch:
                     lastSubmission &+= 1
                     submission = lastSubmission
+                case .ticket, .cancel, .cancelTicket:
+                    break
                 }
                 items.append(item)
                 if scheduled { return (submission, false) }
@@ -80,6 +86,9 @@ extension Supervisor {
                     case .request(let payload, let options, let completion):
                         drainedSubmissions &+= 1
                         pool.enqueue(payload, options, completion, submission: drainedSubmissions)
+                    case .batch(let body, let count, let options, let completion):
+                        drainedSubmissions &+= 1
+                        pool.enqueueBatch(body, count: count, options, submission: drainedSubmissions, completion)
                     case .ticket(let ticket):
                         pool.enqueue(ticket)
                     case .cancel(let submission):
@@ -118,6 +127,8 @@ extension Supervisor {
             switch item {
             case .request(_, _, let completion): completion(.failure(SupervisorError(.shutDown, why)))
             case .ticket(let ticket): ticket.completion?(.failure(SupervisorError(.shutDown, why)))
+            case .batch(_, let count, _, let completion):
+                completion(Array(repeating: .failure(SupervisorError(.shutDown, why)), count: count))
             case .cancel, .cancelTicket: break
             }
         }

@@ -10,6 +10,7 @@ extension Pool {
         case .response, .ack, .error:
             answered(w, h, payload)
         case .ready:
+            w.capabilities = WorkerCapabilities.decode(payload)
             apply(w.lifecycle.handle(.readyFrame), to: w)
         case .busy:
             _ = w.lifecycle.handle(.busyFrame)
@@ -97,6 +98,13 @@ extension Pool {
         } else if h.flags.contains(.descriptor) {
             if let fd = w.channel.takeDescriptor() { FileDescriptor.closeRaw(fd) }
             return violation(w, "a response may carry a descriptor only as a stream")
+        }
+        if table[index].isBatch && h.type == .response {
+            // One answer per item, in a well-formed batch, or the worker broke the protocol.
+            let expected = table[index].payload.withUnsafeBytes { $0.readLittleEndian(at: 0, as: UInt32.self) }
+            guard h.flags.contains(.batch), let n = Batch.answers(payload, { _, _, _ in }), n == Int(expected) else {
+                return violation(w, "malformed answer to batched request \(h.id) (\(expected) items)")
+            }
         }
         w.inFlight -= 1
         w.completed += 1

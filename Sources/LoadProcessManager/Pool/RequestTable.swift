@@ -38,6 +38,8 @@ struct RequestTable<Completion>: ~Copyable {
         /// Workers that died with it in flight.
         var deaths: UInt8 = 0
         var isStream = false
+        /// A batch of requests in one frame (`Batch`): its payload is the batch body.
+        var isBatch = false
 
         var isPending: Bool { completion != nil }
         /// The worker slot it is in flight on; -1 while queued.
@@ -60,6 +62,7 @@ struct RequestTable<Completion>: ~Copyable {
         var timeout: Duration?
         var descriptor: CInt = -1
         var isStream = false
+        var isBatch = false
         var submission: UInt64 = 0
     }
 
@@ -144,6 +147,9 @@ struct RequestTable<Completion>: ~Copyable {
 
     func wireID(_ index: UInt32) -> UInt64 { UInt64(entries[Int(index)].generation) << 32 | UInt64(index) }
 
+    /// Whether the request is a batch (only workers that take batches may have it).
+    func isBatch(_ index: UInt32) -> Bool { entries[Int(index)].isBatch }
+
     /// Whether the request carries a socket (dispatch then prefers the worker with fewest sockets).
     func carriesSocket(_ index: UInt32) -> Bool {
         entries[Int(index)].descriptor >= 0 && !entries[Int(index)].isStream
@@ -173,6 +179,7 @@ struct RequestTable<Completion>: ~Copyable {
         entries[i].worker = -1
         entries[i].descriptor = a.descriptor
         entries[i].isStream = a.isStream
+        entries[i].isBatch = a.isBatch
         entries[i].deaths = 0
         pendingCount += 1
         queuedCount += 1
