@@ -171,6 +171,19 @@ public final class Pool: Sendable {
         try answers.wait(seconds: 600, what: "burst")
     }
 
+    /// `n` tiny inputs through the ordered `map`, `chunkSize` to a frame, consumed in order by
+    /// one task; checks every answer.
+    public func map(_ n: Int, chunkSize: Int) async throws {
+        let inputs = (0..<n).lazy.map { _ in [UInt8](repeating: 7, count: 8) }
+        var k = 0
+        var failures = 0
+        for await r in supervisor.map(inputs, options: MapOptions(chunkSize: chunkSize, maxChunksInFlight: 64)) {
+            if case .success(let w) = r, w.data.count == 8 {} else { failures += 1 }
+            k += 1
+        }
+        if k != n || failures > 0 { throw BenchError("map: \(k) of \(n) answered, \(failures) failed") }
+    }
+
     /// `n` requests through the async API from `tasks` concurrent tasks (each awaits its answers
     /// in turn).
     public func burstAsync(_ n: Int, tasks: Int = 512, onExecutor: Bool = false) async throws {

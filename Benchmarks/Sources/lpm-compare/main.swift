@@ -19,6 +19,7 @@
 //   burst-async N            the same from 512 tasks through the async API (1e6)
 //   burst-batched N          the same handed over in one enqueue(contentsOf:) call (1e6)
 //   burst-executor N         the async burst from 512 tasks on the supervisor's executor (1e6)
+//   map N [--chunk K]        Supervisor.map of N 8-byte inputs, K to a frame (1000), 2 workers (1e6)
 //   allocs N                 heap allocations per request, both sides (needs LD_PRELOAD of
 //                            Tools/malloc_count.so) (2e4)
 //   info                     the backends chosen by default here
@@ -45,6 +46,12 @@ if let i = args.firstIndex(of: "--backend") {
     args.removeSubrange(i...(i + 1))
     // The supervisor's reactor, the workers' and the echo children's all read this.
     setenv("LPM_REACTOR_BACKEND", b.rawValue, 1)
+}
+var mapChunk = 1000
+if let i = args.firstIndex(of: "--chunk") {
+    guard i + 1 < args.count, let k = Int(args[i + 1]), k > 0 else { usage() }
+    mapChunk = k
+    args.removeSubrange(i...(i + 1))
 }
 guard let job = args.first else { usage() }
 let countArg = args.count > 1 ? Int(args[1]) : nil
@@ -202,6 +209,20 @@ do {
         emit("\(name)_\(tag)", Double(n) / (Double(ns) / 1e9), "req/s")
         emit("\(name)_supervisor_cpu_\(tag)", Double((self1 - self0).cpuNs) / Double(n), "ns/req")
         emit("\(name)_workers_cpu_\(tag)", Double((children1 - children0).cpuNs) / Double(n + warm), "ns/req")
+
+    case "map":
+        let tag = try supervisorTag()
+        let n = countArg ?? 1_000_000
+        let pool = try Pool(workerPath: try benchWorkerPath(), count: 2, maxInFlight: 256)
+        try blocking { try await pool.map(min(n, 20_000), chunkSize: mapChunk) }
+        let self0 = ProcessFigures.usage()
+        let t0 = monotonicNanoseconds()
+        try blocking { try await pool.map(n, chunkSize: mapChunk) }
+        let ns = monotonicNanoseconds() - t0
+        let self1 = ProcessFigures.usage()
+        pool.stop()
+        emit("lpm_map_chunk\(mapChunk)_2w_\(tag)", Double(n) / (Double(ns) / 1e9), "req/s")
+        emit("lpm_map_chunk\(mapChunk)_2w_supervisor_cpu_\(tag)", Double((self1 - self0).cpuNs) / Double(n), "ns/req")
 
     case "allocs":
         // Heap allocations per request on both sides, with Tools/malloc_count.so preloaded.

@@ -34,12 +34,12 @@ extension Supervisor {
     /// }
     /// ```
     ///
-    /// Inputs are read lazily, as results are consumed: at most
+    /// Inputs are read lazily, on the consuming task, as results are consumed: at most
     /// ``MapOptions/maxChunksInFlight`` chunks are outstanding. Cancelling the consuming task
     /// cancels the chunks outstanding (their inputs get `cancelled`) and ends the sequence after
     /// them; inputs not yet sent are not read. An invalid `chunkSize` or window (below 1) gives
     /// one `invalidArgument` result and ends the sequence.
-    public func map<Inputs: Sequence & Sendable>(_ inputs: Inputs, options: MapOptions = MapOptions()) -> MapResults<Inputs>
+    public func map<Inputs: Sequence>(_ inputs: Inputs, options: MapOptions = MapOptions()) -> MapResults<Inputs>
         where Inputs.Element == [UInt8] {
         MapResults(supervisor: self, inputs: inputs, options: options)
     }
@@ -100,7 +100,7 @@ private final class MapJoin: @unchecked Sendable {
 }
 
 /// The answers of ``Supervisor/map(_:options:)``, in the inputs' order.
-public struct MapResults<Inputs: Sequence & Sendable>: AsyncSequence, Sendable where Inputs.Element == [UInt8] {
+public struct MapResults<Inputs: Sequence>: AsyncSequence where Inputs.Element == [UInt8] {
     public typealias Element = Result<WorkerResponse, SupervisorError>
     public typealias Failure = Never
 
@@ -179,6 +179,8 @@ public struct MapResults<Inputs: Sequence & Sendable>: AsyncSequence, Sendable w
         }
     }
 }
+
+extension MapResults: Sendable where Inputs: Sendable {}
 
 /// What a map's iterator shares with its chunks' completions. `@unchecked Sendable`: every field
 /// is guarded by `lock`.
