@@ -11,10 +11,11 @@
 # Links between modules: DocC converts one module at a time, so a symbol link to another module
 # resolves only against that module's archive. The products are built with the plugin's
 # `--enable-experimental-combined-documentation`, which converts them in dependency order and
-# hands each conversion its dependencies' archives: a module links to a symbol of a module it
-# depends on with a leading slash, ``/LoadProcessManager/SupervisorConfiguration``. A module
-# that does not depend on the other (the worker runtime on the supervisor) names it in code
-# voice. Converting one product alone, without the flag, reports those links as warnings.
+# hands each conversion its dependencies' archives: a module links to a symbol or an article of
+# a module it depends on with a leading slash, ``/LoadProcessManager/SupervisorConfiguration``
+# or <doc:/LPMReactor/ChildProcessesAndSignals>. A module that does not depend on the other (the
+# worker runtime on the supervisor) names it in code voice. Converting one product alone,
+# without the flag, reports those links as warnings.
 #
 # LPMWire is not a product: its API is `package`. Its catalog is built on its own, with the
 # symbol graph's minimum access level lowered to `package`.
