@@ -144,7 +144,7 @@ for rep in $(seq 1 "$REPS"); do
         [ "$HAVE_C" = 1 ] && run "c.$place" "${P[@]}" "$BASELINES" pingpong "$C_RT_N"
         for b in "${BACKENDS[@]}"; do
             run "$b.$place" "${P[@]}" "$LPM" reactor-pingpong "$RT_N" --backend "$b"
-            for api in rt-async rt-handler rt-chained; do
+            for api in rt-async rt-executor rt-handler rt-chained; do
                 run "$b.$place" "${P[@]}" "$LPM" "$api" "$RT_N" --backend "$b"
             done
         done
@@ -157,6 +157,7 @@ for rep in $(seq 1 "$REPS"); do
         run "$b" "$LPM" reactor-echo "$ECHO_N" --backend "$b"
         run "$b" "$LPM" burst "$BURST_N" --backend "$b"
         run "$b" "$LPM" burst-async "$BURST_N" --backend "$b"
+        run "$b" "$LPM" burst-executor "$BURST_N" --backend "$b"
         run "$b" "$LPM" burst-batched "$BURST_N" --backend "$b"
     done
 
@@ -336,6 +337,7 @@ for place in pinned unpinned; do
     for b in "${BACKENDS[@]}"; do
         trow "reactor ping-pong, 2 processes [$b]" "$b.$place" reactor_pingpong_processes_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns
         trow "Supervisor+Worker, async API [$b]" "$b.$place" lpm_rt_async_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns 1.2
+        trow "Supervisor+Worker, async API on the supervisor's executor [$b]" "$b.$place" lpm_rt_executor_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns 1.3
         trow "Supervisor+Worker, completion handler [$b]" "$b.$place" lpm_rt_handler_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns 1.2
         trow "Supervisor+Worker, chained on reactor thread [$b]" "$b.$place" lpm_rt_chained_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns 1.2
     done
@@ -348,6 +350,8 @@ for b in "${BACKENDS[@]}"; do
     rrow "reactor pipelined echo, same shape [$b]" "$b" reactor_echo_batched_2x256x64B "msg/s" "C" c c_echo_epoll_batched_2x256x64B
     rrow "Supervisor burst of $BURST_N, handler API [$b]" "$b" lpm_burst_2w "req/s" "C" c c_echo_epoll_batched_2x256x64B 0.40
     rrow "Supervisor burst of $BURST_N, async API, 512 tasks [$b]" "$b" lpm_burst_async_2w "req/s" "C" c c_echo_epoll_batched_2x256x64B 0.40
+    rrow "  async API, 512 tasks, against the handler burst [$b]" "$b" lpm_burst_async_2w "req/s" "handler" "$b" lpm_burst_2w 0.80
+    rrow "  async API, 512 tasks on the supervisor's executor, against the handler burst [$b]" "$b" lpm_burst_executor_2w "req/s" "handler" "$b" lpm_burst_2w 0.80
     rrow "Supervisor burst of $BURST_N, enqueue(contentsOf:) [$b]" "$b" lpm_burst_batched_2w "req/s" "C" c c_echo_epoll_batched_2x256x64B 0.40
 done
 for b in "${BACKENDS[@]}"; do

@@ -25,6 +25,8 @@ public final class Reactor {
     let shared: ReactorShared
     /// The executor that runs Swift concurrency jobs on this reactor's thread.
     public let executor: ReactorExecutor
+    /// The task executor of this reactor's thread (see ``ReactorTaskExecutor``).
+    public let taskExecutor: ReactorTaskExecutor
 
     // State, all of it confined to the reactor thread. Accesses are checked for exclusivity:
     // no `@exclusivity(unchecked)`, since it showed no gain here. Each event, timer or job
@@ -59,7 +61,7 @@ public final class Reactor {
     public var backendKind: Backend { backend.kind }
 
     /// A `Sendable` handle for other threads: ``Handle/execute(_:)``, ``Handle/stop()``.
-    public var handle: Handle { Handle(shared: shared, executor: executor) }
+    public var handle: Handle { Handle(shared: shared, executor: executor, taskExecutor: taskExecutor) }
 
     /// Creates a reactor owned by the calling thread.
     ///
@@ -75,6 +77,7 @@ public final class Reactor {
         }
         shared = ReactorShared(wakeFD: wake.release())
         executor = ReactorExecutor(shared: shared)
+        taskExecutor = ReactorTaskExecutor(shared: shared)
         do {
             wakeRegistration = try registerInternal(shared.wakeFD, interest: .readable) { [unowned self] _ in
                 Sys.drainEventFD(self.shared.wakeFD)
@@ -158,7 +161,8 @@ public final class Reactor {
             switch job {
             case .closure(let body): if closures { body(self) }
             case .object(let job): if closures { job.run(on: self) } else { job.dropped() }
-            case .executorJob(let job): job.runSynchronously(on: executor.asUnownedSerialExecutor())
+            case .executorJob(let job):
+                    job.runSynchronously(isolatedTo: executor.asUnownedSerialExecutor(), taskExecutor: taskExecutor.asUnownedTaskExecutor())
             case .stop: break
             }
         }

@@ -88,6 +88,10 @@ import LPMReactor
     package static let descriptor = FrameFlags(rawValue: 1)
     /// A stream accompanies the frame: the descriptor passed with it is the stream's read end.
     package static let stream = FrameFlags(rawValue: 2)
+    /// A batch: a `request` carrying several requests, or the `response` carrying their answers
+    /// (see ``Batch``). Sent only to workers whose ready frame announced
+    /// ``WorkerCapabilities/batches``.
+    package static let batch = FrameFlags(rawValue: 4)
     /// Whether the frame claims a descriptor: ``descriptor`` or ``stream`` (either means exactly
     /// one descriptor travels with the frame). Bits, not a set built per call: this runs per frame.
     @inlinable package var announcesDescriptor: Bool { rawValue & 0b11 != 0 }

@@ -100,6 +100,18 @@ public final class Pool: Sendable {
         }
     }
 
+    /// `n` sequential requests through the async API from a task that prefers the supervisor's
+    /// executor: the task runs on the reactor thread, with no hop either way.
+    public func roundTripsAsyncOnExecutor(_ n: Int) async throws {
+        let supervisor = self.supervisor, payload = self.payload
+        try await withTaskExecutorPreference(supervisor.executor) {
+            for _ in 0..<n {
+                let r = try await supervisor.enqueue(payload)
+                if r.data.count != payload.count { throw BenchError("wrong answer: \(r.data.count) bytes") }
+            }
+        }
+    }
+
     /// `n` sequential requests through the completion-handler API; this thread blocks on a
     /// semaphore between them (the completion runs on the reactor thread).
     public func roundTripsHandler(_ n: Int) throws {
@@ -161,13 +173,14 @@ public final class Pool: Sendable {
 
     /// `n` requests through the async API from `tasks` concurrent tasks (each awaits its answers
     /// in turn).
-    public func burstAsync(_ n: Int, tasks: Int = 512) async throws {
+    public func burstAsync(_ n: Int, tasks: Int = 512, onExecutor: Bool = false) async throws {
         let supervisor = self.supervisor, payload = self.payload
         let failures = Tally()
+        let preference: (any TaskExecutor)? = onExecutor ? supervisor.executor : nil
         await withTaskGroup(of: Void.self) { group in
             for t in 0..<tasks {
                 let count = n / tasks + (t < n % tasks ? 1 : 0)
-                group.addTask {
+                group.addTask(executorPreference: preference) {
                     for _ in 0..<count {
                         do { _ = try await supervisor.enqueue(payload) } catch { failures.add() }
                     }

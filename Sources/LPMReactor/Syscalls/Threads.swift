@@ -9,10 +9,10 @@ import CLoop
 ///
 /// `@unchecked Sendable`: the only state is the mutex, which is made for use from any thread;
 /// its pointer is set in `init` and freed in `deinit`, when no thread can hold the lock.
-final class ThreadLock: @unchecked Sendable {
+package final class ThreadLock: @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
 
-    init() {
+    package init() {
         mutex = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
         pthread_mutex_init(mutex, nil)
@@ -25,7 +25,7 @@ final class ThreadLock: @unchecked Sendable {
 
     /// `pthread_mutex_lock(3)`, run `body`, `pthread_mutex_unlock(3)`.
     @inline(__always)
-    func withLock<R>(_ body: () -> R) -> R {
+    package func withLock<R>(_ body: () -> R) -> R {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return body()

@@ -85,6 +85,11 @@ public struct SupervisorConfiguration: Sendable {
     /// does not read its channel), the worker is a protocol violation: killed and replaced, not
     /// buffered for ever. Raised to one frame of ``maxPayload`` when lower. Default 4 MiB.
     public var maxQueuedBytesPerWorker: Int = 4 << 20
+    /// The most custom events (and event replies) one worker may send in a second; past it, the
+    /// worker is a protocol violation: killed and replaced, so that a worker flooding events
+    /// cannot take the reactor thread (and the event handlers) from the other workers' requests.
+    /// Counted in one-second windows. `nil`: no limit. Default 100,000.
+    public var maxEventsPerSecondPerWorker: Int? = 100_000
     /// How often RSS (from `/proc/PID/statm`) and heap figures are sampled. Default 1 s.
     public var healthInterval: Duration = .seconds(1)
     /// Recycle a worker once it has answered this many requests (plus up to a tenth more, drawn

@@ -10,22 +10,33 @@ extension Pool {
     /// - Returns: where the request was admitted (`index` is `UInt32.max` when it was refused),
     ///   for a later cancellation.
     @discardableResult
+    /// `submission` is its number if it came through the inbox (0: it did not).
     func enqueue(_ payload: [UInt8], _ options: RequestOptions, _ completion: Completion,
-                 descriptor: CInt = -1, isStream: Bool = false) -> (index: UInt32, id: RequestID) {
+                 descriptor: CInt = -1, isStream: Bool = false, isBatch: Bool = false,
+                 submission: UInt64 = 0) -> (index: UInt32, id: RequestID) {
         defer { deliver() }
         if let refusal = refusal(payloadCount: payload.count, options) {
             if descriptor >= 0 { FileDescriptor.closeRaw(descriptor) }
+            if submission != 0 { noteSubmission(submission, at: .max) }
             answer(completion, .failure(refusal))
             return (.max, .zero)
         }
         let id = RequestID.random(using: &ids)
-        let index = table.admit(.init(payload: payload, id: id, createdAt: UInt64(Sys.monotonicNanoseconds()),
+        let index = table.admit(.init(payload: payload, id: id, createdAt: UInt64(reactor.iterationNanoseconds),
                                       maxAttempts: 1 + max(0, options.retries ?? config.retries),
                                       timeout: options.timeout ?? config.requestTimeout, descriptor: descriptor,
-                                      isStream: isStream),
+                                      isStream: isStream, isBatch: isBatch, submission: submission),
                                 completion: completion)
-        if phase == .running { pump() }
+        if submission != 0 { noteSubmission(submission, at: index) }
+        // After every pump, either the queue is empty or no worker can take its first request
+        // (and whatever frees a worker pumps again): a request queued behind others changes
+        // nothing, only one that finds the queue empty may be dispatched now.
+        if phase == .running && table.queuedCount == 1 { pump() }
         return (index, id)
+    }
+
+    private func noteSubmission(_ number: UInt64, at index: UInt32) {
+        submissions.admitted(number, at: index, pendingCount: table.pendingCount) { table.isSubmission($0, $1) }
     }
 
     /// Why a request cannot be taken now, if it cannot.
@@ -60,8 +71,15 @@ extension Pool {
     /// Hands queued requests to workers while some worker can take one.
     func pump() {
         while let next = table.firstQueued {
-            guard let slot = pickWorker(forSocket: table.carriesSocket(next)), let w = slots[slot].process,
+            let isBatch = table.isBatch(next)
+            guard let slot = pickWorker(forSocket: table.carriesSocket(next), forBatch: isBatch), let w = slots[slot].process,
                   let index = table.dispatchFirst(to: slot) else {
+                if isBatch && !batchesCanBeServed {
+                    // Only after a reload to an executable that takes no batches: fail it, do not
+                    // let it block the queue.
+                    fail(next, .noWorkers, "no worker takes batched requests (their ready frames announce no batch capability)")
+                    continue
+                }
                 if idleRetired > 0 { growBackForLoad() }
                 break
             }
@@ -71,9 +89,10 @@ extension Pool {
     }
 
     /// The slot the dispatch policy picks among the ready workers of the pool.
-    func pickWorker(forSocket: Bool = false) -> Int? {
+    func pickWorker(forSocket: Bool = false, forBatch: Bool = false) -> Int? {
         policy.pick(count: slots.count, forSocket: forSocket) { i in
-            guard let w = slots[i].process, w.lifecycle.acceptsWork, slots[i].membership == .active else { return .ineligible }
+            guard let w = slots[i].process, w.lifecycle.acceptsWork, slots[i].membership == .active,
+                  !forBatch || w.capabilities.contains(.batches) else { return .ineligible }
             return .init(eligible: true, load: w.load, rss: w.rss, sockets: w.sockets)
         }
     }
@@ -95,7 +114,8 @@ extension Pool {
             if !isStream { w.sockets += 1 }
         } else {
             let payload = table[index].payload
-            w.channel.send(.request, id: wireID, length: RequestHead.size + payload.count) { out in
+            w.channel.send(.request, id: wireID, flags: table[index].isBatch ? .batch : [],
+                           length: RequestHead.size + payload.count) { out in
                 head.encode(into: &out)
                 out.append(contentsOf: payload)
             }

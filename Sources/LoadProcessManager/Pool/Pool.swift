@@ -52,6 +52,8 @@ final class Pool {
     @exclusivity(unchecked) var phase: Phase = .idle
     @exclusivity(unchecked) var slots: [WorkerSlot]
     @exclusivity(unchecked) var table = RequestTable<Completion>()
+    /// Requests from other threads by submission number, for their handles' cancellations.
+    @exclusivity(unchecked) var submissions = SubmissionIndex()
     var budget: RestartBudget
     @exclusivity(unchecked) var policy: DispatchPolicy
     @exclusivity(unchecked) var outbox = Outbox()
@@ -234,7 +236,11 @@ final class Pool {
             // Jitter (up to a tenth more), so that workers started together do not all recycle at once.
             w.recycleAfter = n + Int.random(in: 0...(n / 10))
         }
-        channel.onFrame = { [unowned self, unowned w] h, p in self.frame(w, h, p); self.deliver() }
+        // `unowned(unsafe)` for the pool on the per-frame path (a checked `unowned` costs an atomic
+        // retain and release per frame): the pool outlives its channels, which it closes before
+        // it is released (a dropped supervisor hard-kills, holding the pool until every worker
+        // is reaped).
+        channel.onFrame = { [unowned(unsafe) self, unowned w] h, p in self.frame(w, h, p); self.deliver() }
         channel.onEnd = { [unowned self, unowned w] end in self.channelEnded(w, end); self.deliver() }
         do {
             let pidfd = try Sys.pidfdOpen(spawned.pid).release()

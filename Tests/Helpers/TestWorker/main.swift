@@ -25,6 +25,8 @@
 //   slot            answers with Worker.slot ("none" when unset)
 //   getenv          answers with the value of the variable the payload names ("<unset>" when unset)
 //   cloexec         answers with fcntl(3, F_GETFD) & FD_CLOEXEC
+//   bad-batch       (no worker runtime) announces batches when ready, answers every request
+//                   with a malformed batched response
 import LPMReactor
 import LoadProcessManagerWorker
 import LPMWire
@@ -37,6 +39,40 @@ let mySlot = getenv("LPM_WORKER_SLOT").map { String(cString: $0) }
 let mode = onlySlot == nil || onlySlot == mySlot ? getenv("LPM_TEST_MODE").map { String(cString: $0) } ?? "echo" : "echo"
 let delay = getenv("LPM_TEST_DELAY_MS").flatMap { Int(String(cString: $0)) } ?? 100
 if mode == "crash-on-start" { exit(3) }
+if mode == "bad-batch" { badBatchWorker() }
+
+/// Speaks the protocol by hand: says it takes batches, then answers each request with a batch
+/// that announces 5 answers and holds none.
+func badBatchWorker() -> Never {
+    _ = fcntl(3, F_SETFL, fcntl(3, F_GETFL) & ~O_NONBLOCK)
+    func writeAll(_ bytes: [UInt8]) { bytes.withUnsafeBytes { b in var o = 0; while o < b.count { let n = write(3, b.baseAddress! + o, b.count - o); if n <= 0 { exit(0) }; o += n } } }
+    func readExactly(_ n: Int) -> [UInt8] {
+        var buf = [UInt8](repeating: 0, count: n)
+        var got = 0
+        while got < n {
+            let r = buf.withUnsafeMutableBytes { read(3, $0.baseAddress! + got, n - got) }
+            if r <= 0 { exit(0) }
+            got += r
+        }
+        return buf
+    }
+    var caps: [UInt8] = []
+    WorkerCapabilities.batches.encode(into: &caps)
+    var ready: [UInt8] = []
+    ready.appendFrame(.ready, id: 0, payload: caps)
+    writeAll(ready)
+    while true {
+        let header = readExactly(Wire.headerSize)
+        let length = header.withUnsafeBytes { Int($0.readLittleEndian(at: 4, as: UInt32.self)) }
+        let id = header.withUnsafeBytes { $0.readLittleEndian(at: 8, as: UInt64.self) }
+        _ = readExactly(length)
+        if header[2] == FrameType.request.rawValue {
+            var answer: [UInt8] = []
+            answer.appendFrame(.response, flags: .batch, id: id, payload: [5, 0, 0, 0])
+            writeAll(answer)
+        }
+    }
+}
 
 let worker = Worker.connect()
 worker.on("ping-event") { event in event.reply(Array("pong:".utf8) + event.data) }
@@ -75,6 +111,17 @@ worker.onRequest { request in
         var pollfd = pollfd(fd: 3, events: Int16(POLLOUT), revents: 0)
         while true {
             if write(3, &frame, frame.count) < 0 { _ = poll(&pollfd, 1, 1000) }
+        }
+    case "flood-events":
+        // Floods the supervisor with custom events (no reply wanted), as fast as it can write.
+        var frame: [UInt8] = []
+        frame.appendFrame(.event, id: 0, payload: EventPayload.encode(name: "spam", data: [1, 2, 3]))
+        var pollfd = pollfd(fd: 3, events: Int16(POLLOUT), revents: 0)
+        while true {
+            if write(3, &frame, frame.count) < 0 {
+                if errno == EPIPE || errno == ECONNRESET { exit(0) }
+                _ = poll(&pollfd, 1, 1000)
+            }
         }
     case "fd-flood":
         // Sends descriptors on frames that announce none, thousands of them.
