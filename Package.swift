@@ -29,7 +29,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         // The `lpm` command line only (the library never depends on it).
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
-    ],
+        // Documentation only, named when LPM_DOCS is set (scripts/docs.sh sets it): SwiftPM compiles the
+        // command plugins of every package a manifest names, even for a plain `swift build`.
+    ] + (Context.environment["LPM_DOCS"] == nil ? [] : [.package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0")]),
     targets: [
         // Kernel interfaces: a header-only module map over epoll, liburing, signalfd, timerfd,
         // eventfd, pidfd, spawn and sockets.

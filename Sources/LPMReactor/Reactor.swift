@@ -16,10 +16,10 @@
 ///   closing it; a number closed without deregistering and then reused is taken over by the new
 ///   registration, and no event meant for the old one reaches the new one.
 ///
-/// The class is a facade over parts that each keep their own state: ``RegistrationTable``
-/// (descriptors, `Reactor+Descriptors.swift`), ``TimerHeap`` (`Reactor+Timers.swift`),
-/// ``SignalWatchers`` (`Reactor+Signals.swift`), ``ChildWatchers`` (`Reactor+Children.swift`),
-/// and the loop with its jobs (`Reactor+Loop.swift`), over a ``ReactorBackend``.
+/// The class is a facade over parts that each keep their own state: `RegistrationTable`
+/// (descriptors, `Reactor+Descriptors.swift`), `TimerHeap` (`Reactor+Timers.swift`),
+/// `SignalWatchers` (`Reactor+Signals.swift`), `ChildWatchers` (`Reactor+Children.swift`),
+/// and the loop with its jobs (`Reactor+Loop.swift`), over a `ReactorBackend`.
 public final class Reactor {
     let backend: any ReactorBackend
     let shared: ReactorShared

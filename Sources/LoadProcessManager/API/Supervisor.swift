@@ -17,7 +17,7 @@ import LPMWire
 /// here may be called from any thread; they hop onto the reactor thread. Handlers you register
 /// run on the reactor thread and must not block it.
 ///
-/// Every request is answered exactly once: with a ``Response``, or a ``SupervisorError``
+/// Every request is answered exactly once: with a ``WorkerResponse``, or a ``SupervisorError``
 /// (timed out, worker exited, protocol violation, queue full, shut down, no workers...).
 public final class Supervisor: Sendable {
     /// The reactor the pool runs on.
@@ -27,7 +27,7 @@ public final class Supervisor: Sendable {
 
     /// Creates a supervisor on a reactor thread of its own (started now, ended when the pool
     /// is killed).
-    /// - Throws: ``ReactorError`` if the thread's reactor cannot be created.
+    /// - Throws: ``/LPMReactor/ReactorError`` if the thread's reactor cannot be created.
     public init(_ configuration: SupervisorConfiguration) throws(ReactorError) {
         let thread = try ReactorThread(backend: configuration.backend)
         ownThread = thread
@@ -42,7 +42,7 @@ public final class Supervisor: Sendable {
         }
     }
 
-    /// Creates a supervisor on `reactor`, which you run (``Reactor/run()``). Call on its thread.
+    /// Creates a supervisor on `reactor`, which you run (``/LPMReactor/Reactor/run()``). Call on its thread.
     public init(_ configuration: SupervisorConfiguration, reactor: Reactor) {
         precondition(reactor.isOnReactorThread, "Supervisor(_:reactor:) must be called on the reactor's thread")
         ownThread = nil
@@ -363,7 +363,7 @@ public final class Supervisor: Sendable {
         if !onLoop({ $0.softKill(completion) }) { CallerTrampoline.run(completion) }
     }
 
-    /// ``softKill(_:)``, waiting until it is done.
+    /// ``softKill(completion:)``, waiting until it is done.
     public func softKill() async {
         await withUnsafeContinuation { (c: UnsafeContinuation<Void, Never>) in softKill(completion: { c.resume() }) }
     }
@@ -375,7 +375,7 @@ public final class Supervisor: Sendable {
         if !onLoop({ $0.hardKill(completion) }) { CallerTrampoline.run(completion) }
     }
 
-    /// ``hardKill(_:)``, waiting until every worker is reaped.
+    /// ``hardKill(completion:)``, waiting until every worker is reaped.
     public func hardKill() async {
         await withUnsafeContinuation { (c: UnsafeContinuation<Void, Never>) in hardKill(completion: { c.resume() }) }
     }
