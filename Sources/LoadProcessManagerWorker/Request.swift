@@ -7,20 +7,29 @@ extension Worker {
     ///
     /// Use it on the worker's thread only (see ``Worker``).
     public final class Request {
-        private unowned let worker: Worker
-        let wireID: UInt64
+        // Strong: the worker lives until the process exits (`run()` never returns), so the cycle
+        // through its in-flight and spare lists is never a leak, and a strong reference is
+        // cheaper to follow than an `unowned` one (no side-table count per access).
+        let worker: Worker
+        @exclusivity(unchecked) var wireID: UInt64
         /// The request's id, a UUID (version 4) assigned by the supervisor.
-        public let id: RequestID
+        public internal(set) var id: RequestID
         /// When the supervisor accepted it: nanoseconds on the supervisor's monotonic clock
         /// (`CLOCK_MONOTONIC`, shared by all processes of the machine).
-        public let createdAt: UInt64
+        public internal(set) var createdAt: UInt64
         /// The request's payload.
-        public let data: [UInt8]
+        public internal(set) var data: [UInt8]
         /// Whether the supervisor cancelled it (it timed out there); answers are then dropped.
         public internal(set) var isCancelled = false
-        /// Called if the supervisor cancels the request.
+        /// Called if the supervisor cancels the request. Dropped once the request is answered or
+        /// cancelled, so a closure that captures the request does not keep it alive.
         public var onCancel: (() -> Void)?
-        var answered = false
+        @exclusivity(unchecked) var answered = false
+        /// The request's place in the worker's in-flight list; -1 once it has left it (answered
+        /// and its stream finished, or cancelled).
+        @exclusivity(unchecked) var inFlightIndex = -1
+        /// The task running an async handler for this request, cancelled with the request.
+        var task: Task<Void, Never>?
         /// The stream sent with the request, if any: read it with ``InputStream/resume()`` and its
         /// callbacks, or ``InputStream/readAll(_:)``. End of file marks its end.
         public internal(set) var stream: InputStream?
@@ -39,6 +48,28 @@ extension Worker {
             self.createdAt = createdAt
             self.data = data
         }
+
+        /// Makes a request that nobody kept after its answer ready for the next frame. `data`
+        /// keeps its buffer when nothing else holds it (copy on write sees to that), unless the
+        /// buffer grew large.
+        func reuse(wireID: UInt64, id: RequestID, createdAt: UInt64, body: UnsafeRawBufferPointer) {
+            self.wireID = wireID
+            self.id = id
+            self.createdAt = createdAt
+            if data.capacity > Request.retainedDataCapacity {
+                data = Array(body)
+            } else {
+                data.removeAll(keepingCapacity: true)
+                data.append(contentsOf: body)
+            }
+            isCancelled = false
+            answered = false
+            stream = nil
+            socket = nil
+        }
+
+        /// A reused request keeps a payload buffer up to this size; a larger one is freed.
+        static let retainedDataCapacity = 64 << 10
 
         /// Answers with `data`.
         public func respond(_ data: [UInt8]) { worker.finish(self, .response, data) }

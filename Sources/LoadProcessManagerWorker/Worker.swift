@@ -33,11 +33,22 @@ public final class Worker {
     public let slot: Int?
     private let channel: Channel
     private let flusher: ChannelFlusher
-    private var requestHandler: (Request) -> Void = { $0.fail("this worker has no request handler") }
+    var requestHandler: (Request) -> Void = { $0.fail("this worker has no request handler") }
     private var eventHandlers: [String: (Event) -> Void] = [:]
     private var softKillHandler: ((_ done: @escaping () -> Void) -> Void)?
     private var hardKillHandler: (() -> Void)?
-    @exclusivity(unchecked) private var inFlight: [UInt64: Request] = [:]
+    /// The requests received and not yet finished, each knowing its index here
+    /// (``Request/inFlightIndex``): entering and leaving is an append and a swap, no hashing.
+    @exclusivity(unchecked) private var inFlight: [Request] = []
+    /// Requests answered during their handler's call and kept by nobody: the next frames reuse
+    /// them (and their payload buffers), so a request costs no allocation.
+    @exclusivity(unchecked) private var spare: [Request] = []
+    private static let spareLimit = 16
+    /// Runs the tasks of async handlers on this thread (see ``taskExecutor``).
+    let executor: WorkerExecutor
+    /// Whether the main dispatch queue, the main actor's executor, is served by ``reactor``:
+    /// set when the worker runs on the main thread (see `MainQueue.swift`).
+    let servesMainActor: Bool
     private var pendingReplies: [UInt64: ([UInt8]) -> Void] = [:]
     private var nextEventID: UInt64 = 0
     @exclusivity(unchecked) private var state: ReadyState = .starting
@@ -72,6 +83,8 @@ public final class Worker {
         reactor = try Reactor(backend: backend)
         flusher = ChannelFlusher(reactor: reactor)
         channel = Channel(fd: fd, reactor: reactor, flusher: flusher, maxPayload: maxPayload)
+        executor = WorkerExecutor(handle: reactor.handle)
+        servesMainActor = MainQueue.attach(to: reactor)
         channel.onFrame = { [unowned self] header, payload in self.frame(header, payload) }
         channel.onEnd = { [unowned self] end in
             switch end {
@@ -97,6 +110,8 @@ public final class Worker {
 
     /// Sets the handler for requests. Runs on the reactor thread for each request; answer with
     /// ``Worker/Request/respond(_:)-([UInt8])``, ``Worker/Request/ack()`` or ``Worker/Request/fail(_:)``, now or later.
+    ///
+    /// A handler that needs to `await` is an `async` closure: see ``onRequest(_:)-(Request)async``.
     public func onRequest(_ handler: @escaping (Request) -> Void) {
         requestHandler = handler
     }
@@ -138,7 +153,7 @@ public final class Worker {
 
     /// The requests received and not yet answered.
     public func requests() -> [Request] {
-        Array(inFlight.values)
+        inFlight
     }
 
     /// Emits a custom event to the supervisor.
@@ -157,6 +172,10 @@ public final class Worker {
     }
 
     /// Runs the worker until the supervisor closes the channel or a kill ends it. Never returns.
+    ///
+    /// When the worker runs on the main thread, the loop also runs the main actor's jobs (the
+    /// main dispatch queue), so a `Task {}` started from main-actor code (a `main.swift` worker's
+    /// top-level code and its closures) runs on this thread between the loop's events.
     public func run() -> Never {
         while true {
             do { try reactor.run() } catch { exit(code: 70) }
@@ -171,7 +190,13 @@ public final class Worker {
             guard let (head, body) = RequestHead.decode(payload) else {
                 return violation("request frame shorter than its \(RequestHead.size)-byte head")
             }
-            let request = Request(worker: self, wireID: h.id, id: head.id, createdAt: head.createdAt, data: Array(body))
+            var request: Request
+            if let reused = spare.popLast() {
+                reused.reuse(wireID: h.id, id: head.id, createdAt: head.createdAt, body: body)
+                request = reused
+            } else {
+                request = Request(worker: self, wireID: h.id, id: head.id, createdAt: head.createdAt, data: Array(body))
+            }
             if h.flags.announcesDescriptor {
                 guard let fd = channel.takeDescriptor() else { return violation("a request announced a descriptor that did not arrive") }
                 if h.flags.contains(.stream) {
@@ -180,8 +205,16 @@ public final class Worker {
                     request.socket = fd
                 }
             }
-            inFlight[h.id] = request
+            request.inFlightIndex = inFlight.count
+            inFlight.append(request)
             requestHandler(request)
+            // Answered during the call, and held by nobody else (not the handler, a timer, a
+            // stream or a task): the next request reuses it.
+            if request.inFlightIndex < 0 && spare.count < Worker.spareLimit && isKnownUniquelyReferenced(&request) {
+                request.onCancel = nil
+                request.task = nil
+                spare.append(request)
+            }
         case .event, .broadcast:
             guard let (name, data) = EventPayload.decode(payload) else { return violation("malformed event frame") }
             var socket: CInt?
@@ -204,10 +237,15 @@ public final class Worker {
             hardKillHandler?()
             exit(code: 0)
         case .cancel:
-            if let r = inFlight.removeValue(forKey: h.id) {
-                r.isCancelled = true
-                r.onCancel?()
-            }
+            // A linear search: cancellations are rare, and the list is as long as the requests in
+            // flight on this worker.
+            guard let r = inFlight.first(where: { $0.wireID == h.id }) else { return }
+            let onCancel = r.onCancel, task = r.task
+            leaveFlight(r)
+            r.isCancelled = true
+            onCancel?()
+            task?.cancel()
+            if softKillRequested { maybeFinishSoftKill() }
         case .ping:
             channel.send(.pong, id: h.id)
         case .pong:
@@ -223,10 +261,36 @@ public final class Worker {
         exit(code: 76)
     }
 
+    /// Takes `request` out of the in-flight list (if it is still there) and drops what it no
+    /// longer needs: its cancel handler (which may capture it) and its task handle.
+    private func leaveFlight(_ request: Request) {
+        let i = request.inFlightIndex
+        guard i >= 0 else { return }
+        let last = inFlight.removeLast()
+        if last !== request {
+            inFlight[i] = last
+            last.inFlightIndex = i
+        }
+        request.inFlightIndex = -1
+        request.onCancel = nil
+        request.task = nil
+    }
+
+    /// Traps when a request is answered off the worker's thread: its state and the channel
+    /// belong to that thread, and a race there would lose or corrupt answers.
+    @inline(__always)
+    private func checkThread() {
+        precondition(reactor.isOnReactorThread, """
+            a Worker.Request was answered off the worker's thread; answer on it (an async handler \
+            runs there), or hop with worker.reactor.handle.execute { _ in ... }
+            """)
+    }
+
     func finish(_ request: Request, _ type: FrameType, _ data: [UInt8]) {
-        guard !request.answered, inFlight[request.wireID] != nil else { return }
+        guard !request.answered, request.inFlightIndex >= 0 else { return }
+        checkThread()
         request.answered = true
-        inFlight[request.wireID] = nil
+        leaveFlight(request)
         if data.count > channel.maxPayload {
             // The supervisor would take a frame this large as a protocol violation and kill this
             // worker: fail the request instead, saying why.
@@ -240,7 +304,8 @@ public final class Worker {
 
     /// Answers with `data` and a stream: the request stays in flight until the stream ends.
     func finishStreaming(_ request: Request, _ data: [UInt8]) -> OutputStream? {
-        guard !request.answered, inFlight[request.wireID] != nil else { return nil }
+        guard !request.answered, request.inFlightIndex >= 0 else { return nil }
+        checkThread()
         let pair: DescriptorPair
         // A socketpair, not a pipe: written with MSG_NOSIGNAL, so a supervisor that stops
         // reading (the caller cancelled the stream) gives EPIPE here, never SIGPIPE.
@@ -255,7 +320,7 @@ public final class Worker {
         return OutputStream(writer: StreamWriter(fd: writeEnd, reactor: reactor, isSocket: true)) { [unowned self] count, ok in
             let end = StreamEnd(count: UInt64(count), ok: ok)
             self.channel.send(.streamEnd, id: wireID, length: StreamEnd.size) { end.encode(into: &$0) }
-            self.inFlight[wireID] = nil
+            self.leaveFlight(request)
             if self.softKillRequested { self.maybeFinishSoftKill() }
         }
     }
