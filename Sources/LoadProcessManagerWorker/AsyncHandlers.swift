@@ -14,10 +14,11 @@ extension Worker {
     ///
     /// Each request gets a task, started at once on the worker's thread: the handler runs there
     /// until its first suspension, and everything it does between suspensions runs there too,
-    /// one piece at a time between the loop's events, never in parallel with the loop. A
-    /// nonisolated handler's task prefers ``taskExecutor`` (the worker's thread); a handler
+    /// one piece at a time between the loop's events, never in parallel with the loop. A handler
     /// isolated to the main actor (a closure written in `main.swift`'s top-level code is) runs on
-    /// the main actor, which this worker's loop serves when it runs on the main thread.
+    /// the main actor, which this worker's loop serves when it runs on the main thread; a
+    /// nonisolated one runs on ``taskExecutor``. Either way the task prefers ``taskExecutor``, so
+    /// the nonisolated `async` functions it calls and its child tasks run on the worker's thread.
     ///
     /// Answer as with a synchronous handler, once: ``Worker/Request/respond(_:)-([UInt8])``,
     /// ``Worker/Request/ack()``, ``Worker/Request/fail(_:)`` or a streamed answer. When the handler
@@ -58,7 +59,7 @@ extension Worker {
         let task: Task<Void, Never>
         if handler.isolation === MainActor.shared {
             // This is the main thread: the task runs at once, with no hop through the main queue.
-            task = Task.immediate { @MainActor in await Worker.serve(request, with: handler) }
+            task = Task.immediate(executorPreference: executor) { @MainActor in await Worker.serve(request, with: handler) }
         } else if handler.isolation == nil {
             task = Task.immediate(executorPreference: executor) { await Worker.serve(request, with: handler) }
         } else {
@@ -66,7 +67,7 @@ extension Worker {
         }
         // Kept for cancellation while the request is in flight (a task that already answered
         // has nothing to cancel).
-        if request.inFlightIndex >= 0 { request.task = task }
+        if request.isInFlight { request.task = task }
     }
 
     /// Runs `handler` for `request` in the caller's isolation, and fails the request if the

@@ -33,13 +33,18 @@ public final class Worker {
     public let slot: Int?
     private let channel: Channel
     private let flusher: ChannelFlusher
-    var requestHandler: (Request) -> Void = { $0.fail("this worker has no request handler") }
+    @exclusivity(unchecked) var requestHandler: (Request) -> Void = { $0.fail("this worker has no request handler") }
     private var eventHandlers: [String: (Event) -> Void] = [:]
     private var softKillHandler: ((_ done: @escaping () -> Void) -> Void)?
     private var hardKillHandler: (() -> Void)?
-    /// The requests received and not yet finished, each knowing its index here
+    /// The requests in flight whose handler call has returned, each knowing its index here
     /// (``Request/inFlightIndex``): entering and leaving is an append and a swap, no hashing.
     @exclusivity(unchecked) private var inFlight: [Request] = []
+    /// The requests whose handler call is under way, innermost first, linked through
+    /// ``Request/outer``, and how many of them are still in flight. A request answered during
+    /// its call (the common case) never enters ``inFlight``: no retain, no array update.
+    @exclusivity(unchecked) private var handlingTop: Unmanaged<Request>?
+    @exclusivity(unchecked) private var handlingInFlight = 0
     /// Requests answered during their handler's call and kept by nobody: the next frames reuse
     /// them (and their payload buffers), so a request costs no allocation.
     @exclusivity(unchecked) private var spare: [Request] = []
@@ -52,9 +57,9 @@ public final class Worker {
     private var pendingReplies: [UInt64: ([UInt8]) -> Void] = [:]
     private var nextEventID: UInt64 = 0
     @exclusivity(unchecked) private var state: ReadyState = .starting
-    private var softKillRequested = false
+    @exclusivity(unchecked) private var softKillRequested = false
     private var softKillRunning = false
-    private var exiting = false
+    @exclusivity(unchecked) private var exiting = false
 
     private enum ReadyState { case starting, ready, busy }
 
@@ -85,7 +90,10 @@ public final class Worker {
         channel = Channel(fd: fd, reactor: reactor, flusher: flusher, maxPayload: maxPayload)
         executor = WorkerExecutor(handle: reactor.handle)
         servesMainActor = MainQueue.attach(to: reactor)
-        channel.onFrame = { [unowned self] header, payload in self.frame(header, payload) }
+        // `unowned(unsafe)`: the channel is this worker's own, referenced by nothing else, so it
+        // delivers frames only while the worker is alive; a checked `unowned` costs two atomic
+        // operations per frame.
+        channel.onFrame = { [unowned(unsafe) self] header, payload in self.frame(header, payload) }
         channel.onEnd = { [unowned self] end in
             switch end {
             case .endOfFile: self.exit(code: 0)  // the supervisor is gone
@@ -111,7 +119,8 @@ public final class Worker {
     /// Sets the handler for requests. Runs on the reactor thread for each request; answer with
     /// ``Worker/Request/respond(_:)-([UInt8])``, ``Worker/Request/ack()`` or ``Worker/Request/fail(_:)``, now or later.
     ///
-    /// A handler that needs to `await` is an `async` closure: see ``onRequest(_:)-(Request)async``.
+    /// A handler that needs to `await` is an `async` closure, passed to the `async` overload of
+    /// `onRequest`: it then runs in a task on the worker's thread.
     public func onRequest(_ handler: @escaping (Request) -> Void) {
         requestHandler = handler
     }
@@ -153,7 +162,26 @@ public final class Worker {
 
     /// The requests received and not yet answered.
     public func requests() -> [Request] {
-        inFlight
+        var all = inFlight
+        var node = handlingTop
+        while let r = node?.takeUnretainedValue() {
+            if r.inFlightIndex == Request.handling { all.append(r) }
+            node = r.outer
+        }
+        return all
+    }
+
+    /// The request in flight with this wire id, if any.
+    private func inFlightRequest(_ wireID: UInt64) -> Request? {
+        // A linear search: cancellations are rare, and the list is as long as the requests in
+        // flight on this worker.
+        if let r = inFlight.first(where: { $0.wireID == wireID }) { return r }
+        var node = handlingTop
+        while let r = node?.takeUnretainedValue() {
+            if r.wireID == wireID && r.inFlightIndex == Request.handling { return r }
+            node = r.outer
+        }
+        return nil
     }
 
     /// Emits a custom event to the supervisor.
@@ -205,15 +233,23 @@ public final class Worker {
                     request.socket = fd
                 }
             }
-            request.inFlightIndex = inFlight.count
-            inFlight.append(request)
+            request.inFlightIndex = Request.handling
+            request.outer = handlingTop
+            handlingTop = Unmanaged.passUnretained(request)
+            handlingInFlight += 1
             requestHandler(request)
-            // Answered during the call, and held by nobody else (not the handler, a timer, a
-            // stream or a task): the next request reuses it.
-            if request.inFlightIndex < 0 && spare.count < Worker.spareLimit && isKnownUniquelyReferenced(&request) {
-                request.onCancel = nil
-                request.task = nil
-                spare.append(request)
+            handlingTop = request.outer
+            request.outer = nil
+            if request.inFlightIndex == Request.handling {
+                // Not answered yet (or its streamed answer is still being written): in flight
+                // until it is.
+                handlingInFlight -= 1
+                request.inFlightIndex = inFlight.count
+                inFlight.append(request)
+            } else if spare.count < Worker.spareLimit && isKnownUniquelyReferenced(&request) {
+                // Answered during the call, and held by nobody else (not the handler, a timer, a
+                // stream or a task): the next request reuses it.
+                spare.append(consume request)
             }
         case .event, .broadcast:
             guard let (name, data) = EventPayload.decode(payload) else { return violation("malformed event frame") }
@@ -237,9 +273,7 @@ public final class Worker {
             hardKillHandler?()
             exit(code: 0)
         case .cancel:
-            // A linear search: cancellations are rare, and the list is as long as the requests in
-            // flight on this worker.
-            guard let r = inFlight.first(where: { $0.wireID == h.id }) else { return }
+            guard let r = inFlightRequest(h.id) else { return }
             let onCancel = r.onCancel, task = r.task
             leaveFlight(r)
             r.isCancelled = true
@@ -265,15 +299,20 @@ public final class Worker {
     /// longer needs: its cancel handler (which may capture it) and its task handle.
     private func leaveFlight(_ request: Request) {
         let i = request.inFlightIndex
-        guard i >= 0 else { return }
-        let last = inFlight.removeLast()
-        if last !== request {
-            inFlight[i] = last
-            last.inFlightIndex = i
+        if i >= 0 {
+            let last = inFlight.removeLast()
+            if last !== request {
+                inFlight[i] = last
+                last.inFlightIndex = i
+            }
+        } else if i == Request.handling {
+            handlingInFlight -= 1
+        } else {
+            return
         }
-        request.inFlightIndex = -1
-        request.onCancel = nil
-        request.task = nil
+        request.inFlightIndex = Request.notInFlight
+        if request.onCancel != nil { request.onCancel = nil }
+        if request.task != nil { request.task = nil }
     }
 
     /// Traps when a request is answered off the worker's thread: its state and the channel
@@ -287,7 +326,7 @@ public final class Worker {
     }
 
     func finish(_ request: Request, _ type: FrameType, _ data: [UInt8]) {
-        guard !request.answered, request.inFlightIndex >= 0 else { return }
+        guard !request.answered, request.isInFlight else { return }
         checkThread()
         request.answered = true
         leaveFlight(request)
@@ -304,7 +343,7 @@ public final class Worker {
 
     /// Answers with `data` and a stream: the request stays in flight until the stream ends.
     func finishStreaming(_ request: Request, _ data: [UInt8]) -> OutputStream? {
-        guard !request.answered, request.inFlightIndex >= 0 else { return nil }
+        guard !request.answered, request.isInFlight else { return nil }
         checkThread()
         let pair: DescriptorPair
         // A socketpair, not a pipe: written with MSG_NOSIGNAL, so a supervisor that stops
@@ -330,7 +369,7 @@ public final class Worker {
     }
 
     private func maybeFinishSoftKill() {
-        guard inFlight.isEmpty, !softKillRunning, state != .busy else { return }
+        guard inFlight.isEmpty, handlingInFlight == 0, !softKillRunning, state != .busy else { return }
         if let handler = softKillHandler {
             softKillRunning = true
             handler { [unowned self] in self.exit(code: 0) }
