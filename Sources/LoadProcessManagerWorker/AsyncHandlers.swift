@@ -17,8 +17,10 @@ extension Worker {
     /// one piece at a time between the loop's events, never in parallel with the loop. A handler
     /// isolated to the main actor (a closure written in `main.swift`'s top-level code is) runs on
     /// the main actor, which this worker's loop serves when it runs on the main thread; a
-    /// nonisolated one runs on ``taskExecutor``. Either way the task prefers ``taskExecutor``, so
-    /// the nonisolated `async` functions it calls and its child tasks run on the worker's thread.
+    /// nonisolated one (written in a nonisolated function) runs on ``taskExecutor``, and so do
+    /// the nonisolated `async` functions it calls and its child tasks. A main-actor handler's
+    /// calls to nonisolated `async` functions run on the shared thread pool, as anywhere in
+    /// Swift 6, and each such await costs two thread hops: a few microseconds.
     ///
     /// Answer as with a synchronous handler, once: ``Worker/Request/respond(_:)-([UInt8])``,
     /// ``Worker/Request/ack()``, ``Worker/Request/fail(_:)`` or a streamed answer. When the handler
@@ -59,7 +61,10 @@ extension Worker {
         let task: Task<Void, Never>
         if handler.isolation === MainActor.shared {
             // This is the main thread: the task runs at once, with no hop through the main queue.
-            task = Task.immediate(executorPreference: executor) { @MainActor in await Worker.serve(request, with: handler) }
+            // No executor preference here: code on the main actor runs with no task executor, so
+            // in a task that prefers one every switch to the main actor, even from it, hops
+            // through the main queue (measured: 0.8 us per request without, 1.9 us with).
+            task = Task.immediate { @MainActor in await Worker.serve(request, with: handler) }
         } else if handler.isolation == nil {
             task = Task.immediate(executorPreference: executor) { await Worker.serve(request, with: handler) }
         } else {
