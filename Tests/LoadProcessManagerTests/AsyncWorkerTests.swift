@@ -161,4 +161,36 @@ struct AsyncWorkerTests {
         #expect(try await sleeper.value == "300:1:main")
         #expect(await s.status().isShutDown)
     }
+
+    @Test("reused requests: one kept by its handler, or whose payload is kept, is never overwritten")
+    func reuseKeepsWhatIsKept() async throws {
+        let (s, _) = try await startOnline(testConfig("reuse-check", count: 1))
+        let payloads = (0..<300).map { i in
+            i % 7 == 0 ? "later:\(i)" : i % 5 == 0 ? "keep:\(i)" : i % 3 == 0 ? "hold:\(i)" : "echo \(i) " + String(repeating: "x", count: i)
+        }
+        let answers = try await withThrowingTaskGroup(of: (String, String).self) { group in
+            for p in payloads { group.addTask { (p, try await s.enqueue(p).text) } }
+            return try await group.reduce(into: [(String, String)]()) { $0.append($1) }
+        }
+        for (sent, got) in answers {
+            #expect(got == (sent.hasPrefix("keep:") || sent.hasPrefix("hold:") ? "ok" : sent), "sent \(sent)")
+        }
+        let kept = try await s.enqueue("dump").text.split(separator: ",").map(String.init)
+        #expect(Set(kept) == Set(payloads.filter { $0.hasPrefix("keep:") }))
+        let held = try await s.enqueue("dump-held").text.split(separator: ",").map(String.init)
+        #expect(Set(held) == Set(payloads.filter { $0.hasPrefix("hold:") }))
+        await s.softKill()
+    }
+
+    @Test("answering off the worker's thread stops the worker rather than racing its loop")
+    func offThreadAnswerStopsTheWorker() async throws {
+        var c = testConfig("off-thread", count: 1)
+        c.retries = 0
+        let (s, log) = try await startOnline(c)
+        do { _ = try await s.enqueue("x"); Issue.record("answered") } catch {
+            #expect(error.code == .workerExited, "\(error)")
+        }
+        #expect(await log.wait(isExit))
+        await s.hardKill()
+    }
 }

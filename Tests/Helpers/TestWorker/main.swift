@@ -25,6 +25,12 @@
 //   slot            answers with Worker.slot ("none" when unset)
 //   getenv          answers with the value of the variable the payload names ("<unset>" when unset)
 //   cloexec         answers with fcntl(3, F_GETFD) & FD_CLOEXEC
+//   reuse-check     "later:X" kept and answered with its payload 20 ms later; "keep:X" keeps
+//                   the payload array and answers "ok"; "hold:X" answers "ok" and keeps the
+//                   request; "dump" / "dump-held" answer with the kept payloads / the held
+//                   requests' payloads, joined by ","; anything else is echoed (requests
+//                   answered at once and kept by nobody are reused)
+//   off-thread      answers from another thread (a detached task): the runtime stops the worker
 //   task-trap       a synchronous handler whose answer comes from `Task { await ...; respond }`
 //                   (main-actor code: this file's top level), after LPM_TEST_DELAY_MS
 // Async handlers (`worker.onRequest { request async throws in ... }`):
@@ -55,6 +61,10 @@ let delay = getenv("LPM_TEST_DELAY_MS").flatMap { Int(String(cString: $0)) } ?? 
 if mode == "crash-on-start" { exit(3) }
 
 let worker = Worker.connect()
+/// The payload arrays the reuse-check mode keeps (main-actor state, like the handler).
+var keptPayloads: [[UInt8]] = []
+/// The requests the reuse-check mode holds after answering them.
+var heldRequests: [Worker.Request] = []
 worker.on("ping-event") { event in event.reply(Array("pong:".utf8) + event.data) }
 worker.on("record") { event in
     // Echo a broadcast back as an event so the test can see it arrived.
@@ -174,6 +184,27 @@ worker.onRequest { request in
         request.respond(getenv(String(decoding: request.data, as: UTF8.self)).map { String(cString: $0) } ?? "<unset>")
     case "cloexec":
         request.respond(String(fcntl(3, F_GETFD) & FD_CLOEXEC))
+    case "reuse-check":
+        let text = String(decoding: request.data, as: UTF8.self)
+        if text.hasPrefix("later:") {
+            _ = try? worker.reactor.schedule(after: .milliseconds(20)) { request.respond(request.data) }
+        } else if text.hasPrefix("keep:") {
+            keptPayloads.append(request.data)
+            request.respond("ok")
+        } else if text.hasPrefix("hold:") {
+            heldRequests.append(request)
+            request.respond("ok")
+        } else if text == "dump-held" {
+            request.respond(heldRequests.map { String(decoding: $0.data, as: UTF8.self) }.joined(separator: ","))
+        } else if text == "dump" {
+            request.respond(keptPayloads.map { String(decoding: $0, as: UTF8.self) }.joined(separator: ","))
+        } else {
+            request.respond(request.data)
+        }
+    case "off-thread":
+        // A mistake the runtime catches: the request belongs to the worker's thread.
+        nonisolated(unsafe) let stray = request
+        Task.detached { stray.respond("from another thread") }
     case "task-trap":
         // The pattern of a user's report: a task started from a synchronous handler. This is
         // main-actor code, so the task runs on the main actor, which the worker's loop serves.
