@@ -7,9 +7,10 @@ extension Worker {
     ///
     /// Use it on the worker's thread only (see ``Worker``).
     public final class Request {
-        // The stored properties skip the dynamic exclusivity check (one runtime call each per
-        // access, most of a request's cost when checked): they are set only by the worker,
-        // between handler calls, on its one thread, never through an `inout` that could overlap.
+        // The stored properties skip the dynamic exclusivity check (a runtime call per access,
+        // most of a request's cost when checked): the worker sets them on its one thread,
+        // between handler calls, never through an `inout` that could overlap another access.
+
         // Strong: the worker lives until the process exits (`run()` never returns), so the cycle
         // through its in-flight and spare lists is never a leak, and a strong reference is
         // cheaper to follow than an `unowned` one (no side-table count per access).
@@ -66,8 +67,8 @@ extension Worker {
         }
 
         /// Makes a request that nobody kept after its answer ready for the next frame. The
-        /// payload keeps its buffer when nothing else holds it (copy on write sees to that), unless the
-        /// buffer grew large.
+        /// payload keeps its buffer when nothing else holds it (copy on write sees to that),
+        /// unless the buffer grew large.
         func reuse(wireID: UInt64, id: RequestID, createdAt: UInt64, body: UnsafeRawBufferPointer) {
             self.wireID = wireID
             self.id = id

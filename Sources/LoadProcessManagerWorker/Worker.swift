@@ -90,9 +90,9 @@ public final class Worker {
         channel = Channel(fd: fd, reactor: reactor, flusher: flusher, maxPayload: maxPayload)
         executor = WorkerExecutor(handle: reactor.handle)
         servesMainActor = MainQueue.attach(to: reactor)
-        // `unowned(unsafe)`: the channel is this worker's own, referenced by nothing else, so it
-        // delivers frames only while the worker is alive; a checked `unowned` costs two atomic
-        // operations per frame.
+        // `unowned(unsafe)`: the channel is this worker's own (only the worker and its flusher
+        // hold it, and the reactor's registration holds it unowned), so it delivers frames only
+        // while the worker is alive; a checked `unowned` costs two atomic operations per frame.
         channel.onFrame = { [unowned(unsafe) self] header, payload in self.frame(header, payload) }
         channel.onEnd = { [unowned self] end in
             switch end {
@@ -326,8 +326,8 @@ public final class Worker {
     }
 
     func finish(_ request: Request, _ type: FrameType, _ data: [UInt8]) {
-        guard !request.answered, request.isInFlight else { return }
         checkThread()
+        guard !request.answered, request.isInFlight else { return }
         request.answered = true
         leaveFlight(request)
         if data.count > channel.maxPayload {
@@ -343,8 +343,8 @@ public final class Worker {
 
     /// Answers with `data` and a stream: the request stays in flight until the stream ends.
     func finishStreaming(_ request: Request, _ data: [UInt8]) -> OutputStream? {
-        guard !request.answered, request.isInFlight else { return nil }
         checkThread()
+        guard !request.answered, request.isInFlight else { return nil }
         let pair: DescriptorPair
         // A socketpair, not a pipe: written with MSG_NOSIGNAL, so a supervisor that stops
         // reading (the caller cancelled the stream) gives EPIPE here, never SIGPIPE.
@@ -365,6 +365,7 @@ public final class Worker {
     }
 
     func socketClosed(_ request: Request) {
+        checkThread()
         channel.send(.socketClosed, id: request.wireID)
     }
 
