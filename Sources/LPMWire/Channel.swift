@@ -91,7 +91,7 @@ package final class Channel {
     @exclusivity(unchecked) private var waitingForWritable = false
     private let decoder: FrameDecoder
     /// Whether the channel has been closed or has failed.
-    package private(set) var isClosed = false
+    @exclusivity(unchecked) package private(set) var isClosed = false
     /// Called for each frame received; the payload is valid only during the call.
     package var onFrame: (FrameHeader, UnsafeRawBufferPointer) -> Void = { _, _ in }
     /// Called once when the channel stops for any reason other than ``close()``.

@@ -33,17 +33,33 @@ public final class Worker {
     public let slot: Int?
     private let channel: Channel
     private let flusher: ChannelFlusher
-    private var requestHandler: (Request) -> Void = { $0.fail("this worker has no request handler") }
+    @exclusivity(unchecked) var requestHandler: (Request) -> Void = { $0.fail("this worker has no request handler") }
     private var eventHandlers: [String: (Event) -> Void] = [:]
     private var softKillHandler: ((_ done: @escaping () -> Void) -> Void)?
     private var hardKillHandler: (() -> Void)?
-    @exclusivity(unchecked) private var inFlight: [UInt64: Request] = [:]
+    /// The requests in flight whose handler call has returned, each knowing its index here
+    /// (``Request/inFlightIndex``): entering and leaving is an append and a swap, no hashing.
+    @exclusivity(unchecked) private var inFlight: [Request] = []
+    /// The requests whose handler call is under way, innermost first, linked through
+    /// ``Request/outer``, and how many of them are still in flight. A request answered during
+    /// its call (the common case) never enters ``inFlight``: no retain, no array update.
+    @exclusivity(unchecked) private var handlingTop: Unmanaged<Request>?
+    @exclusivity(unchecked) private var handlingInFlight = 0
+    /// Requests answered during their handler's call and kept by nobody: the next frames reuse
+    /// them (and their payload buffers), so a request costs no allocation.
+    @exclusivity(unchecked) private var spare: [Request] = []
+    private static let spareLimit = 16
+    /// Runs the tasks of async handlers on this thread (see ``taskExecutor``).
+    let executor: WorkerExecutor
+    /// Whether the main dispatch queue, the main actor's executor, is served by ``reactor``:
+    /// set when the worker runs on the main thread (see `MainQueue.swift`).
+    let servesMainActor: Bool
     private var pendingReplies: [UInt64: ([UInt8]) -> Void] = [:]
     private var nextEventID: UInt64 = 0
     @exclusivity(unchecked) private var state: ReadyState = .starting
-    private var softKillRequested = false
+    @exclusivity(unchecked) private var softKillRequested = false
     private var softKillRunning = false
-    private var exiting = false
+    @exclusivity(unchecked) private var exiting = false
 
     private enum ReadyState { case starting, ready, busy }
 
@@ -72,7 +88,12 @@ public final class Worker {
         reactor = try Reactor(backend: backend)
         flusher = ChannelFlusher(reactor: reactor)
         channel = Channel(fd: fd, reactor: reactor, flusher: flusher, maxPayload: maxPayload)
-        channel.onFrame = { [unowned self] header, payload in self.frame(header, payload) }
+        executor = WorkerExecutor(handle: reactor.handle)
+        servesMainActor = MainQueue.attach(to: reactor)
+        // `unowned(unsafe)`: the channel is this worker's own (only the worker and its flusher
+        // hold it, and the reactor's registration holds it unowned), so it delivers frames only
+        // while the worker is alive; a checked `unowned` costs two atomic operations per frame.
+        channel.onFrame = { [unowned(unsafe) self] header, payload in self.frame(header, payload) }
         channel.onEnd = { [unowned self] end in
             switch end {
             case .endOfFile: self.exit(code: 0)  // the supervisor is gone
@@ -97,6 +118,9 @@ public final class Worker {
 
     /// Sets the handler for requests. Runs on the reactor thread for each request; answer with
     /// ``Worker/Request/respond(_:)-([UInt8])``, ``Worker/Request/ack()`` or ``Worker/Request/fail(_:)``, now or later.
+    ///
+    /// A handler that needs to `await` is an `async` closure, passed to the `async` overload of
+    /// `onRequest`: it then runs in a task on the worker's thread.
     public func onRequest(_ handler: @escaping (Request) -> Void) {
         requestHandler = handler
     }
@@ -138,7 +162,26 @@ public final class Worker {
 
     /// The requests received and not yet answered.
     public func requests() -> [Request] {
-        Array(inFlight.values)
+        var all = inFlight
+        var node = handlingTop
+        while let r = node?.takeUnretainedValue() {
+            if r.inFlightIndex == Request.handling { all.append(r) }
+            node = r.outer
+        }
+        return all
+    }
+
+    /// The request in flight with this wire id, if any.
+    private func inFlightRequest(_ wireID: UInt64) -> Request? {
+        // A linear search: cancellations are rare, and the list is as long as the requests in
+        // flight on this worker.
+        if let r = inFlight.first(where: { $0.wireID == wireID }) { return r }
+        var node = handlingTop
+        while let r = node?.takeUnretainedValue() {
+            if r.wireID == wireID && r.inFlightIndex == Request.handling { return r }
+            node = r.outer
+        }
+        return nil
     }
 
     /// Emits a custom event to the supervisor.
@@ -157,6 +200,10 @@ public final class Worker {
     }
 
     /// Runs the worker until the supervisor closes the channel or a kill ends it. Never returns.
+    ///
+    /// When the worker runs on the main thread, the loop also runs the main actor's jobs (the
+    /// main dispatch queue), so a `Task {}` started from main-actor code (a `main.swift` worker's
+    /// top-level code and its closures) runs on this thread between the loop's events.
     public func run() -> Never {
         while true {
             do { try reactor.run() } catch { exit(code: 70) }
@@ -171,7 +218,13 @@ public final class Worker {
             guard let (head, body) = RequestHead.decode(payload) else {
                 return violation("request frame shorter than its \(RequestHead.size)-byte head")
             }
-            let request = Request(worker: self, wireID: h.id, id: head.id, createdAt: head.createdAt, data: Array(body))
+            var request: Request
+            if let reused = spare.popLast() {
+                reused.reuse(wireID: h.id, id: head.id, createdAt: head.createdAt, body: body)
+                request = reused
+            } else {
+                request = Request(worker: self, wireID: h.id, id: head.id, createdAt: head.createdAt, data: Array(body))
+            }
             if h.flags.announcesDescriptor {
                 guard let fd = channel.takeDescriptor() else { return violation("a request announced a descriptor that did not arrive") }
                 if h.flags.contains(.stream) {
@@ -180,8 +233,24 @@ public final class Worker {
                     request.socket = fd
                 }
             }
-            inFlight[h.id] = request
+            request.inFlightIndex = Request.handling
+            request.outer = handlingTop
+            handlingTop = Unmanaged.passUnretained(request)
+            handlingInFlight += 1
             requestHandler(request)
+            handlingTop = request.outer
+            request.outer = nil
+            if request.inFlightIndex == Request.handling {
+                // Not answered yet (or its streamed answer is still being written): in flight
+                // until it is.
+                handlingInFlight -= 1
+                request.inFlightIndex = inFlight.count
+                inFlight.append(request)
+            } else if spare.count < Worker.spareLimit && isKnownUniquelyReferenced(&request) {
+                // Answered during the call, and held by nobody else (not the handler, a timer, a
+                // stream or a task): the next request reuses it.
+                spare.append(consume request)
+            }
         case .event, .broadcast:
             guard let (name, data) = EventPayload.decode(payload) else { return violation("malformed event frame") }
             var socket: CInt?
@@ -204,10 +273,13 @@ public final class Worker {
             hardKillHandler?()
             exit(code: 0)
         case .cancel:
-            if let r = inFlight.removeValue(forKey: h.id) {
-                r.isCancelled = true
-                r.onCancel?()
-            }
+            guard let r = inFlightRequest(h.id) else { return }
+            let onCancel = r.onCancel, task = r.task
+            leaveFlight(r)
+            r.isCancelled = true
+            onCancel?()
+            task?.cancel()
+            if softKillRequested { maybeFinishSoftKill() }
         case .ping:
             channel.send(.pong, id: h.id)
         case .pong:
@@ -223,10 +295,41 @@ public final class Worker {
         exit(code: 76)
     }
 
+    /// Takes `request` out of the in-flight list (if it is still there) and drops what it no
+    /// longer needs: its cancel handler (which may capture it) and its task handle.
+    private func leaveFlight(_ request: Request) {
+        let i = request.inFlightIndex
+        if i >= 0 {
+            let last = inFlight.removeLast()
+            if last !== request {
+                inFlight[i] = last
+                last.inFlightIndex = i
+            }
+        } else if i == Request.handling {
+            handlingInFlight -= 1
+        } else {
+            return
+        }
+        request.inFlightIndex = Request.notInFlight
+        if request.onCancel != nil { request.onCancel = nil }
+        if request.task != nil { request.task = nil }
+    }
+
+    /// Traps when a request is answered off the worker's thread: its state and the channel
+    /// belong to that thread, and a race there would lose or corrupt answers.
+    @inline(__always)
+    private func checkThread() {
+        precondition(reactor.isOnReactorThread, """
+            a Worker.Request was answered off the worker's thread; answer on it (an async handler \
+            runs there), or hop with worker.reactor.handle.execute { _ in ... }
+            """)
+    }
+
     func finish(_ request: Request, _ type: FrameType, _ data: [UInt8]) {
-        guard !request.answered, inFlight[request.wireID] != nil else { return }
+        checkThread()
+        guard !request.answered, request.isInFlight else { return }
         request.answered = true
-        inFlight[request.wireID] = nil
+        leaveFlight(request)
         if data.count > channel.maxPayload {
             // The supervisor would take a frame this large as a protocol violation and kill this
             // worker: fail the request instead, saying why.
@@ -240,7 +343,8 @@ public final class Worker {
 
     /// Answers with `data` and a stream: the request stays in flight until the stream ends.
     func finishStreaming(_ request: Request, _ data: [UInt8]) -> OutputStream? {
-        guard !request.answered, inFlight[request.wireID] != nil else { return nil }
+        checkThread()
+        guard !request.answered, request.isInFlight else { return nil }
         let pair: DescriptorPair
         // A socketpair, not a pipe: written with MSG_NOSIGNAL, so a supervisor that stops
         // reading (the caller cancelled the stream) gives EPIPE here, never SIGPIPE.
@@ -255,17 +359,18 @@ public final class Worker {
         return OutputStream(writer: StreamWriter(fd: writeEnd, reactor: reactor, isSocket: true)) { [unowned self] count, ok in
             let end = StreamEnd(count: UInt64(count), ok: ok)
             self.channel.send(.streamEnd, id: wireID, length: StreamEnd.size) { end.encode(into: &$0) }
-            self.inFlight[wireID] = nil
+            self.leaveFlight(request)
             if self.softKillRequested { self.maybeFinishSoftKill() }
         }
     }
 
     func socketClosed(_ request: Request) {
+        checkThread()
         channel.send(.socketClosed, id: request.wireID)
     }
 
     private func maybeFinishSoftKill() {
-        guard inFlight.isEmpty, !softKillRunning, state != .busy else { return }
+        guard inFlight.isEmpty, handlingInFlight == 0, !softKillRunning, state != .busy else { return }
         if let handler = softKillHandler {
             softKillRunning = true
             handler { [unowned self] in self.exit(code: 0) }
