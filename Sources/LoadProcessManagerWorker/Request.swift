@@ -45,6 +45,9 @@ extension Worker {
         /// Whether the request is in flight: received, and not yet answered (or its streamed
         /// answer not yet finished) nor cancelled.
         var isInFlight: Bool { inFlightIndex != Request.notInFlight }
+        /// The batch this request is an item of, and its place there (`nil`: a request of its own).
+        @exclusivity(unchecked) var batch: BatchAnswers?
+        @exclusivity(unchecked) var batchIndex = 0
         /// The task running an async handler for this request, cancelled with the request.
         @exclusivity(unchecked) var task: Task<Void, Never>?
         /// The stream sent with the request, if any: read it with ``InputStream/resume()`` and its
@@ -82,6 +85,7 @@ extension Worker {
             }
             isCancelled = false
             answered = false
+            batch = nil
             stream = nil
             socket = nil
         }

@@ -148,7 +148,8 @@ public final class Worker {
     public func ready() {
         guard state != .ready else { return }
         state = .ready
-        channel.send(.ready)
+        // Announces batches: the supervisor's `map` may send several requests in one frame.
+        channel.send(.ready, id: 0, length: 4) { WorkerCapabilities.batches.encode(into: &$0) }
         if softKillRequested { maybeFinishSoftKill() }
     }
 
@@ -171,17 +172,15 @@ public final class Worker {
         return all
     }
 
-    /// The request in flight with this wire id, if any.
-    private func inFlightRequest(_ wireID: UInt64) -> Request? {
-        // A linear search: cancellations are rare, and the list is as long as the requests in
-        // flight on this worker.
-        if let r = inFlight.first(where: { $0.wireID == wireID }) { return r }
+    /// Every request in flight with this wire id: one, or the items of a batch.
+    private func inFlightRequests(_ wireID: UInt64) -> [Request] {
+        var found = inFlight.filter { $0.wireID == wireID }
         var node = handlingTop
         while let r = node?.takeUnretainedValue() {
-            if r.wireID == wireID && r.inFlightIndex == Request.handling { return r }
+            if r.wireID == wireID && r.inFlightIndex == Request.handling { found.append(r) }
             node = r.outer
         }
-        return nil
+        return found
     }
 
     /// Emits a custom event to the supervisor.
@@ -218,13 +217,8 @@ public final class Worker {
             guard let (head, body) = RequestHead.decode(payload) else {
                 return violation("request frame shorter than its \(RequestHead.size)-byte head")
             }
-            var request: Request
-            if let reused = spare.popLast() {
-                reused.reuse(wireID: h.id, id: head.id, createdAt: head.createdAt, body: body)
-                request = reused
-            } else {
-                request = Request(worker: self, wireID: h.id, id: head.id, createdAt: head.createdAt, data: Array(body))
-            }
+            if h.flags.contains(.batch) { return batch(h, head, body) }
+            let request = makeRequest(wireID: h.id, head: head, body: body)
             if h.flags.announcesDescriptor {
                 guard let fd = channel.takeDescriptor() else { return violation("a request announced a descriptor that did not arrive") }
                 if h.flags.contains(.stream) {
@@ -233,24 +227,7 @@ public final class Worker {
                     request.socket = fd
                 }
             }
-            request.inFlightIndex = Request.handling
-            request.outer = handlingTop
-            handlingTop = Unmanaged.passUnretained(request)
-            handlingInFlight += 1
-            requestHandler(request)
-            handlingTop = request.outer
-            request.outer = nil
-            if request.inFlightIndex == Request.handling {
-                // Not answered yet (or its streamed answer is still being written): in flight
-                // until it is.
-                handlingInFlight -= 1
-                request.inFlightIndex = inFlight.count
-                inFlight.append(request)
-            } else if spare.count < Worker.spareLimit && isKnownUniquelyReferenced(&request) {
-                // Answered during the call, and held by nobody else (not the handler, a timer, a
-                // stream or a task): the next request reuses it.
-                spare.append(consume request)
-            }
+            handle(request)
         case .event, .broadcast:
             guard let (name, data) = EventPayload.decode(payload) else { return violation("malformed event frame") }
             var socket: CInt?
@@ -273,12 +250,15 @@ public final class Worker {
             hardKillHandler?()
             exit(code: 0)
         case .cancel:
-            guard let r = inFlightRequest(h.id) else { return }
-            let onCancel = r.onCancel, task = r.task
-            leaveFlight(r)
-            r.isCancelled = true
-            onCancel?()
-            task?.cancel()
+            // One request, or every item of a batch still in flight.
+            for r in inFlightRequests(h.id) {
+                let onCancel = r.onCancel, task = r.task
+                leaveFlight(r)
+                r.isCancelled = true
+                r.batch?.cancelled = true
+                onCancel?()
+                task?.cancel()
+            }
             if softKillRequested { maybeFinishSoftKill() }
         case .ping:
             channel.send(.pong, id: h.id)
@@ -286,6 +266,56 @@ public final class Worker {
             break
         case .ready, .busy, .response, .ack, .error, .healthReport, .socketClosed, .streamEnd:
             violation("unexpected frame \(h.type) from the supervisor")
+        }
+    }
+
+    /// A request object for a frame: a spare one reused, or a new one.
+    private func makeRequest(wireID: UInt64, head: RequestHead, body: UnsafeRawBufferPointer) -> Request {
+        if let reused = spare.popLast() {
+            reused.reuse(wireID: wireID, id: head.id, createdAt: head.createdAt, body: body)
+            return reused
+        }
+        return Request(worker: self, wireID: wireID, id: head.id, createdAt: head.createdAt, data: Array(body))
+    }
+
+    /// Calls the request handler for `request`; keeps it in flight if it is not answered by
+    /// the end of the call, or keeps it for reuse if nobody else holds it.
+    private func handle(_ r: Request) {
+        var request = r
+        request.inFlightIndex = Request.handling
+        request.outer = handlingTop
+        handlingTop = Unmanaged.passUnretained(request)
+        handlingInFlight += 1
+        requestHandler(request)
+        handlingTop = request.outer
+        request.outer = nil
+        if request.inFlightIndex == Request.handling {
+            // Not answered yet (or its streamed answer is still being written): in flight
+            // until it is.
+            handlingInFlight -= 1
+            request.inFlightIndex = inFlight.count
+            inFlight.append(request)
+        } else if spare.count < Worker.spareLimit && isKnownUniquelyReferenced(&request) {
+            // Answered during the call, and held by nobody else (not the handler, a timer, a
+            // stream or a task): the next request reuses it.
+            spare.append(consume request)
+        }
+    }
+
+    /// A batched request: each item goes to the request handler as a request of its own (same
+    /// id and wire id as the batch), and their answers go back in one frame, in order.
+    private func batch(_ h: FrameHeader, _ head: RequestHead, _ body: UnsafeRawBufferPointer) {
+        if h.flags.announcesDescriptor { return violation("a batched request with a descriptor") }
+        var count = 0
+        guard Batch.items(body, { _, _ in count += 1 }) != nil, count > 0 else {
+            return violation("malformed batched request")
+        }
+        let state = BatchAnswers(wireID: h.id, count: count)
+        _ = Batch.items(body) { i, item in
+            let request = makeRequest(wireID: h.id, head: head, body: item)
+            request.batch = state
+            request.batchIndex = i
+            handle(request)
         }
     }
 
@@ -330,6 +360,13 @@ public final class Worker {
         guard !request.answered, request.isInFlight else { return }
         request.answered = true
         leaveFlight(request)
+        if let batch = request.batch {
+            request.batch = nil
+            batch.answer(request.batchIndex, ok: type != .error, data)
+            if batch.isComplete && !batch.cancelled { sendBatch(batch) }
+            if softKillRequested { maybeFinishSoftKill() }
+            return
+        }
         if data.count > channel.maxPayload {
             // The supervisor would take a frame this large as a protocol violation and kill this
             // worker: fail the request instead, saying why.
@@ -341,10 +378,25 @@ public final class Worker {
         if softKillRequested { maybeFinishSoftKill() }
     }
 
+    /// Sends a batch's answers, once all are in.
+    private func sendBatch(_ batch: BatchAnswers) {
+        let payload = batch.encoded()
+        if payload.count > channel.maxPayload {
+            let message = "the answers of a batch of \(batch.count), \(payload.count) bytes, exceed the largest frame (\(channel.maxPayload) bytes)"
+            channel.send(.error, id: batch.wireID, payload: Array(message.utf8))
+        } else {
+            channel.send(.response, id: batch.wireID, flags: .batch, length: payload.count) { $0.append(contentsOf: payload) }
+        }
+    }
+
     /// Answers with `data` and a stream: the request stays in flight until the stream ends.
     func finishStreaming(_ request: Request, _ data: [UInt8]) -> OutputStream? {
         checkThread()
         guard !request.answered, request.isInFlight else { return nil }
+        if request.batch != nil {
+            finish(request, .error, Array("a request of a batch cannot answer with a stream".utf8))
+            return nil
+        }
         let pair: DescriptorPair
         // A socketpair, not a pipe: written with MSG_NOSIGNAL, so a supervisor that stops
         // reading (the caller cancelled the stream) gives EPIPE here, never SIGPIPE.
@@ -388,6 +440,43 @@ public final class Worker {
         fflush(nil)  // the handlers' buffered output (print) must not be lost
         _exit(code)
     }
+}
+
+/// The answers of a batched request, gathered in the items' order until the last is in.
+final class BatchAnswers {
+    let wireID: UInt64
+    let count: Int
+    /// Set when the supervisor cancelled the batch: nothing is sent.
+    var cancelled = false
+    /// The answers encoded so far, in order (after the count); those that came early wait in
+    /// `early` until the ones before them are in.
+    private var out: [UInt8] = []
+    private var next = 0
+    private var early: [Int: (Bool, [UInt8])] = [:]
+
+    init(wireID: UInt64, count: Int) {
+        self.wireID = wireID
+        self.count = count
+        out.reserveCapacity(4 + count * 16)
+        out.appendLittleEndian(UInt32(count))
+    }
+
+    var isComplete: Bool { next == count }
+
+    func answer(_ i: Int, ok: Bool, _ data: [UInt8]) {
+        guard i == next else {
+            early[i] = (ok, data)
+            return
+        }
+        data.withUnsafeBytes { Batch.appendAnswer(ok: ok, $0, into: &out) }
+        next += 1
+        while let (ok, data) = early.removeValue(forKey: next) {
+            data.withUnsafeBytes { Batch.appendAnswer(ok: ok, $0, into: &out) }
+            next += 1
+        }
+    }
+
+    func encoded() -> [UInt8] { out }
 }
 
 /// A worker-side failure to start.

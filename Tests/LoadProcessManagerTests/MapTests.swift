@@ -1,5 +1,6 @@
 import Glibc
 import LoadProcessManager
+import Synchronization
 import Testing
 
 private func inputs(_ n: Int) -> [[UInt8]] { (0..<n).map { Array("item \($0)".utf8) } }
@@ -77,4 +78,59 @@ struct MapTests {
         #expect(await log.wait(isViolation))
         await s.hardKill()
     }
+
+    @Test("chunks as batches to Swift workers: an item's failure is its own, the others are answered")
+    func perItemFailures() async throws {
+        let (s, _) = try await startOnline(testConfig("fail-x", count: 2))
+        let items = (0..<100).map { Array(($0 % 3 == 0 ? "x\($0)" : "ok\($0)").utf8) }
+        var k = 0
+        for await r in s.map(items, options: MapOptions(chunkSize: 10)) {
+            if k % 3 == 0 {
+                #expect(r.error?.code == .workerError && r.error?.message.contains("no x: x\(k)") == true, "\(r)")
+            } else {
+                #expect((try? r.get().text) == "ok\(k)", "\(r)")
+            }
+            k += 1
+        }
+        #expect(k == 100)
+        await s.softKill()
+    }
+
+    @Test("a chunk that times out: every item gets timedOut, and the worker cancels every item")
+    func chunkTimeout() async throws {
+        var c = testConfig("never", count: 1)
+        c.requestTimeout = .milliseconds(200)
+        let (s, _) = try await startOnline(c)
+        let cancelled = CancelLog()
+        s.on("cancelled") { e in cancelled.add(String(decoding: e.data, as: UTF8.self)) }
+        var got: [Result<WorkerResponse, SupervisorError>] = []
+        for await r in s.map(inputs(5), options: MapOptions(chunkSize: 5)) { got.append(r) }
+        #expect(got.count == 5 && got.allSatisfy { $0.error?.code == .timedOut }, "\(got)")
+        let deadline = ContinuousClock.now + .seconds(30)
+        while cancelled.count < 5 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(cancelled.sorted == inputs(5).map { String(decoding: $0, as: UTF8.self) }.sorted())
+        await s.hardKill()
+    }
+
+    @Test("a worker that dies with a chunk: the chunk is retried whole on another, every item answered once")
+    func chunkRetried() async throws {
+        var c = testConfig("exit-on-request", count: 2, env: ["LPM_TEST_ONLY_SLOT": "0"])
+        c.retries = 2
+        let (s, _) = try await startOnline(c)
+        var k = 0
+        for await r in s.map(inputs(200), options: MapOptions(chunkSize: 20, maxChunksInFlight: 4)) {
+            #expect((try? r.get().text) == "item \(k)", "\(r)")
+            k += 1
+        }
+        #expect(k == 200)
+        await s.hardKill()
+    }
+}
+
+/// Names gathered from event handlers (on the reactor thread), read by the test.
+private final class CancelLog: Sendable {
+    private let names = Mutex<[String]>([])
+    func add(_ n: String) { names.withLock { $0.append(n) } }
+    var count: Int { names.withLock { $0.count } }
+    var sorted: [String] { names.withLock { $0.sorted() } }
 }

@@ -25,6 +25,7 @@
 //   slot            answers with Worker.slot ("none" when unset)
 //   getenv          answers with the value of the variable the payload names ("<unset>" when unset)
 //   cloexec         answers with fcntl(3, F_GETFD) & FD_CLOEXEC
+//   fail-x          fails requests whose payload starts with "x", echoes the others
 //   bad-batch       (no worker runtime) announces batches when ready, answers every request
 //                   with a malformed batched response
 //   reuse-check     "later:X" kept and answered with its payload 20 ms later; "keep:X" keeps
@@ -225,6 +226,9 @@ worker.onRequest { request in
         request.respond(String(getpid()))
     case "fail":
         request.fail("handler failed on purpose")
+    case "fail-x":
+        // Fails the requests whose payload starts with "x", echoes the others.
+        if request.data.first == UInt8(ascii: "x") { request.fail("no x: \(String(decoding: request.data, as: UTF8.self))") } else { request.respond(request.data) }
     case "slot":
         request.respond(worker.slot.map { String($0) } ?? "none")
     case "getenv":
