@@ -16,15 +16,16 @@
 # instructions run in user space only; the kernel's share of each system call is not in it.
 #
 # Jobs: `lpm-compare burst`, `rt-chained` and `rt-async` (Sources/lpm-compare), and the C
-# baselines `echo` (batched pipelined echo) and `pingpong` (Baselines/baselines.c).
+# baselines `echo` (batched pipelined echo) and `pingpong` (Baselines/baselines.c). Then the
+# instructions a worker runs from exec to its first frame (start-up; python3 needed).
 # Output: `name=cg_<job>_<side> value=<Ir per request> unit=Ir/req` lines on stdout (the format
 # compare.sh records), and the functions that cost the most per request in the burst, the
 # difference of the two runs function by function, in .build/callgrind/top_*.txt.
 #
-# Needs valgrind (callgrind_annotate comes with it), gcc, swift. The reactor picks epoll under
-# valgrind by itself (valgrind never completes an io_uring wait), and falls back to epoll_wait
-# (valgrind refuses epoll_pwait2) and to SIGCHLD (it refuses pidfd_open): see
-# Sources/LPMReactor/Docs.docc/Backends.md.
+# Needs valgrind (callgrind_annotate comes with it), gcc, swift; python3 for the start-up counts.
+# The reactor picks epoll under valgrind by itself (valgrind never completes an io_uring wait),
+# and falls back to epoll_wait (valgrind refuses epoll_pwait2) and to SIGCHLD (it refuses
+# pidfd_open): see Sources/LPMReactor/Docs.docc/Backends.md.
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")"
@@ -38,7 +39,7 @@ while [ $# -gt 0 ]; do
         --smoke) SMOKE=1 ;;
         --no-build) BUILD=0 ;;
         --top) TOP="$2"; shift ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
         *) echo "callgrind.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -130,6 +131,34 @@ job lpm_rt_chained rt "${RT[@]}" "$LPM" rt-chained
 job lpm_rt_async rt "${RT[@]}" "$LPM" rt-async
 job c_echo echo "${C_ECHO[@]}" "$BASELINES" echo
 job c_pingpong rt "${C_RT[@]}" "$BASELINES" pingpong
+
+# ---------------------------------------------------------------- start-up
+# Instructions from exec to the first frame, plus the exit on end-of-file that follows (a few
+# thousand): Tools/first_byte.py stands in for the supervisor (a killed process leaves no count).
+# For bench-worker as built (the Swift runtime linked statically, see Package.swift), the copy
+# compare.sh builds against the shared runtime in .build-dynamic, and a C child.
+start() {  # NAME CMD...
+    local name=$1; shift
+    local dir=$OUT/start_$name
+    echo "callgrind: start-up, $name" >&2
+    rm -rf "$dir"; mkdir -p "$dir"
+    if timeout "$TIMEOUT" python3 Tools/first_byte.py valgrind --tool=callgrind \
+            --callgrind-out-file="$dir/callgrind.out.%p" --log-file="$dir/valgrind.%p.log" "$@" >>"$LOG" 2>&1; then
+        sed -n 's/^summary: //p' "$dir"/callgrind.out.* | awk -v n="$name" '{ printf "name=cg_start_%s value=%d unit=Ir\n", n, $1 }'
+    else
+        echo "  FAILED: start-up of $* (see $LOG)" >&2
+        FAILED=$((FAILED + 1))
+    fi
+}
+linking() { ldd "$1" 2>/dev/null | grep -q libswiftCore && echo shared || echo static; }
+if command -v python3 >/dev/null 2>&1; then
+    start "bench_worker_$(linking "$LPM_BENCH_WORKER")" "$LPM_BENCH_WORKER"
+    DYN=$HERE/.build-dynamic/release/bench-worker
+    [ -x "$DYN" ] && [ "$(linking "$DYN")" != "$(linking "$LPM_BENCH_WORKER")" ] && start "bench_worker_$(linking "$DYN")" "$DYN"
+    start c_child "$BASELINES" __spawn-child
+else
+    echo "callgrind.sh: python3 missing: no start-up counts" >&2
+fi
 
 # ---------------------------------------------------------------- where the burst's cost goes
 # functions FILE...: "Ir<TAB>file:function" for each function, summed over the files (self cost,

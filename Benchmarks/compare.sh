@@ -10,11 +10,13 @@
 #                                (first build about 4 minutes here), so that it cannot rot either
 #   ./compare.sh --results FILE  also keep the raw figures (label name value unit, one a line)
 #
-# Needs: gcc, swift; optional: taskset, perf (or strace), python3, node (rows are skipped with a
-# note when a tool is missing). The C baselines are Baselines/baselines.c, the peers Peers/*.
-# Our jobs run through .build/release/lpm-compare (Sources/lpm-compare), which spawns
-# bench-worker, the no-op worker. Round trips run twice: the whole process tree pinned to one
-# CPU (taskset -c 0), and unpinned.
+# Needs: gcc, swift; optional: taskset, perf (or strace), valgrind, python3, node (rows are
+# skipped with a note when a tool is missing). The C baselines are Baselines/baselines.c, the
+# peers Peers/*. Our jobs run through .build/release/lpm-compare (Sources/lpm-compare), which
+# spawns bench-worker, the no-op worker, linked with the Swift runtime statically (Package.swift);
+# a copy linked against the shared runtime is built in .build-dynamic for the start-up rows.
+# Round trips run twice: the whole process tree pinned to one CPU (taskset -c 0), and unpinned.
+# Instructions per request come from callgrind.sh (valgrind), run once at the end.
 set -euo pipefail
 cd "$(dirname "$0")"
 HERE=$PWD
@@ -71,6 +73,9 @@ if [ "$BUILD" = 1 ]; then
     fi
     echo "building lpm-compare and bench-worker (swift build -c release)" >&2
     swift build -c release --product lpm-compare >>"$LOG" 2>&1 || { tail -30 "$LOG" >&2; exit 1; }
+    echo "building bench-worker against the shared Swift runtime (.build-dynamic)" >&2
+    LPM_BENCH_DYNAMIC_WORKER=1 swift build -c release --product bench-worker --scratch-path .build-dynamic >>"$LOG" 2>&1 \
+        || { tail -30 "$LOG" >&2; exit 1; }
 fi
 if [ "$SUITE" = 1 ]; then
     echo "building the package-benchmark suite (swift package benchmark list)" >&2
@@ -81,6 +86,11 @@ BIN=$(swift build -c release --show-bin-path)
 LPM=$BIN/lpm-compare
 WORKER=$BIN/bench-worker
 [ -x "$LPM" ] && [ -x "$WORKER" ] || { echo "compare.sh: $LPM or $WORKER missing (run without --no-build)" >&2; exit 1; }
+DYN_WORKER=$HERE/.build-dynamic/release/bench-worker
+[ -x "$DYN_WORKER" ] || { DYN_WORKER=""; note "no bench-worker in .build-dynamic (run without --no-build): no shared-runtime start-up rows"; }
+if ldd "$WORKER" 2>/dev/null | grep -q libswiftCore; then
+    note "bench-worker is linked against the shared Swift runtime here: the 'static' start-up rows are not static"
+fi
 HAVE_C=0; [ -x "$BASELINES" ] && HAVE_C=1
 [ "$HAVE_C" = 1 ] || note "C baselines missing (Baselines/baselines.c): ratio columns are empty"
 PIN=(taskset -c 0)
@@ -163,9 +173,11 @@ for rep in $(seq 1 "$REPS"); do
     step "  spawn and crash"
     if [ "$HAVE_C" = 1 ]; then
         run c "$BASELINES" spawn "$SPAWN_N" "$WORKER"
+        [ -n "$DYN_WORKER" ] && run c.dynamic "$BASELINES" spawn "$SPAWN_N" "$DYN_WORKER"
         run c.self "$BASELINES" spawn "$SPAWN_N" --self-child
     fi
     run auto "$LPM" crash "$CRASH_N"
+    [ -n "$DYN_WORKER" ] && LPM_BENCH_WORKER=$DYN_WORKER run dynamic "$LPM" crash "$CRASH_N"
 
     step "  queue before start, many workers, reactor"
     run auto "$LPM" queued "$QUEUED_N"
@@ -267,6 +279,17 @@ else
     note "could not build Tools/malloc_count.c: no allocation counts"
 fi
 
+# ---------------------------------------------------------------- instructions per request
+# callgrind.sh: every process of each job under callgrind, two sizes, the difference per request
+# (deterministic counts; see the script). Its own timeouts bound each run.
+if have valgrind; then
+    step "instructions per request (callgrind.sh$([ "$SMOKE" = 1 ] && echo " --smoke"))"
+    CG_ARGS=(--no-build); [ "$SMOKE" = 1 ] && CG_ARGS+=(--smoke)
+    TIMEOUT=$(( SMOKE == 1 ? 900 : 5400 )) run cg ./callgrind.sh "${CG_ARGS[@]}"
+else
+    note "valgrind missing: no instruction counts (apt-get install valgrind)"
+fi
+
 # ---------------------------------------------------------------- the table
 fmt_time() {  # value unit -> human
     awk -v v="$1" -v u="$2" 'BEGIN {
@@ -312,6 +335,12 @@ rrow() {
     v=$(val "$2" "$3"); bv=$(val "$6" "$7")
     [ -n "${8:-}" ] && target=">= $(awk -v t="$8" 'BEGIN { printf "%.0f%%", t * 100 }'): $(verdict "$v" "$bv" ge "$8")"
     row "$desc" "$(fmt_rate "$v" "$4")" "$5 $(fmt_rate "$bv" "$4")" "$(ratio "$v" "$bv")" "$target"
+}
+# Count row: desc label name unit base_desc base_label base_name (ratio ours/base)
+crow() {
+    local v bv
+    v=$(val "$2" "$3"); bv=$(val "$6" "$7")
+    row "$1" "${v:--} $4" "$5 ${bv:--}" "$(ratio "$v" "$bv")" ""
 }
 # Plain row: desc label name unit kind(time|rate|num)
 prow() {
@@ -359,12 +388,15 @@ for p in py_multiprocessing_Pool_burst_chunksize1 py_multiprocessing_Pool_burst_
     rrow "peer: $p" peer "$p" "req/s" "C" c c_echo_epoll_batched_2x256x64B
 done
 
-header "Crash to replacement ready, 1 worker; baseline: C posix_spawn of bench-worker until its first frame"
-trow "C spawn bench-worker to first byte (baseline)" c c_spawn_to_first_byte us "" "" "" ""
-trow "C spawn of a C child to first byte (floor)" c.self c_spawn_to_first_byte us "" "" "" ""
+header "Worker start and crash to replacement, 1 worker; baseline: C posix_spawn of bench-worker until its first frame"
+trow "C spawn bench-worker (static runtime) to first byte (baseline)" c c_spawn_to_first_byte us "" "" "" ""
+trow "C spawn bench-worker (shared runtime) to first byte" c.dynamic c_spawn_to_first_byte us "static" c c_spawn_to_first_byte us
+trow "C spawn of a C child to first byte (floor)" c.self c_spawn_to_first_byte us "static" c c_spawn_to_first_byte us
 trow "SIGKILL -> .workerRestarted (replacement spawned)" auto lpm_crash_to_restarted us "C" c c_spawn_to_first_byte us
 trow "SIGKILL -> .online (replacement ready)" auto lpm_crash_to_online us "C" c c_spawn_to_first_byte us 1.5
 trow "SIGKILL -> replacement's first answer" auto lpm_crash_to_first_answer us "C" c c_spawn_to_first_byte us 1.5
+trow "SIGKILL -> .online, shared-runtime worker" dynamic lpm_crash_to_online us "C shared" c.dynamic c_spawn_to_first_byte us 1.5
+trow "SIGKILL -> first answer, shared-runtime worker" dynamic lpm_crash_to_first_answer us "C shared" c.dynamic c_spawn_to_first_byte us 1.5
 
 header "Sequential round trips against the peers (unpinned; peers report medians, we report means)"
 for b in "$SUP_BACKEND"; do
@@ -408,6 +440,19 @@ fi
 if [ -s "$ALLOC_ROWS" ]; then
     printf "\nHeap allocations per request (malloc-family calls; 64-byte payload; target: none beyond the payload)\n"
     awk '{ printf "  %-36s %s\n", $1, $2 }' "$ALLOC_ROWS"
+fi
+
+if [ -n "$(val cg cg_c_echo_supervisor)$(val cg cg_lpm_burst_supervisor)" ]; then
+    header "Instructions per request, user space (callgrind.sh: (Ir(N2) - Ir(N1)) / requests between); baseline: the C programs"
+    for side in supervisor workers; do
+        who=$([ $side = supervisor ] && echo "parent" || echo "children")
+        crow "burst, $side" cg "cg_lpm_burst_$side" "Ir/req" "C echo, $who" cg "cg_c_echo_$side"
+        crow "round trip, chained, $side" cg "cg_lpm_rt_chained_$side" "Ir/req" "C ping-pong, $who" cg "cg_c_pingpong_$side"
+        crow "round trip, async, $side" cg "cg_lpm_rt_async_$side" "Ir/req" "C ping-pong, $who" cg "cg_c_pingpong_$side"
+    done
+    crow "worker start, exec to first frame: bench-worker, static runtime" cg cg_start_bench_worker_static "Ir" "shared runtime" cg cg_start_bench_worker_shared
+    crow "worker start, exec to first frame: C child" cg cg_start_c_child "Ir" "static Swift" cg cg_start_bench_worker_static
+    [ -s .build/callgrind/top_burst_supervisor.txt ] && { echo; sed 's/^/  /' .build/callgrind/top_burst_supervisor.txt; }
 fi
 
 if [ ${#NOTES[@]} -gt 0 ]; then
