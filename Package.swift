@@ -64,15 +64,7 @@ let package = Package(
         .executableTarget(name: "lpm-demo", dependencies: ["LoadProcessManager"], path: "Examples/Demo", swiftSettings: strict),
         .executableTarget(name: "lpm-demo-worker", dependencies: ["LoadProcessManagerWorker"], path: "Examples/DemoWorker", swiftSettings: strict),
         .executableTarget(name: "lpm-prefork-server", dependencies: ["LoadProcessManager", "CLoop"], path: "Examples/PreforkServer", swiftSettings: strict),
-        // The Swift runtime linked statically (`-static-stdlib`, as `--static-swift-stdlib` does): a
-        // worker then starts in about half the time. The flag is unsafe, which keeps a product out
-        // of other packages' reach, but only the product that carries it: the libraries stay
-        // usable as dependencies. lpm-demo-worker cannot have it: the tests depend on it, and a
-        // target's linker flags go into the test bundle linked with it, where they break the link.
-        .executableTarget(
-            name: "lpm-prefork-worker", dependencies: ["LoadProcessManagerWorker"], path: "Examples/PreforkWorker",
-            swiftSettings: strict, linkerSettings: [.unsafeFlags(["-static-stdlib"], .when(platforms: [.linux]))]
-        ),
+        .executableTarget(name: "lpm-prefork-worker", dependencies: ["LoadProcessManagerWorker"], path: "Examples/PreforkWorker", swiftSettings: strict),
         // The command line: `lpm run -- ./worker` feeds stdin's lines to a pool, answers on stdout.
         .executableTarget(
             name: "lpm",

@@ -7,16 +7,6 @@
 //   ./compare.sh                                                 # the comparison table
 import PackageDescription
 
-// bench-worker links the Swift runtime statically (`-static-stdlib`, what `swift build
-// --static-swift-stdlib` does for every product): it starts in about half the time, and so does
-// the pool's replacement of a crashed worker (BENCHMARKS.md, "Worker start"). An unsafe flag,
-// allowed because this package is never a dependency; it stays on this target (targets that
-// depend on it are linked as usual). LPM_BENCH_DYNAMIC_WORKER=1 in the environment links it
-// against the shared runtime instead, for compare.sh's comparison (built in .build-dynamic).
-let workerLinking: [LinkerSetting] = Context.environment["LPM_BENCH_DYNAMIC_WORKER"] == nil
-    ? [.unsafeFlags(["-static-stdlib"], .when(platforms: [.linux]))]
-    : []
-
 let package = Package(
     name: "LPMBenchmarks",
     platforms: [.macOS(.v15)],
@@ -42,8 +32,7 @@ let package = Package(
                 .product(name: "LoadProcessManagerWorker", package: "LoadProcessManager"),
                 "LPMBenchJobs",
             ],
-            path: "Sources/bench-worker",
-            linkerSettings: workerLinking
+            path: "Sources/bench-worker"
         ),
         // The comparison runner: runs one job, prints `name=... value=... unit=...` lines.
         .executableTarget(

@@ -65,12 +65,18 @@ if [ "$BUILD" = 1 ]; then
     echo "building the C baselines (gcc -O2) and lpm-compare (swift build -c release)" >&2
     gcc -O2 -Wall -Wextra -o "$BASELINES" Baselines/baselines.c
     swift build -c release --product lpm-compare >>"$LOG" 2>&1 || { tail -30 "$LOG" >&2; exit 1; }
+    echo "building bench-worker with the Swift runtime linked statically (.build-static)" >&2
+    swift build -c release --static-swift-stdlib --product bench-worker --scratch-path .build-static >>"$LOG" 2>&1 \
+        || { tail -30 "$LOG" >&2; exit 1; }
 fi
 BIN=$(swift build -c release --show-bin-path)
 LPM=$BIN/lpm-compare
 [ -x "$LPM" ] && [ -x "$BIN/bench-worker" ] || { echo "callgrind.sh: $LPM or its bench-worker missing (run without --no-build)" >&2; exit 1; }
 [ -x "$BASELINES" ] || { echo "callgrind.sh: $BASELINES missing (run without --no-build)" >&2; exit 1; }
-export LPM_BENCH_WORKER=${LPM_BENCH_WORKER:-$BIN/bench-worker}
+# The worker compare.sh spawns: built with the runtime linked statically where there is one.
+STATIC_WORKER=$HERE/.build-static/release/bench-worker
+[ -x "$STATIC_WORKER" ] || STATIC_WORKER=$BIN/bench-worker
+export LPM_BENCH_WORKER=${LPM_BENCH_WORKER:-$STATIC_WORKER}
 # The automatic backend choice is what runs under valgrind; no busy polling (it would count
 # instructions per unit of time, not per request).
 unset LPM_REACTOR_BACKEND LPM_BUSY_POLL_US
@@ -135,8 +141,9 @@ job c_pingpong rt "${C_RT[@]}" "$BASELINES" pingpong
 # ---------------------------------------------------------------- start-up
 # Instructions from exec to the first frame, plus the exit on end-of-file that follows (a few
 # thousand): Tools/first_byte.py stands in for the supervisor (a killed process leaves no count).
-# For bench-worker as built (the Swift runtime linked statically, see Package.swift), the copy
-# compare.sh builds against the shared runtime in .build-dynamic, and a C child.
+# For bench-worker with the Swift runtime linked statically (.build-static, which compare.sh
+# builds with --static-swift-stdlib) and linked against the shared runtime (.build/release), and
+# for a C child.
 start() {  # NAME CMD...
     local name=$1; shift
     local dir=$OUT/start_$name
@@ -152,9 +159,9 @@ start() {  # NAME CMD...
 }
 linking() { ldd "$1" 2>/dev/null | grep -q libswiftCore && echo shared || echo static; }
 if command -v python3 >/dev/null 2>&1; then
-    start "bench_worker_$(linking "$LPM_BENCH_WORKER")" "$LPM_BENCH_WORKER"
-    DYN=$HERE/.build-dynamic/release/bench-worker
-    [ -x "$DYN" ] && [ "$(linking "$DYN")" != "$(linking "$LPM_BENCH_WORKER")" ] && start "bench_worker_$(linking "$DYN")" "$DYN"
+    for w in "$HERE/.build-static/release/bench-worker" "$BIN/bench-worker"; do
+        [ -x "$w" ] && start "bench_worker_$(linking "$w")" "$w"
+    done
     start c_child "$BASELINES" __spawn-child
 else
     echo "callgrind.sh: python3 missing: no start-up counts" >&2

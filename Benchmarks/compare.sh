@@ -13,8 +13,9 @@
 # Needs: gcc, swift; optional: taskset, perf (or strace), valgrind, python3, node (rows are
 # skipped with a note when a tool is missing). The C baselines are Baselines/baselines.c, the
 # peers Peers/*. Our jobs run through .build/release/lpm-compare (Sources/lpm-compare), which
-# spawns bench-worker, the no-op worker, linked with the Swift runtime statically (Package.swift);
-# a copy linked against the shared runtime is built in .build-dynamic for the start-up rows.
+# spawns bench-worker, the no-op worker, as built with the Swift runtime linked statically
+# (`--static-swift-stdlib`, in .build-static: it starts in about half the time); the copy of
+# .build/release, linked against the shared runtime, serves the start-up rows' comparison.
 # Round trips run twice: the whole process tree pinned to one CPU (taskset -c 0), and unpinned.
 # Instructions per request come from callgrind.sh (valgrind), run once at the end.
 set -euo pipefail
@@ -73,8 +74,10 @@ if [ "$BUILD" = 1 ]; then
     fi
     echo "building lpm-compare and bench-worker (swift build -c release)" >&2
     swift build -c release --product lpm-compare >>"$LOG" 2>&1 || { tail -30 "$LOG" >&2; exit 1; }
-    echo "building bench-worker against the shared Swift runtime (.build-dynamic)" >&2
-    LPM_BENCH_DYNAMIC_WORKER=1 swift build -c release --product bench-worker --scratch-path .build-dynamic >>"$LOG" 2>&1 \
+    # SwiftPM links the runtime statically only for a whole build (the flag also changes how
+    # every module is compiled), hence a build folder of its own (BENCHMARKS.md, "Worker start").
+    echo "building bench-worker with the Swift runtime linked statically (.build-static)" >&2
+    swift build -c release --static-swift-stdlib --product bench-worker --scratch-path .build-static >>"$LOG" 2>&1 \
         || { tail -30 "$LOG" >&2; exit 1; }
 fi
 if [ "$SUITE" = 1 ]; then
@@ -84,12 +87,14 @@ if [ "$SUITE" = 1 ]; then
 fi
 BIN=$(swift build -c release --show-bin-path)
 LPM=$BIN/lpm-compare
-WORKER=$BIN/bench-worker
+SHARED_WORKER=$BIN/bench-worker
+WORKER=$SHARED_WORKER
 [ -x "$LPM" ] && [ -x "$WORKER" ] || { echo "compare.sh: $LPM or $WORKER missing (run without --no-build)" >&2; exit 1; }
-DYN_WORKER=$HERE/.build-dynamic/release/bench-worker
-[ -x "$DYN_WORKER" ] || { DYN_WORKER=""; note "no bench-worker in .build-dynamic (run without --no-build): no shared-runtime start-up rows"; }
-if ldd "$WORKER" 2>/dev/null | grep -q libswiftCore; then
-    note "bench-worker is linked against the shared Swift runtime here: the 'static' start-up rows are not static"
+if [ -x "$HERE/.build-static/release/bench-worker" ]; then
+    WORKER=$HERE/.build-static/release/bench-worker
+else
+    SHARED_WORKER=""
+    note "no bench-worker in .build-static (run without --no-build): every job spawns the shared-runtime one, no start-up comparison"
 fi
 HAVE_C=0; [ -x "$BASELINES" ] && HAVE_C=1
 [ "$HAVE_C" = 1 ] || note "C baselines missing (Baselines/baselines.c): ratio columns are empty"
@@ -173,11 +178,11 @@ for rep in $(seq 1 "$REPS"); do
     step "  spawn and crash"
     if [ "$HAVE_C" = 1 ]; then
         run c "$BASELINES" spawn "$SPAWN_N" "$WORKER"
-        [ -n "$DYN_WORKER" ] && run c.dynamic "$BASELINES" spawn "$SPAWN_N" "$DYN_WORKER"
+        [ -n "$SHARED_WORKER" ] && run c.shared "$BASELINES" spawn "$SPAWN_N" "$SHARED_WORKER"
         run c.self "$BASELINES" spawn "$SPAWN_N" --self-child
     fi
     run auto "$LPM" crash "$CRASH_N"
-    [ -n "$DYN_WORKER" ] && LPM_BENCH_WORKER=$DYN_WORKER run dynamic "$LPM" crash "$CRASH_N"
+    [ -n "$SHARED_WORKER" ] && LPM_BENCH_WORKER=$SHARED_WORKER run shared "$LPM" crash "$CRASH_N"
 
     step "  queue before start, many workers, reactor"
     run auto "$LPM" queued "$QUEUED_N"
@@ -390,13 +395,13 @@ done
 
 header "Worker start and crash to replacement, 1 worker; baseline: C posix_spawn of bench-worker until its first frame"
 trow "C spawn bench-worker (static runtime) to first byte (baseline)" c c_spawn_to_first_byte us "" "" "" ""
-trow "C spawn bench-worker (shared runtime) to first byte" c.dynamic c_spawn_to_first_byte us "static" c c_spawn_to_first_byte us
+trow "C spawn bench-worker (shared runtime) to first byte" c.shared c_spawn_to_first_byte us "static" c c_spawn_to_first_byte us
 trow "C spawn of a C child to first byte (floor)" c.self c_spawn_to_first_byte us "static" c c_spawn_to_first_byte us
 trow "SIGKILL -> .workerRestarted (replacement spawned)" auto lpm_crash_to_restarted us "C" c c_spawn_to_first_byte us
 trow "SIGKILL -> .online (replacement ready)" auto lpm_crash_to_online us "C" c c_spawn_to_first_byte us 1.5
 trow "SIGKILL -> replacement's first answer" auto lpm_crash_to_first_answer us "C" c c_spawn_to_first_byte us 1.5
-trow "SIGKILL -> .online, shared-runtime worker" dynamic lpm_crash_to_online us "C shared" c.dynamic c_spawn_to_first_byte us 1.5
-trow "SIGKILL -> first answer, shared-runtime worker" dynamic lpm_crash_to_first_answer us "C shared" c.dynamic c_spawn_to_first_byte us 1.5
+trow "SIGKILL -> .online, shared-runtime worker" shared lpm_crash_to_online us "C shared" c.shared c_spawn_to_first_byte us 1.5
+trow "SIGKILL -> first answer, shared-runtime worker" shared lpm_crash_to_first_answer us "C shared" c.shared c_spawn_to_first_byte us 1.5
 
 header "Sequential round trips against the peers (unpinned; peers report medians, we report means)"
 for b in "$SUP_BACKEND"; do
