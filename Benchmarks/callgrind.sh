@@ -3,7 +3,7 @@
 # not depend on what else the machine is doing (the same binary and input give the same count
 # within a fraction of a percent), unlike every timing on this shared VM.
 #
-#   ./callgrind.sh               the default sizes (about 3 minutes here, after the build)
+#   ./callgrind.sh               the default sizes (about a minute here, after the build)
 #   ./callgrind.sh --smoke       tiny sizes (seconds); the figures are then rough
 #   ./callgrind.sh --no-build    reuse the binaries compare.sh or an earlier run built
 #   ./callgrind.sh --top K       list the K costliest functions (default 15)
@@ -39,7 +39,7 @@ while [ $# -gt 0 ]; do
         --smoke) SMOKE=1 ;;
         --no-build) BUILD=0 ;;
         --top) TOP="$2"; shift ;;
-        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "callgrind.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift

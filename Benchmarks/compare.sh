@@ -34,7 +34,7 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0 ;;
         --suite) SUITE=1 ;;
         --results) KEEP="$2"; shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
