@@ -123,9 +123,11 @@ public final class Reactor {
         if !isClosed { closeResources(closures: false) }
     }
 
-    /// The backend named by `LPM_REACTOR_BACKEND`, if any.
+    /// The backend named by `LPM_REACTOR_BACKEND`, if any; else epoll under valgrind, whose
+    /// io_uring support never completes a wait (it does not follow the shared rings).
     static var environmentBackend: Backend? {
-        Sys.environment("LPM_REACTOR_BACKEND").flatMap(Backend.init(rawValue:))
+        if let named = Sys.environment("LPM_REACTOR_BACKEND").flatMap(Backend.init(rawValue:)) { return named }
+        return Sys.runningUnderValgrind ? .epoll : nil
     }
 
     /// Whether the calling thread is this reactor's thread.
@@ -139,7 +141,8 @@ public final class Reactor {
     /// How many user registrations (descriptors, timers, signals, children) are active.
     /// Zero means nothing the caller made is left.
     public var registrationCount: Int {
-        registrations.userCount + timers.count + signals.count
+        // (Less the SIGCHLD watch that stands in for pidfds where they are refused.)
+        registrations.userCount + timers.count + signals.count - (children.sigchldWatch == nil ? 0 : 1)
     }
 
     /// Releases the kernel objects. Callbacks are dropped; jobs already submitted run once more

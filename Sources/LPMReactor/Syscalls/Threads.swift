@@ -96,6 +96,14 @@ extension Sys {
         getenv(name).map { String(cString: $0) }
     }
 
+    /// Whether this process runs under valgrind. Valgrind's core preloads
+    /// `vgpreload_core-<platform>.so` into every program it runs, and every child it traces,
+    /// through `LD_PRELOAD`, and takes it out of the environment of the children it does not
+    /// trace. (valgrind.h's `RUNNING_ON_VALGRIND` needs a header that is not always installed.)
+    static var runningUnderValgrind: Bool {
+        environment("LD_PRELOAD")?.contains("vgpreload_core") ?? false
+    }
+
     /// Reads and discards an eventfd's counter (`read(2)` of 8 bytes). EAGAIN (nothing to read)
     /// and every other error are nothing to act on: the descriptor is only a wake-up.
     static func drainEventFD(_ fd: CInt) {
