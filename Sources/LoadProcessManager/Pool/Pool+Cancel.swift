@@ -7,6 +7,7 @@ extension Pool {
     /// where, for a later cancellation).
     func enqueue(_ ticket: RequestTicket, _ completion: Completion) {
         guard !ticket.cancelled else {
+            metrics?.refused(.cancelled)
             answer(completion, .failure(SupervisorError(.cancelled, "the request was cancelled before it was queued")))
             return deliver()
         }

@@ -15,6 +15,7 @@ extension Pool {
         defer { deliver() }
         if let refusal = refusal(payloadCount: payload.count, options) {
             if descriptor >= 0 { FileDescriptor.closeRaw(descriptor) }
+            metrics?.refused(refusal.code)
             answer(completion, .failure(refusal))
             return (.max, .zero)
         }
@@ -24,6 +25,7 @@ extension Pool {
                                       timeout: options.timeout ?? config.requestTimeout, descriptor: descriptor,
                                       isStream: isStream),
                                 completion: completion)
+        metrics?.admitted(self)
         if phase == .running { pump() }
         return (index, id)
     }
@@ -80,6 +82,7 @@ extension Pool {
 
     private func send(_ index: UInt32, to w: WorkerProcess) {
         w.inFlight += 1
+        metrics?.dispatched(index, self)
         let head = RequestHead(id: table[index].id, createdAt: table[index].createdAt)
         let wireID = table.wireID(index)
         let descriptor = table[index].descriptor
@@ -121,6 +124,7 @@ extension Pool {
         let w = slots[table[index].worker].process
         w?.channel.send(.cancel, id: table.wireID(index))
         let timeout = table[index].timeout ?? .zero
+        metrics?.timedOut()
         attemptFailed(index, on: w, .timedOut, "timed out after \(timeout)")
         if config.recycleAfterTimeout, let w { recycle(slot: w.slot, reason: "a request timed out after \(timeout)") }
         pump()
@@ -137,8 +141,10 @@ extension Pool {
         switch table.attemptFailed(index, retryAllowed: retry && phase == .running) {
         case .retried(let timer)?:
             if let timer { reactor.cancel(timer) }
+            metrics?.retried(index, self)
         case .finished(let f)?:
             release(f)
+            metrics?.finished(f, code, self)
             let subject = pid.map { "worker \($0): request \(f.id)" } ?? "request \(f.id)"
             answer(f.completion, .failure(SupervisorError(
                 code, "\(subject) \(why) (attempt \(f.attempts) of \(f.maxAttempts))",
@@ -153,6 +159,7 @@ extension Pool {
         if table[index].worker >= 0 { slots[table[index].worker].process?.inFlight -= 1 }
         guard let f = table.finish(index) else { return }
         release(f)
+        metrics?.finished(f, code, self)
         answer(f.completion, .failure(SupervisorError(code, message, requestID: f.id, attempts: f.attempts)))
     }
 
