@@ -80,7 +80,7 @@ final class PoolMetrics {
         self.factory = factory
         self.prefix = prefix
         self.dimensions = dimensions
-        func label(_ name: String) -> String { prefix.isEmpty ? name : prefix + "_" + name }
+        func label(_ name: String) -> String { Self.label(prefix, name) }
         requests = Counter(label: label("requests_total"), dimensions: dimensions, factory: factory)
         retries = Counter(label: label("request_retries_total"), dimensions: dimensions, factory: factory)
         timeouts = Counter(label: label("request_timeouts_total"), dimensions: dimensions, factory: factory)
@@ -103,7 +103,10 @@ final class PoolMetrics {
 
     // MARK: Labels
 
-    private func label(_ name: String) -> String { prefix.isEmpty ? name : prefix + "_" + name }
+    /// `name` after the configured prefix and `_` (no prefix: `name` alone).
+    static func label(_ prefix: String, _ name: String) -> String { prefix.isEmpty ? name : prefix + "_" + name }
+
+    private func label(_ name: String) -> String { Self.label(prefix, name) }
 
     /// The `outcome` dimension's value: `success`, or the error code in snake case
     /// (`timedOut` gives `timed_out`).
