@@ -23,6 +23,8 @@ let package = Package(
     dependencies: [
         // Structured logging for the supervisor (small; builds in seconds).
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // Metrics for the supervisor: CoreMetrics in the library, MetricsTestKit in the tests (small).
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         // The Service adapter's own product only.
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         // Tests only: the surface test imports it beside our modules (small; builds in seconds).
@@ -48,7 +50,8 @@ let package = Package(
         // The parent side: Supervisor.
         .target(
             name: "LoadProcessManager",
-            dependencies: ["LPMReactor", "LPMWire", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["LPMReactor", "LPMWire", .product(name: "Logging", package: "swift-log"),
+                           .product(name: "CoreMetrics", package: "swift-metrics")],
             swiftSettings: strict
         ),
         // The child side: the Worker runtime (no Foundation, starts fast).
@@ -95,7 +98,8 @@ let package = Package(
             name: "LoadProcessManagerTests",
             dependencies: ["LoadProcessManager", "LoadProcessManagerWorker", "LoadProcessManagerCodable", "LPMWire", "CLoop", "LPMTestSupport", "lpm-test-worker", "lpm-demo-worker", "lpm-readme-example", "lpm",
                            .product(name: "Logging", package: "swift-log"), "LoadProcessManagerServiceLifecycle",
-                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                           .product(name: "MetricsTestKit", package: "swift-metrics")],
             swiftSettings: strict
         ),
     ]

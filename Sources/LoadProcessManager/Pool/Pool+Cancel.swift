@@ -8,6 +8,7 @@ extension Pool {
     func enqueue(_ ticket: RequestTicket) {
         guard let completion = ticket.completion else { return }
         guard !ticket.cancelled else {
+            metrics?.refused(.cancelled)
             answer(completion, .failure(SupervisorError(.cancelled, "the request was cancelled before it was queued")))
             return deliver()
         }

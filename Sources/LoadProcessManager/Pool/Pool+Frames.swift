@@ -14,6 +14,7 @@ extension Pool {
             apply(w.lifecycle.handle(.readyFrame), to: w)
         case .busy:
             _ = w.lifecycle.handle(.busyFrame)
+            metrics?.workersChanged(self)
         case .event:
             guard withinEventRate(w) else { return }
             guard let (name, data) = EventPayload.decode(payload) else {
@@ -111,6 +112,7 @@ extension Pool {
         guard let f = table.finish(index) else { return }
         if w.recycleAfter != nil { recycleIfDue(w) }
         release(f)
+        metrics?.answered(index, f, error: h.type == .error, self)
         // The pool is consistent here (the request is finished, its worker's counts updated):
         // the answer may go out at once. Dispatching more comes after.
         if h.type == .error {
@@ -152,6 +154,7 @@ extension Pool {
 
     /// Carries out what a worker's lifecycle decided.
     func apply(_ action: WorkerLifecycle.Action, to w: WorkerProcess) {
+        metrics?.workersChanged(self)
         switch action {
         case .none, .reap:
             break

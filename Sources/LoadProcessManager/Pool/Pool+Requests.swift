@@ -9,8 +9,8 @@ extension Pool {
     /// by recursion). A descriptor not handed on is closed here, on every refusal.
     /// - Returns: where the request was admitted (`index` is `UInt32.max` when it was refused),
     ///   for a later cancellation.
+    ///   `submission` is its number if it came through the inbox (0: it did not).
     @discardableResult
-    /// `submission` is its number if it came through the inbox (0: it did not).
     func enqueue(_ payload: [UInt8], _ options: RequestOptions, _ completion: Completion,
                  descriptor: CInt = -1, isStream: Bool = false, isBatch: Bool = false,
                  submission: UInt64 = 0) -> (index: UInt32, id: RequestID) {
@@ -18,6 +18,7 @@ extension Pool {
         if let refusal = refusal(payloadCount: payload.count, options) {
             if descriptor >= 0 { FileDescriptor.closeRaw(descriptor) }
             if submission != 0 { noteSubmission(submission, at: .max) }
+            metrics?.refused(refusal.code)
             answer(completion, .failure(refusal))
             return (.max, .zero)
         }
@@ -28,6 +29,7 @@ extension Pool {
                                       isStream: isStream, isBatch: isBatch, submission: submission),
                                 completion: completion)
         if submission != 0 { noteSubmission(submission, at: index) }
+        metrics?.admitted(self)
         // After every pump, either the queue is empty or no worker can take its first request
         // (and whatever frees a worker pumps again): a request queued behind others changes
         // nothing, only one that finds the queue empty may be dispatched now.
@@ -99,6 +101,7 @@ extension Pool {
 
     private func send(_ index: UInt32, to w: WorkerProcess) {
         w.inFlight += 1
+        metrics?.dispatched(index, self)
         let head = RequestHead(id: table[index].id, createdAt: table[index].createdAt)
         let wireID = table.wireID(index)
         let descriptor = table[index].descriptor
@@ -141,6 +144,7 @@ extension Pool {
         let w = slots[table[index].worker].process
         w?.channel.send(.cancel, id: table.wireID(index))
         let timeout = table[index].timeout ?? .zero
+        metrics?.timedOut()
         attemptFailed(index, on: w, .timedOut, "timed out after \(timeout)")
         if config.recycleAfterTimeout, let w { recycle(slot: w.slot, reason: "a request timed out after \(timeout)") }
         pump()
@@ -157,8 +161,10 @@ extension Pool {
         switch table.attemptFailed(index, retryAllowed: retry && phase == .running) {
         case .retried(let timer)?:
             if let timer { reactor.cancel(timer) }
+            metrics?.retried(index, self)
         case .finished(let f)?:
             release(f)
+            metrics?.finished(f, code, self)
             let subject = pid.map { "worker \($0): request \(f.id)" } ?? "request \(f.id)"
             answer(f.completion, .failure(SupervisorError(
                 code, "\(subject) \(why) (attempt \(f.attempts) of \(f.maxAttempts))",
@@ -173,6 +179,7 @@ extension Pool {
         if table[index].worker >= 0 { slots[table[index].worker].process?.inFlight -= 1 }
         guard let f = table.finish(index) else { return }
         release(f)
+        metrics?.finished(f, code, self)
         answer(f.completion, .failure(SupervisorError(code, message, requestID: f.id, attempts: f.attempts)))
     }
 

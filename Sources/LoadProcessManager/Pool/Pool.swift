@@ -55,6 +55,8 @@ final class Pool {
     /// Requests from other threads by submission number, for their handles' cancellations.
     @exclusivity(unchecked) var submissions = SubmissionIndex()
     var budget: RestartBudget
+    /// The pool's metrics; `nil` when off or no backend is set (each hook is then one branch).
+    let metrics: PoolMetrics?
     @exclusivity(unchecked) var policy: DispatchPolicy
     @exclusivity(unchecked) var outbox = Outbox()
     @exclusivity(unchecked) var ids = IDGenerator()
@@ -98,6 +100,7 @@ final class Pool {
         slots = Array(repeating: WorkerSlot(), count: max(0, config.count))
         budget = RestartBudget(limit: config.restarts, window: config.maxRestartsInInterval)
         policy = DispatchPolicy(capacity: config.maxConcurrentRequestsPerWorker)
+        metrics = PoolMetrics.make(config)
     }
 
     deinit { spawner.free() }
@@ -106,6 +109,7 @@ final class Pool {
 
     func emit(_ e: SupervisorEvent) {
         log(e)
+        metrics?.event(e, self)
         outbox.push(.event(e))
     }
 
