@@ -446,13 +446,14 @@ public final class Worker {
 final class BatchAnswers {
     let wireID: UInt64
     let count: Int
+    // One thread, no overlapping access (as for `Request`): no dynamic exclusivity checks.
     /// Set when the supervisor cancelled the batch: nothing is sent.
-    var cancelled = false
+    @exclusivity(unchecked) var cancelled = false
     /// The answers encoded so far, in order (after the count); those that came early wait in
     /// `early` until the ones before them are in.
-    private var out: [UInt8] = []
-    private var next = 0
-    private var early: [Int: (Bool, [UInt8])] = [:]
+    @exclusivity(unchecked) private var out: [UInt8] = []
+    @exclusivity(unchecked) private var next = 0
+    @exclusivity(unchecked) private var early: [Int: (Bool, [UInt8])] = [:]
 
     init(wireID: UInt64, count: Int) {
         self.wireID = wireID
@@ -470,7 +471,7 @@ final class BatchAnswers {
         }
         data.withUnsafeBytes { Batch.appendAnswer(ok: ok, $0, into: &out) }
         next += 1
-        while let (ok, data) = early.removeValue(forKey: next) {
+        while !early.isEmpty, let (ok, data) = early.removeValue(forKey: next) {
             data.withUnsafeBytes { Batch.appendAnswer(ok: ok, $0, into: &out) }
             next += 1
         }

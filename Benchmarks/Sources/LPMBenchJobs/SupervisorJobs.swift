@@ -174,7 +174,8 @@ public final class Pool: Sendable {
     /// `n` tiny inputs through the ordered `map`, `chunkSize` to a frame, consumed in order by
     /// one task; checks every answer.
     public func map(_ n: Int, chunkSize: Int) async throws {
-        let inputs = (0..<n).lazy.map { _ in [UInt8](repeating: 7, count: 8) }
+        // The inputs exist before the map (one 8-byte array, repeated), as Python's range does.
+        let inputs = repeatElement([UInt8](repeating: 7, count: 8), count: n)
         var k = 0
         var failures = 0
         for await r in supervisor.map(inputs, options: MapOptions(chunkSize: chunkSize, maxChunksInFlight: 64)) {

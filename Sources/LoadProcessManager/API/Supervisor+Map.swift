@@ -56,20 +56,24 @@ extension Supervisor {
         let chunks = stride(from: 0, to: inputs.count, by: options.chunkSize).map { $0..<min($0 + options.chunkSize, inputs.count) }
         let join = MapJoin(chunks: chunks.count, count: inputs.count, completion)
         for (k, range) in chunks.enumerated() {
-            submitChunk(inputs[range], options: options) { join.set(k, at: range.lowerBound, $0) }
+            var packer = ChunkPacker()
+            for item in inputs[range] { packer.add(item) }
+            submitChunk(body: packer.body, count: packer.count, single: packer.single, options: options) {
+                join.set(k, at: range.lowerBound, $0)
+            }
         }
     }
 
-    /// Sends one chunk; `completion` gets its results (on the reactor thread, or on this thread
-    /// if the pool is gone). Returns what cancels it.
+    /// Sends one chunk (its items packed as a batch body, `count` of them; a chunk of one is
+    /// sent as a plain request); `completion` gets its results (on the reactor thread, or on this
+    /// thread if the pool is gone). Returns what cancels it.
     @discardableResult
-    func submitChunk<C: Collection>(_ items: C, options: MapOptions,
-                                    _ completion: @escaping Pool.BatchCompletion) -> RequestHandle where C.Element == [UInt8] {
-        if items.count == 1, let only = items.first {
-            return enqueue(only, options: options.request) { completion([$0]) }
+    func submitChunk(body: [UInt8], count: Int, single: [UInt8]?, options: MapOptions,
+                     _ completion: @escaping Pool.BatchCompletion) -> RequestHandle {
+        if let single {
+            return enqueue(single, options: options.request) { completion([$0]) }
         }
-        let count = items.count
-        guard let submission = box.submit(.batch(Batch.encodeItems(items), count, options.request, completion)) else {
+        guard let submission = box.submit(.batch(body, count, options.request, completion)) else {
             let error = SupervisorError(.shutDown, "the pool is stopped")
             CallerTrampoline.run { completion(Array(repeating: .failure(error), count: count)) }
             return RequestHandle(submission: 0, box: box)
@@ -100,83 +104,172 @@ private final class MapJoin: @unchecked Sendable {
 }
 
 /// The answers of ``Supervisor/map(_:options:)``, in the inputs' order.
+///
+/// Generic over the inputs only where it reads them (inlined into the caller, so specialized for
+/// the sequence it is given); packing, sending and ordering are the supervisor's own code.
 public struct MapResults<Inputs: Sequence>: AsyncSequence where Inputs.Element == [UInt8] {
     public typealias Element = Result<WorkerResponse, SupervisorError>
     public typealias Failure = Never
 
-    let supervisor: Supervisor
-    let inputs: Inputs
-    let options: MapOptions
+    @usableFromInline let supervisor: Supervisor
+    @usableFromInline let inputs: Inputs
+    @usableFromInline let options: MapOptions
 
+    init(supervisor: Supervisor, inputs: Inputs, options: MapOptions) {
+        self.supervisor = supervisor
+        self.inputs = inputs
+        self.options = options
+    }
+
+    @inlinable
     public func makeAsyncIterator() -> Iterator {
-        Iterator(supervisor: supervisor, inputs: inputs.makeIterator(), options: options)
+        Iterator(inputs: inputs.makeIterator(), core: MapCore(supervisor: supervisor, options: options))
     }
 
     /// Reads inputs as results are consumed, keeps at most `maxChunksInFlight` chunks out.
     public struct Iterator: AsyncIteratorProtocol {
-        let supervisor: Supervisor
-        var inputs: Inputs.Iterator
-        let options: MapOptions
-        let state = MapState()
-        var inputEnded = false
-        /// Chunks sent, and the next to hand out.
-        var sent = 0
-        var next = 0
-        var ready: [Element] = []
-        var readyIndex = 0
-        var invalid: SupervisorError?
+        @usableFromInline var inputs: Inputs.Iterator
+        @usableFromInline let core: MapCore
 
-        init(supervisor: Supervisor, inputs: Inputs.Iterator, options: MapOptions) {
-            self.supervisor = supervisor
+        @inlinable
+        init(inputs: Inputs.Iterator, core: MapCore) {
             self.inputs = inputs
-            self.options = options
-            if options.chunkSize < 1 {
-                invalid = SupervisorError(.invalidArgument, "chunkSize must be at least 1, got \(options.chunkSize)")
-            } else if options.maxChunksInFlight < 1 {
-                invalid = SupervisorError(.invalidArgument, "maxChunksInFlight must be at least 1, got \(options.maxChunksInFlight)")
-            }
+            self.core = core
         }
 
+        @inlinable
         public mutating func next() async -> Element? {
-            if let error = invalid {
-                invalid = nil
-                inputEnded = true
-                return .failure(error)
+            if let ready = core.nextReady() { return ready }
+            while core.wantsInputs {
+                guard let input = inputs.next() else {
+                    core.endOfInputs()
+                    break
+                }
+                core.add(input)
             }
-            if readyIndex < ready.count {
-                readyIndex += 1
-                return ready[readyIndex - 1]
-            }
-            topUp()
-            guard next < sent else { return nil }
-            let chunk = next
-            let state = self.state
-            ready = await withTaskCancellationHandler {
-                await withUnsafeContinuation { c in state.wait(for: chunk, c) }
-            } onCancel: {
-                state.cancelAll()
-            }
-            next += 1
-            readyIndex = 1
-            return ready.first
+            return await core.awaitNext()
         }
+    }
+}
 
-        /// Sends chunks until the window is full or the inputs end (none once cancelled).
-        private mutating func topUp() {
-            while !inputEnded && sent - next < options.maxChunksInFlight {
-                if Task.isCancelled || state.isCancelled { inputEnded = true; break }
-                var items: [[UInt8]] = []
-                items.reserveCapacity(options.chunkSize)
-                while items.count < options.chunkSize, let input = inputs.next() { items.append(input) }
-                if items.count < options.chunkSize { inputEnded = true }
-                guard !items.isEmpty else { break }
-                let chunk = sent
-                let state = self.state
-                sent += 1
-                let handle = supervisor.submitChunk(items, options: options) { state.deliver(chunk, $0) }
-                state.sent(chunk, handle)
-            }
+/// The non-generic part of a map's iterator: packs inputs into chunks, sends them, and hands
+/// out their results in order. Used by one task at a time (the iterator's); what it shares with
+/// the chunks' completions is in its ``MapState``.
+@usableFromInline
+final class MapCore {
+    let supervisor: Supervisor
+    let options: MapOptions
+    let state = MapState()
+    var invalid: SupervisorError?
+    var inputEnded = false
+    /// Chunks sent, and the next to hand out.
+    var sent = 0
+    var next = 0
+    var packer = ChunkPacker()
+    var ready: [Result<WorkerResponse, SupervisorError>] = []
+    var readyIndex = 0
+
+    @usableFromInline
+    init(supervisor: Supervisor, options: MapOptions) {
+        self.supervisor = supervisor
+        self.options = options
+        if options.chunkSize < 1 {
+            invalid = SupervisorError(.invalidArgument, "chunkSize must be at least 1, got \(options.chunkSize)")
+        } else if options.maxChunksInFlight < 1 {
+            invalid = SupervisorError(.invalidArgument, "maxChunksInFlight must be at least 1, got \(options.maxChunksInFlight)")
         }
+    }
+
+    /// The next result already here, if any (or the error of invalid options, once).
+    @usableFromInline
+    func nextReady() -> Result<WorkerResponse, SupervisorError>? {
+        if let error = invalid {
+            invalid = nil
+            inputEnded = true
+            return .failure(error)
+        }
+        guard readyIndex < ready.count else { return nil }
+        readyIndex += 1
+        return ready[readyIndex - 1]
+    }
+
+    /// Whether another input may be read now: the inputs have not ended, the window has room,
+    /// and the consumer was not cancelled.
+    @usableFromInline
+    var wantsInputs: Bool {
+        guard !inputEnded && sent - next < options.maxChunksInFlight else { return false }
+        if Task.isCancelled || state.isCancelled {
+            inputEnded = true
+            packer = ChunkPacker()  // a partial chunk is not sent
+            return false
+        }
+        return true
+    }
+
+    @usableFromInline
+    func add(_ input: [UInt8]) {
+        packer.add(input)
+        if packer.count == options.chunkSize { sendChunk() }
+    }
+
+    @usableFromInline
+    func endOfInputs() {
+        inputEnded = true
+        if packer.count > 0 { sendChunk() }
+    }
+
+    private func sendChunk() {
+        let chunk = sent
+        let state = self.state
+        sent += 1
+        let packed = packer
+        packer = ChunkPacker()
+        let handle = supervisor.submitChunk(body: packed.body, count: packed.count, single: packed.single,
+                                            options: options) { state.deliver(chunk, $0) }
+        state.sent(chunk, handle)
+    }
+
+    /// Waits for the next chunk in order and hands out its first result; `nil` once every chunk
+    /// sent is handed out and no input is left.
+    @usableFromInline
+    func awaitNext() async -> Result<WorkerResponse, SupervisorError>? {
+        if let ready = nextReady() { return ready }
+        guard next < sent else { return nil }
+        let chunk = next
+        let state = self.state
+        ready = await withTaskCancellationHandler {
+            await withUnsafeContinuation { c in state.wait(for: chunk, c) }
+        } onCancel: {
+            state.cancelAll()
+        }
+        next += 1
+        readyIndex = 0
+        return nextReady()
+    }
+}
+
+/// Inputs packed as a batch body as they come (no array of inputs kept); a chunk of one input
+/// keeps it as is, to go as a plain request.
+struct ChunkPacker {
+    private(set) var body: [UInt8] = [0, 0, 0, 0]
+    private(set) var count = 0
+    private(set) var single: [UInt8]?
+
+    mutating func add(_ input: [UInt8]) {
+        if count == 0 {
+            single = input
+        } else if count == 1, let first = single {
+            single = nil
+            append(first)
+        }
+        if count >= 1 { append(input) }
+        count += 1
+        body.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(count).littleEndian, toByteOffset: 0, as: UInt32.self) }
+    }
+
+    private mutating func append(_ input: [UInt8]) {
+        body.appendLittleEndian(UInt32(input.count))
+        body.append(contentsOf: input)
     }
 }
 
