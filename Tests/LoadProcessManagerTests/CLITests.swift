@@ -14,7 +14,8 @@ struct CLITests {
 
     /// Runs `lpm` with `arguments`, `input` as its stdin (a file), and its outputs in files;
     /// `whileRunning` gets the process once it is started.
-    func lpm(_ arguments: [String], input: String, whileRunning: (@Sendable (Process) async -> Void)? = nil) async throws -> Run {
+    func lpm(_ arguments: [String], input: String, stderrHandle: FileHandle? = nil,
+             whileRunning: (@Sendable (Process) async -> Void)? = nil) async throws -> Run {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lpm-cli-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -32,7 +33,7 @@ struct CLITests {
         process.arguments = arguments
         process.standardInput = handles[0]
         process.standardOutput = handles[1]
-        process.standardError = handles[2]
+        process.standardError = stderrHandle ?? handles[2]
         let exited = AsyncStream<Void>.makeStream()
         process.terminationHandler = { _ in exited.continuation.yield(); exited.continuation.finish() }
         try process.run()
@@ -128,5 +129,67 @@ struct CLITests {
         #expect(out == Array(many.prefix(out.count)), "the answers written are those of the first lines, in order")
         #expect(run.stderr.contains("interrupted"), "\(run.stderr)")
         #expect(run.stderr.contains("0 failed"), "\(run.stderr)")
+    }
+
+    @Test("SIGTERM drains like SIGINT: the requests in flight finish, exit 130")
+    func sigtermDrains() async throws {
+        let many = (1...100_000).map(String.init)
+        let run = try await lpm(["run", "--workers", "2", "--max-in-flight", "100", "--env", "LPM_TEST_DELAY_MS=20"] + worker("slow"),
+                                input: many.joined(separator: "\n") + "\n") { process in
+            try? await Task.sleep(for: .milliseconds(500))
+            kill(process.processIdentifier, SIGTERM)
+        }
+        #expect(run.status == 130, "\(run.stderr)")
+        let out = run.outputLines.map(String.init)
+        #expect(!out.isEmpty && out.count < many.count && out == Array(many.prefix(out.count)))
+        #expect(run.stderr.contains("interrupted (SIGTERM)"), "\(run.stderr)")
+        #expect(run.stderr.contains("0 failed"), "\(run.stderr)")
+    }
+
+    @Test("a second signal aborts the requests in flight at once: they fail, exit 130")
+    func secondSignalAborts() async throws {
+        // Each request takes 60 s: only the abort can end this run in time.
+        let started = ContinuousClock.now
+        let run = try await lpm(["run", "--workers", "2", "--max-in-flight", "8", "--env", "LPM_TEST_DELAY_MS=60000"] + worker("slow"),
+                                input: (1...100).map(String.init).joined(separator: "\n") + "\n") { process in
+            try? await Task.sleep(for: .milliseconds(500))
+            process.interrupt()
+            try? await Task.sleep(for: .milliseconds(300))
+            process.interrupt()
+        }
+        #expect(ContinuousClock.now - started < .seconds(30), "the abort did not wait for the requests")
+        #expect(run.status == 130, "\(run.stderr)")
+        #expect(run.stderr.contains("aborting the requests in flight"), "\(run.stderr)")
+        #expect(run.stderr.contains("shutDown"), "the aborted requests fail: \(run.stderr)")
+    }
+
+    @Test("on a terminal, stderr shows a progress line (done, rate, failures, percentage and ETA)")
+    func progressOnATerminal() async throws {
+        var master: Int32 = -1, slave: Int32 = -1
+        try #require(openpty(&master, &slave, nil, nil, nil) == 0)
+        _ = fcntl(master, F_SETFD, FD_CLOEXEC)
+        _ = fcntl(slave, F_SETFD, FD_CLOEXEC)
+        let terminal = FileHandle(fileDescriptor: slave, closeOnDealloc: true)
+        let masterFD = master
+        // Read the terminal while lpm writes to it (a pty's buffer is small).
+        let reader = Task.detached { @Sendable () -> String in
+            var text: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let n = read(masterFD, &buffer, buffer.count)
+                if n <= 0 { break }
+                text += buffer[0..<n]
+            }
+            return String(decoding: text, as: UTF8.self)
+        }
+        let lines = (1...400).map(String.init)
+        let run = try await lpm(["run", "--workers", "2", "--max-in-flight", "4", "--env", "LPM_TEST_DELAY_MS=5"] + worker("slow"),
+                                input: lines.joined(separator: "\n") + "\n", stderrHandle: terminal)
+        try terminal.close()  // the last writer: the reader then sees end of file (EIO)
+        let shown = await reader.value
+        close(master)
+        #expect(run.status == 0)
+        #expect(shown.contains(" done, ") && shown.contains("/s, ") && shown.contains(" failed"), "\(shown.suffix(400))")
+        #expect(shown.contains("%, ETA "), "stdin is a file: the percentage and the ETA are shown")
     }
 }
