@@ -14,8 +14,8 @@ import LPMReactor
 ///   half of the restart budget is spent: a crash-looping pool is not a pool short of workers,
 ///   and growing it would only start more processes to crash.
 /// - Shrinks when k workers have had nothing in flight at every check for
-///   ``Settings/idleTimeout`` (with an empty queue): k of them retire at once, never below the
-///   minimum. A pool whose dispatch spreads work over every worker is idle as a whole, not
+///   ``Settings/idleTimeout`` (with an empty queue): k of them retire at once (k - 1 when
+///   saturation grows the pool: one spare stays), never below the minimum. A pool whose dispatch spreads work over every worker is idle as a whole, not
 ///   worker by worker, so idleness is counted for the pool: the most workers idle together.
 /// - No flapping: growth needs work waiting (or every worker saturated), shrinking needs idle
 ///   workers for a whole idle timeout, and a growth restarts the idle count; load that comes
@@ -225,7 +225,9 @@ struct ScalingPolicy: Sendable {
         if n > settings.minimum, s.queued == 0 {
             var k = 0
             while k < idleSince.count && s.now - idleSince[k] >= settings.idleTimeout { k += 1 }
-            k = min(k, n - settings.minimum)
+            // With growth on saturation, one idle worker stays: retiring it would leave every
+            // worker saturated, and the pool would grow again (flapping under steady load).
+            k = min(settings.growAfterSaturation == nil ? k : k - 1, n - settings.minimum)
             if k > 0 {
                 let since = idleSince[k - 1]
                 idleSince = []
@@ -289,7 +291,7 @@ public enum ScalingReason: Sendable, Hashable, CustomStringConvertible {
     static func format(_ d: Duration) -> String {
         let ms = Reactor.nanoseconds(d) / 1_000_000
         if ms < 1000 { return "\(ms) ms" }
-        if ms < 10_000 { return "\(ms / 1000).\(ms % 1000 / 100) s" }
+        if ms < 10_000 && ms % 1000 >= 100 { return "\(ms / 1000).\(ms % 1000 / 100) s" }
         return "\(ms / 1000) s"
     }
 }
