@@ -137,7 +137,7 @@ struct ScalingPolicyTests {
         #expect(r.grows == [3, 3, 3] && r.shrinks.map(\.count) == [3, 3, 3], "\(r.decisions)")
     }
 
-    @Test("a crash-looping pool does not grow: held while a slot is down, while half the restart budget is spent, while a worker starts")
+    @Test("a crash-looping pool does not grow: held while a slot is down, while half the restart budget is spent, while a restarted worker has not answered, while a worker starts")
     func crashLoop() {
         var policy = ScalingPolicy(settings())
         let waiting = ScalingPolicy.Snapshot(now: 10 * second, queued: 50, oldestQueuedAt: 1 * second,
@@ -156,6 +156,11 @@ struct ScalingPolicyTests {
         starting.workers.append(.init(slot: 1, phase: .starting))
         #expect(policy.decide(starting) == .none)
         #expect(policy.held == .starting(1))
+
+        var unproven = starting
+        unproven.workers[1] = .init(slot: 1, load: 1, unprovenRestart: true)
+        #expect(policy.decide(unproven) == .none)
+        #expect(policy.held == .unprovenRestart(1), "a restarted worker that has not answered yet: maybe a crash loop")
 
         var healthy = starting
         healthy.workers[1].phase = .ready

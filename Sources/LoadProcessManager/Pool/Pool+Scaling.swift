@@ -193,7 +193,7 @@ extension Pool {
                 s.slotsDown += 1
             case .active:
                 guard let w = slots[i].process else {
-                    s.workers.append(.init(slot: i, phase: .starting))
+                    s.workers.append(.init(slot: i, phase: .starting, unprovenRestart: slots[i].restarts > 0))
                     continue
                 }
                 let phase: ScalingPolicy.Worker.Phase
@@ -204,7 +204,8 @@ extension Pool {
                 case .starting, .draining, .stopping, .exited: phase = .starting
                 }
                 if w.load == 0 { w.idleSince = w.idleSince ?? now } else { w.idleSince = nil }
-                s.workers.append(.init(slot: i, phase: phase, load: w.load, idleSince: w.idleSince))
+                s.workers.append(.init(slot: i, phase: phase, load: w.load, idleSince: w.idleSince,
+                                       unprovenRestart: slots[i].restarts > 0 && w.completed == 0))
             }
         }
         return s

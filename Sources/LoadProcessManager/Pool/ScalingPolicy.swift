@@ -10,9 +10,10 @@ import LPMReactor
 ///   every worker has been saturated at every check for ``Settings/growAfterSaturation``; by at
 ///   most ``Settings/growStep`` workers, at most once per ``Settings/growCooldown``, never above
 ///   the maximum. Growth waits while a worker of the pool is starting (the capacity it brings is
-///   not visible yet), while a slot is down after its restarts were refused, and while more than
-///   half of the restart budget is spent: a crash-looping pool is not a pool short of workers,
-///   and growing it would only start more processes to crash.
+///   not visible yet), while a worker restarted after a crash has not answered a request yet,
+///   while a slot is down after its restarts were refused, and while more than half of the
+///   restart budget is spent: a crash-looping pool is not a pool short of workers, and growing
+///   it would only start more processes to crash.
 /// - Shrinks when k workers have had nothing in flight at every check for
 ///   ``Settings/idleTimeout`` (with an empty queue): k of them retire at once (k - 1 when
 ///   saturation grows the pool: one spare stays), never below the minimum. A pool whose dispatch spreads work over every worker is idle as a whole, not
@@ -63,12 +64,16 @@ struct ScalingPolicy: Sendable {
         /// Since when it has had nothing in flight (monotonic nanoseconds; `nil`: it has work).
         /// The longest idle retire first.
         var idleSince: Int64?
+        /// It was started by a restart after a crash and has not answered a request yet: the
+        /// pool may be crash-looping.
+        var unprovenRestart = false
 
-        init(slot: Int, phase: Phase = .ready, load: Int = 0, idleSince: Int64? = nil) {
+        init(slot: Int, phase: Phase = .ready, load: Int = 0, idleSince: Int64? = nil, unprovenRestart: Bool = false) {
             self.slot = slot
             self.phase = phase
             self.load = load
             self.idleSince = idleSince
+            self.unprovenRestart = unprovenRestart
         }
     }
 
@@ -101,12 +106,14 @@ struct ScalingPolicy: Sendable {
     /// Why growth is held back although the pool is short of workers.
     enum Hold: Equatable, Sendable, CustomStringConvertible {
         case starting(Int)
+        case unprovenRestart(Int)
         case slotsDown(Int)
         case restartBudget(used: Int, limit: Int)
 
         var description: String {
             switch self {
             case .starting(let n): "\(n) worker\(n == 1 ? " is" : "s are") still starting"
+            case .unprovenRestart(let n): "\(n) worker\(n == 1 ? "" : "s") restarted after a crash \(n == 1 ? "has" : "have") not answered yet"
             case .slotsDown(let n): "\(n) slot\(n == 1 ? " is" : "s are") down after refused restarts"
             case .restartBudget(let used, let limit): "the restart budget is more than half spent (\(used) of \(limit))"
             }
@@ -161,10 +168,13 @@ struct ScalingPolicy: Sendable {
     mutating func decide(_ s: Snapshot) -> Decision {
         let n = s.workers.count
         let starting = s.workers.reduce(0) { $0 + ($1.phase == .starting ? 1 : 0) }
+        let unproven = s.workers.reduce(0) { $0 + ($1.unprovenRestart ? 1 : 0) }
         let hold: Hold? = if s.slotsDown > 0 {
             .slotsDown(s.slotsDown)
         } else if s.restartLimit > 0 && s.restartsInWindow * 2 > s.restartLimit {
             .restartBudget(used: s.restartsInWindow, limit: s.restartLimit)
+        } else if unproven > 0 {
+            .unprovenRestart(unproven)
         } else if starting > 0 {
             .starting(starting)
         } else {
