@@ -247,6 +247,26 @@ struct AdaptivePoolTests {
         await s.softKill()
     }
 
+    @Test("a growth that cannot spawn is reported and retried after a backoff, not at every check; the pool serves on")
+    func growthSpawnFailure() async throws {
+        var c = adaptiveConfig(delayMs: 20, maximum: 3)
+        c.scaling.growCooldown = .zero
+        let (s, log) = try await startOnline(c)
+        // From now on every spawn fails: the reload cannot replace the worker, which stays.
+        do { try await s.reload(.init(path: "/nonexistent/lpm-worker")); Issue.record("reloaded") } catch {
+            #expect(error.code == .spawnFailed, "\(error)")
+        }
+        let failedBefore = log.count { if case .workerSpawnFailed = $0 { return true }; return false }
+        let book = AnswerBook(60)
+        for i in 0..<60 { s.enqueue(Array("f\(i)".utf8)) { book.record(i, $0, expecting: "f\(i)") } }
+        #expect(await book.waitAll())
+        #expect(book.failed.isEmpty && book.answeredTwice == 0)
+        let failed = log.count { if case .workerSpawnFailed = $0 { return true }; return false } - failedBefore
+        #expect(failed >= 1 && failed <= 2, "one failed growth, then a retry after 1 s at most (60 requests of 20 ms): \(failed)")
+        #expect(await s.status().workers == 1)
+        await s.hardKill()
+    }
+
     @Test("bounds that cannot be kept are refused at start")
     func invalidBounds() async throws {
         for (minimum, maximum) in [(0, 2), (3, 2)] {

@@ -19,6 +19,11 @@ struct PoolScaling {
     var draining: [pid_t: Int64] = [:]
     /// The reason growth is held back, as last logged.
     var loggedHold: ScalingPolicy.Hold?
+    /// Growths in a row whose every spawn failed, and when growth may be tried again (1 s after
+    /// the first, doubling up to 60 s): a worker that cannot be spawned is not retried at
+    /// every check.
+    var failedGrowths = 0
+    var growthRetryAt: Int64 = 0
 }
 
 extension Pool {
@@ -153,18 +158,22 @@ extension Pool {
         if policy.held != scaling.loggedHold {
             scaling.loggedHold = policy.held
             if let hold = policy.held {
-                config.logger.info("pool growth held", metadata: ["reason": "\(hold)", "workers": "\(activeCount)",
-                                                                  "queued": "\(table.queuedCount)"])
+                // A worker still starting is the ordinary pause after a growth: not worth an info line.
+                var starting = false
+                if case .starting = hold { starting = true }
+                config.logger.log(level: starting ? .debug : .info, "pool growth held", metadata: [
+                    "reason": "\(hold)", "workers": "\(activeCount)", "queued": "\(table.queuedCount)"])
             }
         }
         switch decision {
         case .none:
             return
         case .grow(let k, let reason):
+            guard now >= scaling.growthRetryAt else { return }  // the last growth could not spawn anything
             let before = activeCount
             // Metrics: a scaling counter (direction "grow", reason kind) is incremented here.
             emit(.poolScaled(from: before, to: before + k, reason: reason))
-            growForScaling(by: k)
+            growForScaling(by: k, now: now)
         case .shrink(let chosen, let reason):
             let before = activeCount
             // Metrics: a scaling counter (direction "shrink", reason kind) is incremented here.
@@ -227,10 +236,11 @@ extension Pool {
 
     /// Starts `k` workers in free slots (retired ones whose process is gone, else new ones).
     /// A worker that cannot be spawned is reported (an event) and its slot stays free: a
-    /// later check tries again.
-    private func growForScaling(by k: Int) {
+    /// later check tries again, after a backoff if nothing could be spawned.
+    private func growForScaling(by k: Int, now: Int64) {
         var free = slots.indices.filter { slots[$0].membership == .retired && slots[$0].process == nil }
         free.reverse()
+        var failed = 0
         for _ in 0..<k {
             let i: Int
             if let reused = free.popLast() { i = reused } else {
@@ -239,9 +249,18 @@ extension Pool {
             }
             slots[i].membership = .active
             slots[i].refusals = 0
-            if spawnOrMarkDown(slot: i) != nil { slots[i].membership = .retired }
+            if spawnOrMarkDown(slot: i) != nil {
+                slots[i].membership = .retired
+                failed += 1
+            }
         }
         onlineAnnounced = false
+        if failed == k {
+            scaling.failedGrowths += 1
+            scaling.growthRetryAt = now + min(60_000_000_000, 1_000_000_000 << min(scaling.failedGrowths - 1, 6))
+        } else {
+            scaling.failedGrowths = 0
+        }
     }
 
     /// Retires the workers in `chosen`: out of the pool, nothing new, drained.
