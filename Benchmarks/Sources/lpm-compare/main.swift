@@ -28,7 +28,8 @@
 //   adaptive-step[-fixed1|-fixed4] N  step load 5% -> 100% of 4 workers (10 ms service) and back,
 //                            on an adaptive pool (1...4) or a fixed pool of 1 or 4; N is the
 //                            step's length in ms (4000); the worker is LPM_STEP_WORKER (the
-//                            package's lpm-test-worker)
+//                            package's lpm-test-worker); LPM_STEP_GROW_STEP, LPM_STEP_COOLDOWN_MS,
+//                            LPM_STEP_QUEUE_WAIT_MS change the adaptive pool's settings
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -290,6 +291,10 @@ do {
             plan.lowSeconds = min(plan.lowSeconds, plan.stepSeconds * 0.75)
             plan.idleTimeout = min(plan.idleTimeout, max(0.5, plan.stepSeconds / 2))
         }
+        // For exploring the adaptive pool's settings (compare.sh uses the defaults of StepLoadPlan).
+        if let v = getenv("LPM_STEP_GROW_STEP").flatMap({ Int(String(cString: $0)) }) { plan.growStep = v }
+        if let v = getenv("LPM_STEP_COOLDOWN_MS").flatMap({ Int(String(cString: $0)) }) { plan.growCooldownMs = v }
+        if let v = getenv("LPM_STEP_QUEUE_WAIT_MS").flatMap({ Int(String(cString: $0)) }) { plan.growAfterQueueWaitMs = v }
         let f = try stepLoad(workerPath: worker, kind: kind, plan: plan)
         let name = "lpm_step_\(kind == .adaptive ? "adaptive" : kind == .fixed1 ? "fixed1" : "fixed\(plan.maxWorkers)")"
         emit("\(name)_service", f.serviceMs, "ms")
