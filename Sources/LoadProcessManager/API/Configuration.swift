@@ -149,8 +149,10 @@ public struct SupervisorConfiguration: Sendable {
         /// the queue). Default 500 ms.
         public var growCooldown: Duration = .milliseconds(500)
         /// How long workers may stay idle (nothing in flight, at every check, with nothing
-        /// queued) before they retire, down to the minimum. Counted for the pool: when k workers
-        /// have been idle together for this long, k of them retire. Default 30 s.
+        /// queued) before they retire, down to the minimum. Counted for the pool, since dispatch
+        /// spreads work over every worker: when k workers have been idle together for this long,
+        /// k of them retire (k - 1 with ``growAfterSaturation`` set: one spare stays, or the
+        /// pool would be saturated and grow again). Default 30 s.
         public var idleTimeout: Duration = .seconds(30)
         /// How often the pool is checked. Default 100 ms. A request that finds no worker to
         /// take it also triggers a check once its wait is over ``growAfterQueueWait``.
