@@ -299,6 +299,33 @@ else
     note "valgrind missing: no instruction counts (apt-get install valgrind)"
 fi
 
+# ---------------------------------------------------------------- adaptive pool: step load
+# lpm-compare adaptive-step*: a step from 5% to 100% of what 4 workers serve, then 5% again, on
+# an adaptive pool (minimum 1, maximum 4) and on fixed pools of 1 and of 4, in this run. The
+# workers serve one request at a time in 10 ms: the package's lpm-test-worker in `slow` mode (a
+# timer, not CPU, so that four busy workers fit on 2 shared vCPUs), built in debug in the
+# package root (the Benchmarks package cannot build it). 100% is 4 over the median latency of
+# lone requests, measured by each job before its run.
+STEP_ROWS=0
+STEP_N=$([ "$SMOKE" = 1 ] && echo 1000 || echo 4000)
+if [ "$BUILD" = 1 ]; then
+    echo "building lpm-test-worker (debug, in the package root) for the step load" >&2
+    (cd .. && swift build --product lpm-test-worker >>"$LOG" 2>&1) || note "could not build lpm-test-worker: no step-load rows"
+fi
+STEP_WORKER="$(cd .. && swift build --show-bin-path 2>/dev/null)/lpm-test-worker"
+if [ -x "$STEP_WORKER" ]; then
+    export LPM_STEP_WORKER=$STEP_WORKER
+    STEP_ROWS=1
+    for rep in $(seq 1 "$REPS"); do
+        step "adaptive pool under a step load, repetition $rep of $REPS"
+        for j in adaptive-step adaptive-step-fixed1 adaptive-step-fixed4; do
+            run step "$LPM" "$j" "$STEP_N"
+        done
+    done
+else
+    note "lpm-test-worker missing (swift build --product lpm-test-worker in the package root): no step-load rows"
+fi
+
 # ---------------------------------------------------------------- the table
 fmt_time() {  # value unit -> human
     awk -v v="$1" -v u="$2" 'BEGIN {
@@ -435,6 +462,30 @@ for b in "${BACKENDS[@]}"; do
     prow "supervisor context switches per round trip, async, unpinned [$b]" "$b.unpinned" lpm_rt_async_supervisor_csw "switches"
     prow "supervisor context switches per round trip, chained, unpinned [$b]" "$b.unpinned" lpm_rt_chained_supervisor_csw "switches"
 done
+
+if [ "$STEP_ROWS" = 1 ]; then
+    header "Adaptive pool 1...4 under a step load 5% -> 100% of 4 workers (10 ms service, one request at a time), against fixed pools of 1 and 4"
+    prow "100% load (4 workers over the measured lone-request latency)" step lpm_step_adaptive_full_rate "rate:req/s"
+    for k in adaptive fixed1 fixed4; do
+        prow "queue wait during the step, p99, $k" step "lpm_step_${k}_wait_p99" "time:ms"
+    done
+    for k in adaptive fixed1 fixed4; do
+        prow "queue wait during the step, p50, $k" step "lpm_step_${k}_wait_p50" "time:ms"
+    done
+    prow "queue wait at 5% before the step, p99, adaptive (1 worker)" step lpm_step_adaptive_low_wait_p99 "time:ms"
+    prow "adaptive: step start -> first growth" step lpm_step_adaptive_first_growth "time:ms"
+    prow "adaptive: step start -> 4 workers ready" step lpm_step_adaptive_time_to_max "time:ms"
+    prow "adaptive: load back to 5% -> back to 1 worker (idle timeout $(val step lpm_step_adaptive_idle_timeout) ms)" step lpm_step_adaptive_return_to_min "time:ms"
+    a=$(val step lpm_step_adaptive_rss_mean); f4=$(val step lpm_step_fixed4_rss_mean)
+    row "sum of worker RSS over the run, mean: adaptive vs fixed 4" "${a:--} MiB" "fixed 4: ${f4:--} MiB" "$(ratio "$a" "$f4")" ""
+    a=$(val step lpm_step_adaptive_rss_peak); f4=$(val step lpm_step_fixed4_rss_peak)
+    row "sum of worker RSS over the run, peak: adaptive vs fixed 4" "${a:--} MiB" "fixed 4: ${f4:--} MiB" "$(ratio "$a" "$f4")" ""
+    a=$(val step lpm_step_adaptive_workers_mean); f4=$(val step lpm_step_fixed4_workers_mean)
+    row "workers in the pool over the run, mean: adaptive vs fixed 4" "${a:--}" "fixed 4: ${f4:--}" "$(ratio "$a" "$f4")" ""
+    for k in adaptive fixed1 fixed4; do
+        prow "failed requests, $k" step "lpm_step_${k}_failures" "requests"
+    done
+fi
 
 if [ -s "$SYS_ROWS" ]; then
     printf "\nPer request, whole process tree (%s; supervisor default backend %s): syscalls, context switches, CPU\n" "$SYS_TOOL" "$SUP_BACKEND"

@@ -26,6 +26,11 @@
 //   crash N                  SIGKILL the worker, time the replacement; N times (20)
 //   queued N                 N requests queued before start: time, RSS per request (1e6)
 //   many-workers N           N workers start + one request each (256)
+//   adaptive-step[-fixed1|-fixed4] N  step load 5% -> 100% of 4 workers (10 ms service) and back,
+//                            on an adaptive pool (1...4) or a fixed pool of 1 or 4; N is the
+//                            step's length in ms (4000); the worker is LPM_STEP_WORKER (the
+//                            package's lpm-test-worker); LPM_STEP_GROW_STEP, LPM_STEP_COOLDOWN_MS,
+//                            LPM_STEP_QUEUE_WAIT_MS change the adaptive pool's settings
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -294,6 +299,38 @@ do {
         emit("lpm_\(n)_workers_one_request_each_\(tag)", f.requestsMs, "ms")
         emit("lpm_\(n)_workers_distinct_answering", Double(f.distinctWorkers), "workers")
         emit("lpm_\(n)_workers_softkill_\(tag)", f.stopMs, "ms")
+
+    case "adaptive-step", "adaptive-step-fixed1", "adaptive-step-fixed4":
+        guard let worker = getenv("LPM_STEP_WORKER").map({ String(cString: $0) }) else {
+            throw BenchError("set LPM_STEP_WORKER to the lpm-test-worker executable (swift build --product lpm-test-worker in the package root)")
+        }
+        let kind: StepPoolKind = job == "adaptive-step" ? .adaptive : job == "adaptive-step-fixed1" ? .fixed1 : .fixedMax
+        var plan = StepLoadPlan()
+        if let ms = countArg {
+            // Shorter steps shorten the rest of the curve with them (a smoke run).
+            plan.stepSeconds = Double(ms) / 1000
+            plan.lowSeconds = min(plan.lowSeconds, plan.stepSeconds * 0.75)
+            plan.idleTimeout = min(plan.idleTimeout, max(0.5, plan.stepSeconds / 2))
+        }
+        // For exploring the adaptive pool's settings (compare.sh uses the defaults of StepLoadPlan).
+        if let v = getenv("LPM_STEP_GROW_STEP").flatMap({ Int(String(cString: $0)) }) { plan.growStep = v }
+        if let v = getenv("LPM_STEP_COOLDOWN_MS").flatMap({ Int(String(cString: $0)) }) { plan.growCooldownMs = v }
+        if let v = getenv("LPM_STEP_QUEUE_WAIT_MS").flatMap({ Int(String(cString: $0)) }) { plan.growAfterQueueWaitMs = v }
+        let f = try stepLoad(workerPath: worker, kind: kind, plan: plan)
+        let name = "lpm_step_\(kind == .adaptive ? "adaptive" : kind == .fixed1 ? "fixed1" : "fixed\(plan.maxWorkers)")"
+        emit("\(name)_service", f.serviceMs, "ms")
+        emit("\(name)_full_rate", f.fullRate, "req/s")
+        emit("\(name)_wait_p50", f.stepWaitP50Ms, "ms")
+        emit("\(name)_wait_p99", f.stepWaitP99Ms, "ms")
+        emit("\(name)_low_wait_p99", f.lowWaitP99Ms, "ms")
+        emit("\(name)_rss_mean", f.rssMeanBytes / 1_048_576, "MiB")
+        emit("\(name)_rss_peak", f.rssPeakBytes / 1_048_576, "MiB")
+        emit("\(name)_workers_mean", f.workersMean, "workers")
+        emit("\(name)_failures", Double(f.failures), "requests")
+        if let v = f.firstGrowthMs { emit("\(name)_first_growth", v, "ms") }
+        if let v = f.timeToMaxMs { emit("\(name)_time_to_max", v, "ms") }
+        if let v = f.returnToMinMs { emit("\(name)_return_to_min", v, "ms") }
+        if kind == .adaptive { emit("\(name)_idle_timeout", plan.idleTimeout * 1000, "ms") }
 
     default:
         usage()

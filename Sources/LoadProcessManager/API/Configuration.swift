@@ -102,11 +102,73 @@ public struct SupervisorConfiguration: Sendable {
     public var recycleAboveRSS: Int? = nil
     /// Recycle a worker when one of its requests times out (it may be stuck). Default `false`.
     public var recycleAfterTimeout: Bool = false
-    /// Retire workers idle this long (nothing in flight, checked at each health sample), one at
-    /// a time, down to `minimum` workers; when requests then wait in the queue, the pool grows
-    /// back, one worker per wait, up to its size (``count``, or the last ``Supervisor/resize(_:)``).
+    /// Retire workers idle this long (nothing in flight, checked at each health sample), down
+    /// to `minimum` workers (at least 1); when a request then finds no worker to take it, the
+    /// pool grows back at once, up to its size (``count``, or the last ``Supervisor/resize(_:)``).
     /// `nil` (default): the pool keeps its size.
+    ///
+    /// A shorthand for an adaptive pool (``scaling``) with `minimum` as its minimum, ``count``
+    /// as its maximum, `after` as its idle timeout, and growth as soon as work waits; ignored
+    /// when ``scaling`` sets a bound.
     public var idleShrink: (after: Duration, minimum: Int)? = nil
+
+    /// An adaptive pool: its size between a minimum and a maximum, and when it changes.
+    ///
+    /// The pool starts with ``SupervisorConfiguration/count`` workers (brought within the
+    /// bounds). It grows when the oldest queued request has waited ``growAfterQueueWait``, or
+    /// when every worker has been saturated for ``growAfterSaturation``: by at most
+    /// ``growStep`` workers, at most once per ``growCooldown``. It shrinks when workers have
+    /// been idle together for ``idleTimeout``: they retire, drain (their requests finish, their
+    /// soft-kill handler runs, within ``SupervisorConfiguration/softKillTimeout``) and exit.
+    /// Growth waits while a worker is starting, while a slot is down after refused restarts and
+    /// while more than half of the restart budget is spent: a crash-looping pool does not grow.
+    /// Every change is a ``SupervisorEvent/poolScaled(from:to:reason:)`` event and an `info`
+    /// log line with its reason; ``Supervisor/status()`` reports the bounds.
+    ///
+    /// ``Supervisor/resize(_:)`` moves the bounds: `n` becomes the maximum (the minimum comes
+    /// down to `n` if it was above), and the pool goes to `n` workers now.
+    public struct Scaling: Sendable, Hashable {
+        /// The fewest workers (at least 1). `nil` (default): ``SupervisorConfiguration/count``.
+        public var minimum: Int?
+        /// The most workers. `nil` (default): ``SupervisorConfiguration/count``. With both bounds
+        /// `nil`, the pool keeps its size.
+        public var maximum: Int?
+        /// Grow once the oldest queued request has waited this long for a worker. Default
+        /// 200 ms. `nil`: queue wait alone never grows the pool.
+        public var growAfterQueueWait: Duration? = .milliseconds(200)
+        /// Grow once every worker has been saturated (``saturatedAt`` requests in flight, or
+        /// said `busy()`) at every check for this long, even with nothing queued. Default 1 s.
+        /// `nil`: saturation alone never grows the pool.
+        public var growAfterSaturation: Duration? = .seconds(1)
+        /// Requests in flight at which a worker counts as saturated. `nil` (default):
+        /// ``SupervisorConfiguration/maxConcurrentRequestsPerWorker`` (a full worker).
+        /// A worker that serves one request at a time is saturated at 1.
+        public var saturatedAt: Int? = nil
+        /// The most workers one growth adds. Default 1.
+        public var growStep: Int = 1
+        /// The least time between two growths (the workers just added get that long to take
+        /// the queue). Default 500 ms.
+        public var growCooldown: Duration = .milliseconds(500)
+        /// How long workers may stay idle (nothing in flight, at every check, with nothing
+        /// queued) before they retire, down to the minimum. Counted for the pool, since dispatch
+        /// spreads work over every worker: when k workers have been idle together for this long,
+        /// k of them retire (k - 1 with ``growAfterSaturation`` set: one spare stays, or the
+        /// pool would be saturated and grow again). Default 30 s.
+        public var idleTimeout: Duration = .seconds(30)
+        /// How often the pool is checked. Default 100 ms. A request that finds no worker to
+        /// take it also triggers a check once its wait is over ``growAfterQueueWait``.
+        public var checkInterval: Duration = .milliseconds(100)
+
+        /// Bounds `minimum...maximum`; `nil` takes ``SupervisorConfiguration/count``.
+        public init(minimum: Int? = nil, maximum: Int? = nil) {
+            self.minimum = minimum
+            self.maximum = maximum
+        }
+    }
+
+    /// The pool's bounds and when it grows or shrinks. Default: both bounds `nil`, a pool of
+    /// ``count`` workers that keeps its size. See ``Scaling``.
+    public var scaling = Scaling()
     /// How often each worker is pinged (its runtime answers on its reactor thread). `nil`: never.
     /// Default 5 s.
     public var pingInterval: Duration? = .seconds(5)

@@ -62,6 +62,12 @@ public struct PoolStatus: Sendable, Hashable {
     public let ready: Int
     /// Whether the pool has been soft- or hard-killed (or is being).
     public let isShutDown: Bool
+    /// The fewest workers the pool keeps (``SupervisorConfiguration/Scaling/minimum``, moved by
+    /// ``Supervisor/resize(_:)``); equal to ``maximumWorkers`` for a pool of fixed size.
+    public internal(set) var minimumWorkers = 0
+    /// The most workers the pool may grow to (``SupervisorConfiguration/Scaling/maximum``, or
+    /// the last ``Supervisor/resize(_:)``).
+    public internal(set) var maximumWorkers = 0
 }
 
 /// A worker slot's state.
@@ -88,8 +94,13 @@ public enum SupervisorEvent: Sendable {
     case workerExited(slot: Int, pid: pid_t, status: WorkerExitStatus, expected: Bool)
     /// A replacement was spawned for a worker that ended.
     case workerRestarted(slot: Int, pid: pid_t)
-    /// An idle worker was retired (``SupervisorConfiguration/idleShrink``): it drains and exits.
+    /// An idle worker was retired (``SupervisorConfiguration/idleShrink``,
+    /// ``SupervisorConfiguration/Scaling/idleTimeout``): it drains and exits.
     case idleWorkerRetired(slot: Int, pid: pid_t)
+    /// An adaptive pool (``SupervisorConfiguration/scaling``) changed size by itself, from
+    /// `from` to `to` workers, for `reason`. Growth is followed by a ``workerStarted(slot:pid:)``
+    /// per worker, a shrink for idleness by an ``idleWorkerRetired(slot:pid:)`` per worker.
+    case poolScaled(from: Int, to: Int, reason: ScalingReason)
     /// A worker is being recycled: `newPID` started in its slot, `oldPID` drains and exits.
     /// `reason` says why (its request count, its RSS, a timeout, ``Supervisor/restart(pid:)``, a reload).
     case workerRecycled(slot: Int, oldPID: pid_t, newPID: pid_t, reason: String)

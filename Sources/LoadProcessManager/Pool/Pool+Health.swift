@@ -15,7 +15,7 @@ extension Pool {
             w.channel.send(.healthRequest, id: healthSequence)
         }
         metrics?.sampled(self)
-        if config.idleShrink != nil { retireIdleWorker() }
+        enforceDrainDeadlines(now: Sys.monotonicNanoseconds())
         if let limit = config.recycleAboveRSS {
             for i in slots.indices where slots[i].membership == .active {
                 guard let w = slots[i].process, w.rss > limit else { continue }
@@ -55,9 +55,11 @@ extension Pool {
     }
 
     func status() -> PoolStatus {
-        PoolStatus(queued: table.queuedCount, pending: table.pendingCount, workers: activeCount,
-                   ready: slots.reduce(0) { $0 + ($1.process?.lifecycle.acceptsWork == true ? 1 : 0) },
-                   isShutDown: phase != .idle && phase != .running)
+        let bounds = scalingBounds
+        return PoolStatus(queued: table.queuedCount, pending: table.pendingCount, workers: activeCount,
+                          ready: slots.reduce(0) { $0 + ($1.process?.lifecycle.acceptsWork == true ? 1 : 0) },
+                          isShutDown: phase != .idle && phase != .running,
+                          minimumWorkers: bounds.minimum, maximumWorkers: bounds.maximum)
     }
 
     // MARK: Events to workers

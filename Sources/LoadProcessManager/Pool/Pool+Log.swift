@@ -36,6 +36,8 @@ extension Pool {
             logger.warning("broadcast did not reach a worker", metadata: ["slot": "\(slot)", "pid": "\(pid)", "reason": "\(reason)"])
         case .idleWorkerRetired(let slot, let pid):
             logger.info("idle worker retired", metadata: ["slot": "\(slot)", "pid": "\(pid)"])
+        case .poolScaled(let from, let to, let reason):
+            logScaling(from: from, to: to, reason)
         case .noWorkersLeft:
             logger.error("no worker is left: requests fail with noWorkers")
         case .signalReceived(let signal):

@@ -36,7 +36,7 @@ extension Pool {
         }
         let fresh = slots[i].process?.pid ?? 0
         emit(.workerRecycled(slot: i, oldPID: old.pid, newPID: fresh, reason: reason))
-        apply(old.lifecycle.handle(.drain), to: old)
+        drain(old)
         return nil
     }
 

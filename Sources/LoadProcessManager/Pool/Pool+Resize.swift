@@ -2,7 +2,8 @@ import Glibc
 import LPMReactor
 
 extension Pool {
-    /// Grows or shrinks the pool to `n` workers; the last call wins.
+    /// Grows or shrinks the pool to `n` workers; the last call wins. `n` becomes the maximum
+    /// of an adaptive pool (see ``ScalingPolicy/resized(to:at:)``).
     ///
     /// Only slots that are part of the pool count: slots down after a spent restart budget or a
     /// failed spawn do not, so restoring the original count brings them back. Growing reuses
@@ -18,7 +19,12 @@ extension Pool {
         case .idle, .running:
             break
         }
-        idleRetired = 0  // a size set by hand: idle workers are no longer grown back beyond it
+        // A size set by hand moves the bounds (an adaptive pool may then grow up to `n`, and
+        // shrink when idle; a fixed one stays at `n`); the policy's counts start over.
+        var policy = scalingPolicy()
+        policy.resized(to: n, at: Sys.monotonicNanoseconds())
+        scaling.policy = policy
+        defer { updateRoom() }
         let active = activeCount
         if n > active {
             try grow(by: n - active)
@@ -63,38 +69,7 @@ extension Pool {
         let order = slots.indices.filter { slots[$0].membership == .active }.sorted { rank($0) < rank($1) }
         for i in order.prefix(count) {
             slots[i].membership = .retired
-            if let w = slots[i].process { apply(w.lifecycle.handle(.drain), to: w) }
-        }
-    }
-
-    // MARK: Idle shrink
-
-    /// On the health timer: retires one worker idle for ``SupervisorConfiguration/idleShrink``,
-    /// while the pool is above its minimum.
-    func retireIdleWorker() {
-        guard phase == .running, let (after, minimum) = config.idleShrink else { return }
-        let now = Sys.monotonicNanoseconds()
-        var candidate: Int?
-        for i in slots.indices where slots[i].membership == .active {
-            guard let w = slots[i].process, w.lifecycle.acceptsWork else { continue }
-            guard w.load == 0 else { w.idleSince = nil; continue }
-            let since = w.idleSince ?? now
-            w.idleSince = since
-            if now - since >= Reactor.nanoseconds(after) { candidate = candidate ?? i }
-        }
-        guard let i = candidate, activeCount > max(0, minimum), let w = slots[i].process else { return }
-        slots[i].membership = .retired
-        idleRetired += 1
-        emit(.idleWorkerRetired(slot: i, pid: w.pid))
-        apply(w.lifecycle.handle(.drain), to: w)
-    }
-
-    /// Work waits and no worker can take it: grows back one worker retired for idleness.
-    func growBackForLoad() {
-        guard idleRetired > 0, phase == .running else { return }
-        idleRetired -= 1
-        do { try grow(by: 1) } catch {
-            // Reported by grow (an event); the queue waits for the workers still there.
+            if let w = slots[i].process { drain(w) }
         }
     }
 }

@@ -73,8 +73,8 @@ final class Pool {
     /// Replies awaited from workers, by event id.
     var pendingReplies: [UInt64: (pid: pid_t, handler: ReplyHandler)] = [:]
     var nextEventID: UInt64 = 0
-    /// Workers retired for idleness that the pool may grow back when work waits.
-    var idleRetired = 0
+    /// The pool's bounds, its scaling policy and the timer that checks it (Pool+Scaling.swift).
+    var scaling = PoolScaling()
     /// A rolling reload in progress: the slots still to replace, and who waits for the end.
     var reload: (remaining: [Int], waiting: Int?, completions: [@Sendable (SupervisorError?) -> Void])?
     /// Response streams the pool still reads for their callers (a soft kill waits for them).
@@ -160,6 +160,7 @@ final class Pool {
         guard Wire.maxPayloadRange.contains(config.maxPayload) else {
             throw SupervisorError(.invalidArgument, "maxPayload \(config.maxPayload) is outside \(Wire.maxPayloadRange)")
         }
+        try prepareScaling()
         var watches: [Reactor.SignalWatch] = []
         func undoWatches() {
             // Undoing watches just made: fails only if the reactor is closed, and then they are gone.
