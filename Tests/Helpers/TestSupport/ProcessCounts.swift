@@ -1,3 +1,4 @@
+import Dispatch
 import Glibc
 
 /// How many entries a /proc directory of this process has, less "." and ".." and the
@@ -35,7 +36,16 @@ public func fdList() -> String {
 /// executor's timerfd; a start-up eventfd is closed). Sleeps once (which opens the timerfd), then
 /// waits until the count has held for a while (bounded: at most about two seconds).
 public func settleChildProcess() async {
+    // libdispatch opens one timerfd per clock it is asked to time on, the first time: arm a
+    // timer on each (continuous, suspending, wall clock) so that none appears mid-test.
     try? await Task.sleep(for: .milliseconds(1))
+    try? await Task.sleep(for: .milliseconds(1), clock: .suspending)
+    await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+        DispatchQueue.global().asyncAfter(wallDeadline: .now() + .milliseconds(1)) { c.resume() }
+    }
+    await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(1)) { c.resume() }
+    }
     var last = openFDCount(), unchanged = 0
     for _ in 0..<1000 where unchanged < 10 {
         try? await Task.sleep(for: .milliseconds(2))
