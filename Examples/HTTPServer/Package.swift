@@ -42,6 +42,16 @@ let package = Package(
             dependencies: ["HTTPWork", .product(name: "LoadProcessManagerWorker", package: "LoadProcessManager")],
             swiftSettings: strict
         ),
-        .testTarget(name: "PoolHTTPTests", dependencies: ["PoolHTTP", "HTTPWork"], swiftSettings: strict),
+        // Table tests of the pure parts, and the real worker under a real supervisor (the worker
+        // is built next to the test binary). smoke.sh runs the real server.
+        .testTarget(
+            name: "PoolHTTPTests",
+            dependencies: [
+                "PoolHTTP", "HTTPWork", "lpm-http-worker",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "LoadProcessManager", package: "LoadProcessManager"),
+            ],
+            swiftSettings: strict
+        ),
     ]
 )

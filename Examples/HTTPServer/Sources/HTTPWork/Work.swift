@@ -1,6 +1,7 @@
-/// The CPU-bound job both the worker and the server's in-process endpoint run: `rounds` rounds
-/// of splitmix64, each round's output feeding the next, so the compiler can neither skip nor
-/// vectorize them. A round costs a few nanoseconds: the time grows linearly with `rounds`.
+/// The CPU-bound job both the worker and the server's in-process endpoint run: `rounds` steps of
+/// splitmix64 (add the golden ratio, then its mixing function), each step applied to the output
+/// of the one before, so the compiler can neither skip nor vectorize them. A round costs a few
+/// nanoseconds: the time grows linearly with `rounds`.
 public func work(rounds: UInt64, seed: UInt64 = 0) -> UInt64 {
     var x = seed
     var i: UInt64 = 0
