@@ -2,6 +2,8 @@
 //
 //   lpm-http-server [--host 127.0.0.1] [--port 8080] [--workers N] [--queue N] [--timeout-ms N]
 //
+// Defaults: 2 workers per CPU, 1024 requests queued at most (then 503), 30 s per request (then 504).
+//
 // The pool and the HTTP server run in one ServiceGroup: the pool starts first and the server
 // accepts connections once every worker is ready; SIGINT or SIGTERM stops the server (requests
 // in flight finish), then drains the pool (soft kill); a second signal ends both at once.
@@ -43,7 +45,7 @@ func parseOptions() -> Options {
         case "--host": options.host = value
         case "--port": options.port = number(0...65535)
         case "--workers": options.workers = number(1...1024)
-        case "--queue": options.queue = number(0...1_000_000)
+        case "--queue": options.queue = number(1...1_000_000)
         case "--timeout-ms": options.timeoutMilliseconds = number(1...3_600_000)
         default: usage("unknown option \(name)")
         }
@@ -72,6 +74,9 @@ var config = SupervisorConfiguration(workerPath: workerPath(), count: options.wo
 config.maxConcurrentRequestsPerWorker = 1
 config.maxQueueLength = options.queue
 config.requestTimeout = .milliseconds(options.timeoutMilliseconds)
+// A job that timed out still runs in its worker (nothing interrupts a computation): start a
+// replacement at once, and let the old worker exit when it is done.
+config.recycleAfterTimeout = true
 config.softKillTimeout = .seconds(30)
 config.logger = logger
 
