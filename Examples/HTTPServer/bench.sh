@@ -56,11 +56,12 @@ done
 [ -n "$port" ] || { cat "$log" >&2; echo "the server did not start" >&2; exit 1; }
 url="http://127.0.0.1:$port"
 
-# One request of each kind alone, to say what "fast" and "slow" mean here.
-single() { curl -sS -o /dev/null --max-time 120 -w '%{time_total}' "$url/$1"; }
-single "inline/work?n=$fast_n" >/dev/null
-fast_alone=$(single "inline/work?n=$fast_n")
-slow_alone=$(single "inline/work?n=$slow_n")
+# Requests of each kind alone, to say what "fast" and "slow" mean here: the quickest of a few.
+single() {  # single PATH COUNT
+    for _ in $(seq 1 "$2"); do curl -sS -o /dev/null --max-time 120 -w '%{time_total}\n' "$url/$1"; done | sort -g | head -n 1
+}
+fast_alone=$(single "inline/work?n=$fast_n" 5)
+slow_alone=$(single "inline/work?n=$slow_n" 2)
 
 # run NAME wrk-arguments...: runs wrk, keeps its RESULT line in $results/NAME.
 run() {
@@ -69,6 +70,7 @@ run() {
 }
 field() { sed -n "s/.*[ ]$2=\([0-9.]*\).*/\1/p" "$results/$1"; }
 
+load_before=$(cut -d' ' -f1 /proc/loadavg)
 for mode in pool inline; do
     fast="$url/$mode/work?n=$fast_n"
     slow="$url/$mode/work?n=$slow_n"
@@ -84,18 +86,26 @@ for mode in pool inline; do
     wait "$slow_wrk"
 done
 
+load_after=$(cut -d' ' -f1 /proc/loadavg)
 kill -TERM "$pid"
 wait "$pid" || true
 pid=""
 
 ms() { awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        if (b <= 0) { print "-"; exit }
+        r = a / b
+        if (r >= 10) printf "%.0f", r; else if (r >= 0.1) printf "%.2f", r; else printf "%.4f", r
+    }'
+}
 
 echo
 echo "HTTP example, $(nproc) CPUs, $workers workers, ${seconds}s per run; fast = $fast_n rounds" \
-     "($(ms "$(awk -v s="$fast_alone" 'BEGIN { print s * 1e6 }')") ms alone, inline, with curl)," \
-     "slow = $slow_n rounds ($(awk -v s="$slow_alone" 'BEGIN { printf "%.0f", s * 1000 }') ms alone)"
-echo "fast: wrk -t1 -c$connections; slow: wrk -t1 -c$slow_connections. Latencies in ms."
+     "($(ms "$(awk -v s="$fast_alone" 'BEGIN { print s * 1e6 }')") ms alone, inline, curl's best of 5)," \
+     "slow = $slow_n rounds ($(awk -v s="$slow_alone" 'BEGIN { printf "%.0f", s * 1000 }') ms alone, best of 2)"
+echo "fast: wrk -t1 -c$connections; slow: wrk -t1 -c$slow_connections. Latencies in ms." \
+     "Load average (1 min) before and after: $load_before, $load_after."
 echo
 printf '| %-6s | %-32s | %9s | %8s | %8s | %8s | %6s | %9s |\n' where run 'req/s' p50 p99 max errors 'slow done'
 printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------- ---------------------------------- ----------- ---------- ---------- ---------- -------- -----------
