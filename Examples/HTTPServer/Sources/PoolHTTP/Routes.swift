@@ -25,7 +25,7 @@ public func buildRouter(supervisor: Supervisor, options: RequestOptions = Reques
     }
 
     router.get("inline/work") { request, _ -> Response in
-        guard case .work(let rounds) = try workJob(n: request.uri.queryParameters["n"]) else { preconditionFailure() }
+        let rounds = try workRounds(n: request.uri.queryParameters["n"])
         return textResponse(hex(work(rounds: rounds)) + "\n", workerPID: nil)
     }
 
