@@ -23,13 +23,17 @@ let package = Package(
     dependencies: [
         // Structured logging for the supervisor (small; builds in seconds).
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // Metrics for the supervisor: CoreMetrics in the library, MetricsTestKit in the tests (small).
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         // The Service adapter's own product only.
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         // Tests only: the surface test imports it beside our modules (small; builds in seconds).
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         // The `lpm` command line only (the library never depends on it).
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
-    ],
+        // Documentation only, named when LPM_DOCS is set (scripts/docs.sh sets it): SwiftPM compiles the
+        // command plugins of every package a manifest names, even for a plain `swift build`.
+    ] + (Context.environment["LPM_DOCS"] == nil ? [] : [.package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0")]),
     targets: [
         // Kernel interfaces: a header-only module map over epoll, liburing, signalfd, timerfd,
         // eventfd, pidfd, spawn and sockets.
@@ -46,7 +50,8 @@ let package = Package(
         // The parent side: Supervisor.
         .target(
             name: "LoadProcessManager",
-            dependencies: ["LPMReactor", "LPMWire", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["LPMReactor", "LPMWire", .product(name: "Logging", package: "swift-log"),
+                           .product(name: "CoreMetrics", package: "swift-metrics")],
             swiftSettings: strict
         ),
         // The child side: the Worker runtime (no Foundation, starts fast).
@@ -93,7 +98,8 @@ let package = Package(
             name: "LoadProcessManagerTests",
             dependencies: ["LoadProcessManager", "LoadProcessManagerWorker", "LoadProcessManagerCodable", "LPMWire", "CLoop", "LPMTestSupport", "lpm-test-worker", "lpm-demo-worker", "lpm-readme-example", "lpm",
                            .product(name: "Logging", package: "swift-log"), "LoadProcessManagerServiceLifecycle",
-                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                           .product(name: "MetricsTestKit", package: "swift-metrics")],
             swiftSettings: strict
         ),
     ]

@@ -10,11 +10,14 @@
 #                                (first build about 4 minutes here), so that it cannot rot either
 #   ./compare.sh --results FILE  also keep the raw figures (label name value unit, one a line)
 #
-# Needs: gcc, swift; optional: taskset, perf (or strace), python3, node (rows are skipped with a
-# note when a tool is missing). The C baselines are Baselines/baselines.c, the peers Peers/*.
-# Our jobs run through .build/release/lpm-compare (Sources/lpm-compare), which spawns
-# bench-worker, the no-op worker. Round trips run twice: the whole process tree pinned to one
-# CPU (taskset -c 0), and unpinned.
+# Needs: gcc, swift; optional: taskset, perf (or strace), valgrind, python3, node (rows are
+# skipped with a note when a tool is missing). The C baselines are Baselines/baselines.c, the
+# peers Peers/*. Our jobs run through .build/release/lpm-compare (Sources/lpm-compare), which
+# spawns bench-worker, the no-op worker, as built with the Swift runtime linked statically
+# (`--static-swift-stdlib`, in .build-static: it starts in about half the time); the copy of
+# .build/release, linked against the shared runtime, serves the start-up rows' comparison.
+# Round trips run twice: the whole process tree pinned to one CPU (taskset -c 0), and unpinned.
+# Instructions per request come from callgrind.sh (valgrind), run once at the end.
 set -euo pipefail
 cd "$(dirname "$0")"
 HERE=$PWD
@@ -31,7 +34,7 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0 ;;
         --suite) SUITE=1 ;;
         --results) KEEP="$2"; shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -71,6 +74,14 @@ if [ "$BUILD" = 1 ]; then
     fi
     echo "building lpm-compare and bench-worker (swift build -c release)" >&2
     swift build -c release --product lpm-compare >>"$LOG" 2>&1 || { tail -30 "$LOG" >&2; exit 1; }
+    # SwiftPM links the runtime statically only for a whole build (the flag also changes how
+    # every module is compiled), hence a build folder of its own (BENCHMARKS.md, "Worker start").
+    # Not in --smoke (CI): a second release build of the whole graph, about 3.5 minutes on 2 cores.
+    if [ "$SMOKE" = 0 ]; then
+        echo "building bench-worker with the Swift runtime linked statically (.build-static)" >&2
+        swift build -c release --static-swift-stdlib --product bench-worker --scratch-path .build-static >>"$LOG" 2>&1 \
+            || { tail -30 "$LOG" >&2; exit 1; }
+    fi
 fi
 if [ "$SUITE" = 1 ]; then
     echo "building the package-benchmark suite (swift package benchmark list)" >&2
@@ -79,8 +90,15 @@ if [ "$SUITE" = 1 ]; then
 fi
 BIN=$(swift build -c release --show-bin-path)
 LPM=$BIN/lpm-compare
-WORKER=$BIN/bench-worker
+SHARED_WORKER=$BIN/bench-worker
+WORKER=$SHARED_WORKER
 [ -x "$LPM" ] && [ -x "$WORKER" ] || { echo "compare.sh: $LPM or $WORKER missing (run without --no-build)" >&2; exit 1; }
+if [ "$SMOKE" = 0 ] && [ -x "$HERE/.build-static/release/bench-worker" ]; then
+    WORKER=$HERE/.build-static/release/bench-worker
+else
+    SHARED_WORKER=""
+    note "no bench-worker in .build-static (run without --no-build): every job spawns the shared-runtime one, no start-up comparison"
+fi
 HAVE_C=0; [ -x "$BASELINES" ] && HAVE_C=1
 [ "$HAVE_C" = 1 ] || note "C baselines missing (Baselines/baselines.c): ratio columns are empty"
 PIN=(taskset -c 0)
@@ -144,7 +162,7 @@ for rep in $(seq 1 "$REPS"); do
         [ "$HAVE_C" = 1 ] && run "c.$place" "${P[@]}" "$BASELINES" pingpong "$C_RT_N"
         for b in "${BACKENDS[@]}"; do
             run "$b.$place" "${P[@]}" "$LPM" reactor-pingpong "$RT_N" --backend "$b"
-            for api in rt-async rt-handler rt-chained; do
+            for api in rt-async rt-executor rt-handler rt-chained; do
                 run "$b.$place" "${P[@]}" "$LPM" "$api" "$RT_N" --backend "$b"
             done
         done
@@ -157,15 +175,18 @@ for rep in $(seq 1 "$REPS"); do
         run "$b" "$LPM" reactor-echo "$ECHO_N" --backend "$b"
         run "$b" "$LPM" burst "$BURST_N" --backend "$b"
         run "$b" "$LPM" burst-async "$BURST_N" --backend "$b"
+        run "$b" "$LPM" burst-executor "$BURST_N" --backend "$b"
         run "$b" "$LPM" burst-batched "$BURST_N" --backend "$b"
     done
 
     step "  spawn and crash"
     if [ "$HAVE_C" = 1 ]; then
         run c "$BASELINES" spawn "$SPAWN_N" "$WORKER"
+        [ -n "$SHARED_WORKER" ] && run c.shared "$BASELINES" spawn "$SPAWN_N" "$SHARED_WORKER"
         run c.self "$BASELINES" spawn "$SPAWN_N" --self-child
     fi
     run auto "$LPM" crash "$CRASH_N"
+    [ -n "$SHARED_WORKER" ] && LPM_BENCH_WORKER=$SHARED_WORKER run shared "$LPM" crash "$CRASH_N"
 
     step "  queue before start, many workers, reactor"
     run auto "$LPM" queued "$QUEUED_N"
@@ -267,6 +288,17 @@ else
     note "could not build Tools/malloc_count.c: no allocation counts"
 fi
 
+# ---------------------------------------------------------------- instructions per request
+# callgrind.sh: every process of each job under callgrind, two sizes, the difference per request
+# (deterministic counts; see the script). Its own timeouts bound each run.
+if have valgrind; then
+    step "instructions per request (callgrind.sh$([ "$SMOKE" = 1 ] && echo " --smoke"))"
+    CG_ARGS=(--no-build); [ "$SMOKE" = 1 ] && CG_ARGS+=(--smoke)
+    TIMEOUT=$(( SMOKE == 1 ? 900 : 5400 )) run cg ./callgrind.sh "${CG_ARGS[@]}"
+else
+    note "valgrind missing: no instruction counts (apt-get install valgrind)"
+fi
+
 # ---------------------------------------------------------------- the table
 fmt_time() {  # value unit -> human
     awk -v v="$1" -v u="$2" 'BEGIN {
@@ -313,6 +345,12 @@ rrow() {
     [ -n "${8:-}" ] && target=">= $(awk -v t="$8" 'BEGIN { printf "%.0f%%", t * 100 }'): $(verdict "$v" "$bv" ge "$8")"
     row "$desc" "$(fmt_rate "$v" "$4")" "$5 $(fmt_rate "$bv" "$4")" "$(ratio "$v" "$bv")" "$target"
 }
+# Count row: desc label name unit base_desc base_label base_name (ratio ours/base)
+crow() {
+    local v bv
+    v=$(val "$2" "$3"); bv=$(val "$6" "$7")
+    row "$1" "${v:--} $4" "$5 ${bv:--}" "$(ratio "$v" "$bv")" ""
+}
 # Plain row: desc label name unit kind(time|rate|num)
 prow() {
     local v; v=$(val "$2" "$3")
@@ -336,6 +374,7 @@ for place in pinned unpinned; do
     for b in "${BACKENDS[@]}"; do
         trow "reactor ping-pong, 2 processes [$b]" "$b.$place" reactor_pingpong_processes_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns
         trow "Supervisor+Worker, async API [$b]" "$b.$place" lpm_rt_async_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns 1.2
+        trow "Supervisor+Worker, async API on the supervisor's executor [$b]" "$b.$place" lpm_rt_executor_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns 1.3
         trow "Supervisor+Worker, completion handler [$b]" "$b.$place" lpm_rt_handler_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns 1.2
         trow "Supervisor+Worker, chained on reactor thread [$b]" "$b.$place" lpm_rt_chained_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns 1.2
     done
@@ -348,6 +387,8 @@ for b in "${BACKENDS[@]}"; do
     rrow "reactor pipelined echo, same shape [$b]" "$b" reactor_echo_batched_2x256x64B "msg/s" "C" c c_echo_epoll_batched_2x256x64B
     rrow "Supervisor burst of $BURST_N, handler API [$b]" "$b" lpm_burst_2w "req/s" "C" c c_echo_epoll_batched_2x256x64B 0.40
     rrow "Supervisor burst of $BURST_N, async API, 512 tasks [$b]" "$b" lpm_burst_async_2w "req/s" "C" c c_echo_epoll_batched_2x256x64B 0.40
+    rrow "  async API, 512 tasks, against the handler burst [$b]" "$b" lpm_burst_async_2w "req/s" "handler" "$b" lpm_burst_2w 0.80
+    rrow "  async API, 512 tasks on the supervisor's executor, against the handler burst [$b]" "$b" lpm_burst_executor_2w "req/s" "handler" "$b" lpm_burst_2w 0.80
     rrow "Supervisor burst of $BURST_N, enqueue(contentsOf:) [$b]" "$b" lpm_burst_batched_2w "req/s" "C" c c_echo_epoll_batched_2x256x64B 0.40
 done
 for b in "${BACKENDS[@]}"; do
@@ -359,12 +400,15 @@ for p in py_multiprocessing_Pool_burst_chunksize1 py_multiprocessing_Pool_burst_
     rrow "peer: $p" peer "$p" "req/s" "C" c c_echo_epoll_batched_2x256x64B
 done
 
-header "Crash to replacement ready, 1 worker; baseline: C posix_spawn of bench-worker until its first frame"
-trow "C spawn bench-worker to first byte (baseline)" c c_spawn_to_first_byte us "" "" "" ""
-trow "C spawn of a C child to first byte (floor)" c.self c_spawn_to_first_byte us "" "" "" ""
+header "Worker start and crash to replacement, 1 worker; baseline: C posix_spawn of bench-worker until its first frame"
+trow "C spawn bench-worker (static runtime) to first byte (baseline)" c c_spawn_to_first_byte us "" "" "" ""
+trow "C spawn bench-worker (shared runtime) to first byte" c.shared c_spawn_to_first_byte us "static" c c_spawn_to_first_byte us
+trow "C spawn of a C child to first byte (floor)" c.self c_spawn_to_first_byte us "static" c c_spawn_to_first_byte us
 trow "SIGKILL -> .workerRestarted (replacement spawned)" auto lpm_crash_to_restarted us "C" c c_spawn_to_first_byte us
 trow "SIGKILL -> .online (replacement ready)" auto lpm_crash_to_online us "C" c c_spawn_to_first_byte us 1.5
 trow "SIGKILL -> replacement's first answer" auto lpm_crash_to_first_answer us "C" c c_spawn_to_first_byte us 1.5
+trow "SIGKILL -> .online, shared-runtime worker" shared lpm_crash_to_online us "C shared" c.shared c_spawn_to_first_byte us 1.5
+trow "SIGKILL -> first answer, shared-runtime worker" shared lpm_crash_to_first_answer us "C shared" c.shared c_spawn_to_first_byte us 1.5
 
 header "Sequential round trips against the peers (unpinned; peers report medians, we report means)"
 for b in "$SUP_BACKEND"; do
@@ -408,6 +452,19 @@ fi
 if [ -s "$ALLOC_ROWS" ]; then
     printf "\nHeap allocations per request (malloc-family calls; 64-byte payload; target: none beyond the payload)\n"
     awk '{ printf "  %-36s %s\n", $1, $2 }' "$ALLOC_ROWS"
+fi
+
+if [ -n "$(val cg cg_c_echo_supervisor)$(val cg cg_lpm_burst_supervisor)" ]; then
+    header "Instructions per request, user space (callgrind.sh: (Ir(N2) - Ir(N1)) / requests between); baseline: the C programs"
+    for side in supervisor workers; do
+        who=$([ $side = supervisor ] && echo "parent" || echo "children")
+        crow "burst, $side" cg "cg_lpm_burst_$side" "Ir/req" "C echo, $who" cg "cg_c_echo_$side"
+        crow "round trip, chained, $side" cg "cg_lpm_rt_chained_$side" "Ir/req" "C ping-pong, $who" cg "cg_c_pingpong_$side"
+        crow "round trip, async, $side" cg "cg_lpm_rt_async_$side" "Ir/req" "C ping-pong, $who" cg "cg_c_pingpong_$side"
+    done
+    crow "worker start, exec to first frame: bench-worker, static runtime" cg cg_start_bench_worker_static "Ir" "shared runtime" cg cg_start_bench_worker_shared
+    crow "worker start, exec to first frame: C child" cg cg_start_c_child "Ir" "static Swift" cg cg_start_bench_worker_static
+    [ -s .build/callgrind/top_burst_supervisor.txt ] && { echo; sed 's/^/  /' .build/callgrind/top_burst_supervisor.txt; }
 fi
 
 if [ ${#NOTES[@]} -gt 0 ]; then

@@ -5,7 +5,10 @@ extension Reactor {
     ///
     /// Uses a pidfd (`pidfd_open(2)` with `PIDFD_NONBLOCK`, kernel 5.10+) and `waitid(P_PIDFD)`
     /// (kernel 5.4+), never
-    /// `waitpid(-1)`: other children of the process are left alone. The pid cannot be recycled
+    /// `waitpid(-1)`: other children of the process are left alone. Where `pidfd_open` is refused
+    /// with `ENOSYS` (a kernel before 5.3, or valgrind), it watches `SIGCHLD` instead and reaps
+    /// with `waitid(P_PID)`; then do not watch `SIGCHLD` yourself, and watch children from one
+    /// reactor only. The pid cannot be recycled
     /// before it is reaped here, provided nothing else reaps it (no `SIGCHLD` set to `SIG_IGN`,
     /// no `waitpid(-1)` elsewhere in the process).
     /// - Throws: ``ReactorError`` `.notAChild` when `pid` is not a live or unreaped child of this
@@ -20,7 +23,7 @@ extension Reactor {
         }
         // Is it ours? waitid on a pidfd of another process's child reports ECHILD.
         do {
-            try Sys.checkIsChild(pidfd: pidfd)
+            if Sys.pidfdRefused { try Sys.checkIsChild(pid: pid) } else { try Sys.checkIsChild(pidfd: pidfd) }
         } catch {
             FileDescriptor.closeRaw(pidfd)
             throw ReactorError(.notAChild, "watchChild: \(pid) is not a child of this process", underlying: error)
@@ -30,7 +33,14 @@ extension Reactor {
 
     /// Like ``watchChild(_:handler:)`` for a pidfd the caller already has (the reactor takes it
     /// over and closes it after reaping).
+    ///
+    /// Where `pidfd_open` is refused (`Sys.pidfdRefused`: a kernel before 5.3, or valgrind),
+    /// `pidfd` is the stand-in `Sys.pidfdOpen` returned: the reactor then watches `SIGCHLD` (as
+    /// ``watchSignal(_:handler:)`` does) while such children exist, and on each one reaps those
+    /// of them that exited with `waitid(P_PID, WNOHANG)`. Only one reactor per process should
+    /// watch children that way, and the caller must not watch `SIGCHLD` itself.
     package func watchPidfd(_ pidfd: CInt, pid: pid_t, handler: @escaping (ExitStatus) -> Void, user: Bool = false) throws(ReactorError) -> ChildWatch {
+        let standIn = Sys.pidfdRefused
         let r: Registration
         do {
             r = try registerInternal(pidfd, interest: .readable, isUser: user) { [unowned self] _ in self.childReady(pidfd) }
@@ -38,8 +48,39 @@ extension Reactor {
             FileDescriptor.closeRaw(pidfd)
             throw error
         }
-        children.add(.init(pid: pid, pidfd: pidfd, handler: handler), registration: r)
+        if standIn && children.sigchldWatch == nil {
+            do {
+                children.sigchldWatch = try watchSignal(SIGCHLD) { [unowned self] _ in self.reapStandIns() }
+            } catch {
+                deregisterInternal(r)
+                FileDescriptor.closeRaw(pidfd)
+                throw error
+            }
+        }
+        children.add(.init(pid: pid, pidfd: pidfd, handler: handler, standIn: standIn), registration: r)
+        if standIn {
+            // It may have exited before SIGCHLD was watched: look once, in this iteration's jobs.
+            _ = shared.submitLocal(.closure { $0.reapStandIns() })
+        }
         return ChildWatch(pid: pid, registration: r)
+    }
+
+    /// Reaps each child watched through a stand-in that has exited, and calls its handler.
+    private func reapStandIns() {
+        for (r, child) in children.standInChildren() {
+            // A handler called earlier in this loop may have unwatched it: then leave it alone.
+            guard children.child(registration: r)?.pid == child.pid else { continue }
+            let exit: ExitStatus
+            do {
+                guard let status = try Sys.reap(pid: child.pid) else { continue }
+                exit = status
+            } catch {
+                // ECHILD: reaped by someone else. Report it as unknown (-1) rather than hang.
+                exit = .exited(-1)
+            }
+            forget(child, registration: r)
+            child.handler(exit)
+        }
     }
 
     private func childReady(_ pidfd: CInt) {
@@ -62,6 +103,10 @@ extension Reactor {
         children.remove(registration: r)
         deregisterInternal(r)
         FileDescriptor.closeRaw(child.pidfd)
+        if child.standIn && !children.hasStandIns, let watch = children.sigchldWatch {
+            children.sigchldWatch = nil
+            try? unwatchSignal(watch)  // cannot fail: the watch is current
+        }
     }
 
     /// Sends `signal` to a watched child through its pidfd, race-free against pid reuse.
@@ -72,7 +117,9 @@ extension Reactor {
         guard let child = children.child(watch) else {
             throw ReactorError(.unknownRegistration, "signalChild: \(watch.pid) is no longer watched")
         }
-        do { try Sys.pidfdSendSignal(child.pidfd, signal) } catch {
+        do {
+            if child.standIn { try Sys.sendSignal(child.pid, signal) } else { try Sys.pidfdSendSignal(child.pidfd, signal) }
+        } catch {
             throw ReactorError(.systemCall, "signalChild(\(watch.pid), \(signal))", underlying: error)
         }
     }

@@ -5,6 +5,9 @@ struct LoopState {
     /// Jobs being run; its capacity is kept too.
     var jobs: [ReactorShared.Job] = []
     var stopRequested = false
+    /// The monotonic clock, read once per iteration just after the wait (see
+    /// ``Reactor/iterationNanoseconds``).
+    var iterationNanoseconds: Int64 = Sys.monotonicNanoseconds()
     var busyPollNanoseconds: Int64 = Sys.environment("LPM_BUSY_POLL_US").flatMap { Int64($0) }.map { $0 * 1000 } ?? 0
 
     init() { events.reserveCapacity(64) }
@@ -44,6 +47,7 @@ extension Reactor {
         } catch {
             throw ReactorError(.systemCall, "waiting for events failed", underlying: error)
         }
+        loop.iterationNanoseconds = Sys.monotonicNanoseconds()
         var ran = 0
         for e in events {
             guard let (handler, ready) = registrations.readyHandler(for: e) else { continue }
@@ -73,6 +77,11 @@ extension Reactor {
             try backend.wait(timeoutNanoseconds: left, into: &events)
         }
     }
+
+    /// The monotonic clock (`CLOCK_MONOTONIC`, nanoseconds) as read once per iteration, when the
+    /// wait returned: a timestamp that costs nothing, for code that can live with one that is as
+    /// old as the iteration (request creation times, say). Timers use the exact clock.
+    package var iterationNanoseconds: Int64 { loop.iterationNanoseconds }
 
     private func runExpiredTimers() -> Int {
         guard timers.earliestDeadline != nil else { return 0 }
@@ -118,7 +127,8 @@ extension Reactor {
                 switch job {
                 case .closure(let body): body(self)
                 case .object(let job): job.run(on: self)
-                case .executorJob(let job): job.runSynchronously(on: executor.asUnownedSerialExecutor())
+                case .executorJob(let job):
+                    job.runSynchronously(isolatedTo: executor.asUnownedSerialExecutor(), taskExecutor: taskExecutor.asUnownedTaskExecutor())
                 case .stop: loop.stopRequested = true
                 }
             }

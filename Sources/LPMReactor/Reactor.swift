@@ -16,15 +16,17 @@
 ///   closing it; a number closed without deregistering and then reused is taken over by the new
 ///   registration, and no event meant for the old one reaches the new one.
 ///
-/// The class is a facade over parts that each keep their own state: ``RegistrationTable``
-/// (descriptors, `Reactor+Descriptors.swift`), ``TimerHeap`` (`Reactor+Timers.swift`),
-/// ``SignalWatchers`` (`Reactor+Signals.swift`), ``ChildWatchers`` (`Reactor+Children.swift`),
-/// and the loop with its jobs (`Reactor+Loop.swift`), over a ``ReactorBackend``.
+/// The class is a facade over parts that each keep their own state: `RegistrationTable`
+/// (descriptors, `Reactor+Descriptors.swift`), `TimerHeap` (`Reactor+Timers.swift`),
+/// `SignalWatchers` (`Reactor+Signals.swift`), `ChildWatchers` (`Reactor+Children.swift`),
+/// and the loop with its jobs (`Reactor+Loop.swift`), over a `ReactorBackend`.
 public final class Reactor {
     let backend: any ReactorBackend
     let shared: ReactorShared
     /// The executor that runs Swift concurrency jobs on this reactor's thread.
     public let executor: ReactorExecutor
+    /// The task executor of this reactor's thread (see ``ReactorTaskExecutor``).
+    public let taskExecutor: ReactorTaskExecutor
 
     // State, all of it confined to the reactor thread. Accesses are checked for exclusivity:
     // no `@exclusivity(unchecked)`, since it showed no gain here. Each event, timer or job
@@ -59,7 +61,7 @@ public final class Reactor {
     public var backendKind: Backend { backend.kind }
 
     /// A `Sendable` handle for other threads: ``Handle/execute(_:)``, ``Handle/stop()``.
-    public var handle: Handle { Handle(shared: shared, executor: executor) }
+    public var handle: Handle { Handle(shared: shared, executor: executor, taskExecutor: taskExecutor) }
 
     /// Creates a reactor owned by the calling thread.
     ///
@@ -75,6 +77,7 @@ public final class Reactor {
         }
         shared = ReactorShared(wakeFD: wake.release())
         executor = ReactorExecutor(shared: shared)
+        taskExecutor = ReactorTaskExecutor(shared: shared)
         do {
             wakeRegistration = try registerInternal(shared.wakeFD, interest: .readable) { [unowned self] _ in
                 Sys.drainEventFD(self.shared.wakeFD)
@@ -120,9 +123,11 @@ public final class Reactor {
         if !isClosed { closeResources(closures: false) }
     }
 
-    /// The backend named by `LPM_REACTOR_BACKEND`, if any.
+    /// The backend named by `LPM_REACTOR_BACKEND`, if any; else epoll under valgrind, whose
+    /// io_uring support never completes a wait (it does not follow the shared rings).
     static var environmentBackend: Backend? {
-        Sys.environment("LPM_REACTOR_BACKEND").flatMap(Backend.init(rawValue:))
+        if let named = Sys.environment("LPM_REACTOR_BACKEND").flatMap(Backend.init(rawValue:)) { return named }
+        return Sys.runningUnderValgrind ? .epoll : nil
     }
 
     /// Whether the calling thread is this reactor's thread.
@@ -136,7 +141,8 @@ public final class Reactor {
     /// How many user registrations (descriptors, timers, signals, children) are active.
     /// Zero means nothing the caller made is left.
     public var registrationCount: Int {
-        registrations.userCount + timers.count + signals.count
+        // (Less the SIGCHLD watch that stands in for pidfds where they are refused.)
+        registrations.userCount + timers.count + signals.count - (children.sigchldWatch == nil ? 0 : 1)
     }
 
     /// Releases the kernel objects. Callbacks are dropped; jobs already submitted run once more
@@ -158,7 +164,8 @@ public final class Reactor {
             switch job {
             case .closure(let body): if closures { body(self) }
             case .object(let job): if closures { job.run(on: self) } else { job.dropped() }
-            case .executorJob(let job): job.runSynchronously(on: executor.asUnownedSerialExecutor())
+            case .executorJob(let job):
+                    job.runSynchronously(isolatedTo: executor.asUnownedSerialExecutor(), taskExecutor: taskExecutor.asUnownedTaskExecutor())
             case .stop: break
             }
         }

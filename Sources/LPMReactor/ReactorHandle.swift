@@ -115,6 +115,8 @@ extension Reactor {
         let shared: ReactorShared
         /// The executor that runs Swift concurrency jobs on the reactor thread.
         public let executor: ReactorExecutor
+        /// The task executor of the reactor thread (see ``ReactorTaskExecutor``).
+        public let taskExecutor: ReactorTaskExecutor
 
         /// Runs `job` on the reactor thread, in submission order, during the reactor's next
         /// iteration. Callable from any thread, including the reactor's own.
@@ -171,9 +173,39 @@ public final class ReactorExecutor: SerialExecutor {
         UnownedSerialExecutor(ordinary: self)
     }
 
+
     /// Traps unless called on the reactor thread.
     public func checkIsolated() {
         precondition(shared.isOwnerThread, "not on the reactor thread")
+    }
+}
+
+/// Runs tasks on a reactor's thread: a task that prefers it (`withTaskExecutorPreference`,
+/// `Task(executorPreference:)`) runs its nonisolated code there between suspensions, and can
+/// use objects of the reactor's thread with no hop:
+///
+/// ```swift
+/// await withTaskExecutorPreference(reactor.taskExecutor) {
+///     // on the reactor thread between suspensions
+/// }
+/// ```
+///
+/// Once the reactor is closed, its jobs go to the global concurrent executor instead: a task
+/// that prefers a closed reactor keeps running, on another thread.
+public final class ReactorTaskExecutor: TaskExecutor {
+    let shared: ReactorShared
+
+    init(shared: ReactorShared) { self.shared = shared }
+
+    /// Queues a job for the reactor thread (or, once it is closed, the global concurrent executor).
+    public func enqueue(_ job: consuming ExecutorJob) {
+        let unowned = UnownedJob(job)
+        if !shared.submit(.executorJob(unowned)) { globalConcurrentExecutor.enqueue(ExecutorJob(unowned)) }
+    }
+
+    /// This executor as an unowned task executor.
+    public func asUnownedTaskExecutor() -> UnownedTaskExecutor {
+        UnownedTaskExecutor(ordinary: self)
     }
 }
 

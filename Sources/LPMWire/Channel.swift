@@ -91,7 +91,7 @@ package final class Channel {
     @exclusivity(unchecked) private var waitingForWritable = false
     private let decoder: FrameDecoder
     /// Whether the channel has been closed or has failed.
-    package private(set) var isClosed = false
+    @exclusivity(unchecked) package private(set) var isClosed = false
     /// Called for each frame received; the payload is valid only during the call.
     package var onFrame: (FrameHeader, UnsafeRawBufferPointer) -> Void = { _, _ in }
     /// Called once when the channel stops for any reason other than ``close()``.
@@ -106,6 +106,9 @@ package final class Channel {
 
     /// Takes ownership of `fd` (a non-blocking stream socket).
     /// - Parameters:
+    ///   - fd: the socket, owned by the channel from now on.
+    ///   - reactor: the reactor the channel reads and writes on; call on its thread.
+    ///   - flusher: writes the frames queued in one iteration at its end.
     ///   - maxPayload: the largest payload either way, in ``Wire/maxPayloadRange``.
     ///   - outgoingLimit: the bound on bytes queued for the peer, raised to one maximum-size
     ///     frame when lower (``Wire/defaultOutgoingLimit`` by default).

@@ -88,6 +88,10 @@ import LPMReactor
     package static let descriptor = FrameFlags(rawValue: 1)
     /// A stream accompanies the frame: the descriptor passed with it is the stream's read end.
     package static let stream = FrameFlags(rawValue: 2)
+    /// A batch: a `request` carrying several requests, or the `response` carrying their answers
+    /// (see ``Batch``). Sent only to workers whose ready frame announced
+    /// ``WorkerCapabilities/batches``.
+    package static let batch = FrameFlags(rawValue: 4)
     /// Whether the frame claims a descriptor: ``descriptor`` or ``stream`` (either means exactly
     /// one descriptor travels with the frame). Bits, not a set built per call: this runs per frame.
     @inlinable package var announcesDescriptor: Bool { rawValue & 0b11 != 0 }
@@ -152,12 +156,12 @@ extension Array where Element == UInt8 {
     @inlinable
     package mutating func appendFrameHeader(_ type: FrameType, flags: FrameFlags = [], length: Int, id: UInt64) {
         precondition(length >= 0 && length <= Int(UInt32.max))
-        append(Wire.magic)
-        append(Wire.version)
-        append(type.rawValue)
-        append(flags.rawValue)
-        appendLittleEndian(UInt32(truncatingIfNeeded: length))
-        appendLittleEndian(id)
+        // The 16 bytes as two little-endian words, appended in one copy (six appends cost
+        // several times more, each checking capacity and uniqueness): magic, version, type,
+        // flags and the u32 length, then the u64 id.
+        let first = UInt64(Wire.magic) | UInt64(Wire.version) << 8 | UInt64(type.rawValue) << 16
+            | UInt64(flags.rawValue) << 24 | UInt64(length) << 32
+        Swift.withUnsafeBytes(of: (first.littleEndian, id.littleEndian)) { append(contentsOf: $0) }
     }
 
     /// Appends a whole frame.

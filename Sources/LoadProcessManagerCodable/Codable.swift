@@ -11,7 +11,7 @@ import Foundation
 
 extension Supervisor {
     /// Queues `value` encoded as JSON and waits for the answer.
-    /// - Throws: `EncodingError`, or ``SupervisorError``.
+    /// - Throws: `EncodingError`, or ``/LoadProcessManager/SupervisorError``.
     public func enqueue<Value: Encodable>(json value: Value, options: RequestOptions = RequestOptions(),
                                           encoder: JSONEncoder = JSONEncoder()) async throws -> WorkerResponse {
         try await enqueue(Array(encoder.encode(value)), options: options)

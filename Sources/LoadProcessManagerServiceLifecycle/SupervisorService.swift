@@ -14,9 +14,9 @@ import ServiceLifecycle
 ///
 /// - ``run()`` starts the pool and returns once it has stopped.
 /// - Graceful shutdown (the group's signals, or another service ending) soft-kills the pool: it
-///   drains within ``SupervisorConfiguration/softKillTimeout``.
+///   drains within ``/LoadProcessManager/SupervisorConfiguration/softKillTimeout``.
 /// - Cancellation hard-kills it.
-/// - The supervisor's own signal handling is off (``SupervisorConfiguration/shutdownSignals`` is
+/// - The supervisor's own signal handling is off (``/LoadProcessManager/SupervisorConfiguration/shutdownSignals`` is
 ///   emptied): the group owns the signals.
 public struct SupervisorService: Service, Sendable {
     /// The pool: enqueue requests through it.
@@ -32,7 +32,7 @@ public struct SupervisorService: Service, Sendable {
 
     /// Starts the pool and returns once it has stopped (drained by a graceful shutdown, or
     /// hard-killed by cancellation).
-    /// - Throws: ``SupervisorError`` when the pool cannot start.
+    /// - Throws: ``/LoadProcessManager/SupervisorError`` when the pool cannot start.
     public func run() async throws {
         let supervisor = self.supervisor
         // Subscribed before the start: the sequence ends when the pool stops, whenever that is.

@@ -7,26 +7,55 @@ extension Worker {
     ///
     /// Use it on the worker's thread only (see ``Worker``).
     public final class Request {
-        private unowned let worker: Worker
-        let wireID: UInt64
+        // The stored properties skip the dynamic exclusivity check (a runtime call per access,
+        // most of a request's cost when checked): the worker sets them on its one thread,
+        // between handler calls, never through an `inout` that could overlap another access.
+
+        // Strong: the worker lives until the process exits (`run()` never returns), so the cycle
+        // through its in-flight and spare lists is never a leak, and a strong reference is
+        // cheaper to follow than an `unowned` one (no side-table count per access).
+        let worker: Worker
+        @exclusivity(unchecked) var wireID: UInt64
         /// The request's id, a UUID (version 4) assigned by the supervisor.
-        public let id: RequestID
+        @exclusivity(unchecked) public internal(set) var id: RequestID
         /// When the supervisor accepted it: nanoseconds on the supervisor's monotonic clock
         /// (`CLOCK_MONOTONIC`, shared by all processes of the machine).
-        public let createdAt: UInt64
+        @exclusivity(unchecked) public internal(set) var createdAt: UInt64
         /// The request's payload.
-        public let data: [UInt8]
+        public var data: [UInt8] { payload }
+        /// The payload's storage. Behind a computed ``data``: code in other modules reads a
+        /// stored property with a dynamic exclusivity check of its own, this attribute or not.
+        @exclusivity(unchecked) var payload: [UInt8]
         /// Whether the supervisor cancelled it (it timed out there); answers are then dropped.
-        public internal(set) var isCancelled = false
-        /// Called if the supervisor cancels the request.
-        public var onCancel: (() -> Void)?
-        var answered = false
+        @exclusivity(unchecked) public internal(set) var isCancelled = false
+        /// Called if the supervisor cancels the request. Dropped once the request is answered or
+        /// cancelled, so a closure that captures the request does not keep it alive.
+        @exclusivity(unchecked) public var onCancel: (() -> Void)?
+        @exclusivity(unchecked) var answered = false
+        /// Where the request is in flight: its index in the worker's in-flight list;
+        /// ``handling`` while its handler's call is under way; ``notInFlight`` once it has left
+        /// (answered and its stream finished, or cancelled).
+        @exclusivity(unchecked) var inFlightIndex = Request.notInFlight
+        /// The request whose handler call encloses this one's, while this one's is under way
+        /// (a handler that runs the reactor itself can nest them). Not retained: the frame being
+        /// delivered holds each request for its call.
+        @exclusivity(unchecked) var outer: Unmanaged<Request>?
+        static let notInFlight = -1
+        static let handling = -2
+        /// Whether the request is in flight: received, and not yet answered (or its streamed
+        /// answer not yet finished) nor cancelled.
+        var isInFlight: Bool { inFlightIndex != Request.notInFlight }
+        /// The batch this request is an item of, and its place there (`nil`: a request of its own).
+        @exclusivity(unchecked) var batch: BatchAnswers?
+        @exclusivity(unchecked) var batchIndex = 0
+        /// The task running an async handler for this request, cancelled with the request.
+        @exclusivity(unchecked) var task: Task<Void, Never>?
         /// The stream sent with the request, if any: read it with ``InputStream/resume()`` and its
         /// callbacks, or ``InputStream/readAll(_:)``. End of file marks its end.
-        public internal(set) var stream: InputStream?
+        @exclusivity(unchecked) public internal(set) var stream: InputStream?
         /// The socket (or other descriptor) sent with the request, if any. The worker owns it:
         /// close it with ``closeSocket()`` so the supervisor knows this worker handles one fewer.
-        public internal(set) var socket: CInt?
+        @exclusivity(unchecked) public internal(set) var socket: CInt?
         /// Whether a stream accompanies the request.
         public var hasStream: Bool { stream != nil }
         /// Whether a socket accompanies the request.
@@ -37,8 +66,32 @@ extension Worker {
             self.wireID = wireID
             self.id = id
             self.createdAt = createdAt
-            self.data = data
+            payload = data
         }
+
+        /// Makes a request that nobody kept after its answer ready for the next frame. The
+        /// payload keeps its buffer when nothing else holds it (copy on write sees to that),
+        /// unless the buffer grew large.
+        func reuse(wireID: UInt64, id: RequestID, createdAt: UInt64, body: UnsafeRawBufferPointer) {
+            self.wireID = wireID
+            self.id = id
+            self.createdAt = createdAt
+            if payload.capacity > Request.retainedDataCapacity {
+                payload = Array(body)
+            } else {
+                // One call that empties the array and copies the bytes in, keeping the buffer
+                // when nothing else holds it.
+                payload.replaceSubrange(0..<payload.count, with: body)
+            }
+            isCancelled = false
+            answered = false
+            batch = nil
+            stream = nil
+            socket = nil
+        }
+
+        /// A reused request keeps a payload buffer up to this size; a larger one is freed.
+        static let retainedDataCapacity = 64 << 10
 
         /// Answers with `data`.
         public func respond(_ data: [UInt8]) { worker.finish(self, .response, data) }

@@ -33,17 +33,33 @@ public final class Worker {
     public let slot: Int?
     private let channel: Channel
     private let flusher: ChannelFlusher
-    private var requestHandler: (Request) -> Void = { $0.fail("this worker has no request handler") }
+    @exclusivity(unchecked) var requestHandler: (Request) -> Void = { $0.fail("this worker has no request handler") }
     private var eventHandlers: [String: (Event) -> Void] = [:]
     private var softKillHandler: ((_ done: @escaping () -> Void) -> Void)?
     private var hardKillHandler: (() -> Void)?
-    @exclusivity(unchecked) private var inFlight: [UInt64: Request] = [:]
+    /// The requests in flight whose handler call has returned, each knowing its index here
+    /// (``Request/inFlightIndex``): entering and leaving is an append and a swap, no hashing.
+    @exclusivity(unchecked) private var inFlight: [Request] = []
+    /// The requests whose handler call is under way, innermost first, linked through
+    /// ``Request/outer``, and how many of them are still in flight. A request answered during
+    /// its call (the common case) never enters ``inFlight``: no retain, no array update.
+    @exclusivity(unchecked) private var handlingTop: Unmanaged<Request>?
+    @exclusivity(unchecked) private var handlingInFlight = 0
+    /// Requests answered during their handler's call and kept by nobody: the next frames reuse
+    /// them (and their payload buffers), so a request costs no allocation.
+    @exclusivity(unchecked) private var spare: [Request] = []
+    private static let spareLimit = 16
+    /// Runs the tasks of async handlers on this thread (see ``taskExecutor``).
+    let executor: WorkerExecutor
+    /// Whether the main dispatch queue, the main actor's executor, is served by ``reactor``:
+    /// set when the worker runs on the main thread (see `MainQueue.swift`).
+    let servesMainActor: Bool
     private var pendingReplies: [UInt64: ([UInt8]) -> Void] = [:]
     private var nextEventID: UInt64 = 0
     @exclusivity(unchecked) private var state: ReadyState = .starting
-    private var softKillRequested = false
+    @exclusivity(unchecked) private var softKillRequested = false
     private var softKillRunning = false
-    private var exiting = false
+    @exclusivity(unchecked) private var exiting = false
 
     private enum ReadyState { case starting, ready, busy }
 
@@ -72,7 +88,12 @@ public final class Worker {
         reactor = try Reactor(backend: backend)
         flusher = ChannelFlusher(reactor: reactor)
         channel = Channel(fd: fd, reactor: reactor, flusher: flusher, maxPayload: maxPayload)
-        channel.onFrame = { [unowned self] header, payload in self.frame(header, payload) }
+        executor = WorkerExecutor(handle: reactor.handle)
+        servesMainActor = MainQueue.attach(to: reactor)
+        // `unowned(unsafe)`: the channel is this worker's own (only the worker and its flusher
+        // hold it, and the reactor's registration holds it unowned), so it delivers frames only
+        // while the worker is alive; a checked `unowned` costs two atomic operations per frame.
+        channel.onFrame = { [unowned(unsafe) self] header, payload in self.frame(header, payload) }
         channel.onEnd = { [unowned self] end in
             switch end {
             case .endOfFile: self.exit(code: 0)  // the supervisor is gone
@@ -97,6 +118,9 @@ public final class Worker {
 
     /// Sets the handler for requests. Runs on the reactor thread for each request; answer with
     /// ``Worker/Request/respond(_:)-([UInt8])``, ``Worker/Request/ack()`` or ``Worker/Request/fail(_:)``, now or later.
+    ///
+    /// A handler that needs to `await` is an `async` closure, passed to the `async` overload of
+    /// `onRequest`: it then runs in a task on the worker's thread.
     public func onRequest(_ handler: @escaping (Request) -> Void) {
         requestHandler = handler
     }
@@ -124,7 +148,8 @@ public final class Worker {
     public func ready() {
         guard state != .ready else { return }
         state = .ready
-        channel.send(.ready)
+        // Announces batches: the supervisor's `map` may send several requests in one frame.
+        channel.send(.ready, id: 0, length: 4) { WorkerCapabilities.batches.encode(into: &$0) }
         if softKillRequested { maybeFinishSoftKill() }
     }
 
@@ -138,7 +163,24 @@ public final class Worker {
 
     /// The requests received and not yet answered.
     public func requests() -> [Request] {
-        Array(inFlight.values)
+        var all = inFlight
+        var node = handlingTop
+        while let r = node?.takeUnretainedValue() {
+            if r.inFlightIndex == Request.handling { all.append(r) }
+            node = r.outer
+        }
+        return all
+    }
+
+    /// Every request in flight with this wire id: one, or the items of a batch.
+    private func inFlightRequests(_ wireID: UInt64) -> [Request] {
+        var found = inFlight.filter { $0.wireID == wireID }
+        var node = handlingTop
+        while let r = node?.takeUnretainedValue() {
+            if r.wireID == wireID && r.inFlightIndex == Request.handling { found.append(r) }
+            node = r.outer
+        }
+        return found
     }
 
     /// Emits a custom event to the supervisor.
@@ -157,6 +199,10 @@ public final class Worker {
     }
 
     /// Runs the worker until the supervisor closes the channel or a kill ends it. Never returns.
+    ///
+    /// When the worker runs on the main thread, the loop also runs the main actor's jobs (the
+    /// main dispatch queue), so a `Task {}` started from main-actor code (a `main.swift` worker's
+    /// top-level code and its closures) runs on this thread between the loop's events.
     public func run() -> Never {
         while true {
             do { try reactor.run() } catch { exit(code: 70) }
@@ -171,7 +217,8 @@ public final class Worker {
             guard let (head, body) = RequestHead.decode(payload) else {
                 return violation("request frame shorter than its \(RequestHead.size)-byte head")
             }
-            let request = Request(worker: self, wireID: h.id, id: head.id, createdAt: head.createdAt, data: Array(body))
+            if h.flags.contains(.batch) { return batch(h, head, body) }
+            let request = makeRequest(wireID: h.id, head: head, body: body)
             if h.flags.announcesDescriptor {
                 guard let fd = channel.takeDescriptor() else { return violation("a request announced a descriptor that did not arrive") }
                 if h.flags.contains(.stream) {
@@ -180,8 +227,7 @@ public final class Worker {
                     request.socket = fd
                 }
             }
-            inFlight[h.id] = request
-            requestHandler(request)
+            handle(request)
         case .event, .broadcast:
             guard let (name, data) = EventPayload.decode(payload) else { return violation("malformed event frame") }
             var socket: CInt?
@@ -204,10 +250,16 @@ public final class Worker {
             hardKillHandler?()
             exit(code: 0)
         case .cancel:
-            if let r = inFlight.removeValue(forKey: h.id) {
+            // One request, or every item of a batch still in flight.
+            for r in inFlightRequests(h.id) {
+                let onCancel = r.onCancel, task = r.task
+                leaveFlight(r)
                 r.isCancelled = true
-                r.onCancel?()
+                r.batch?.cancelled = true
+                onCancel?()
+                task?.cancel()
             }
+            if softKillRequested { maybeFinishSoftKill() }
         case .ping:
             channel.send(.pong, id: h.id)
         case .pong:
@@ -217,16 +269,104 @@ public final class Worker {
         }
     }
 
+    /// A request object for a frame: a spare one reused, or a new one.
+    private func makeRequest(wireID: UInt64, head: RequestHead, body: UnsafeRawBufferPointer) -> Request {
+        if let reused = spare.popLast() {
+            reused.reuse(wireID: wireID, id: head.id, createdAt: head.createdAt, body: body)
+            return reused
+        }
+        return Request(worker: self, wireID: wireID, id: head.id, createdAt: head.createdAt, data: Array(body))
+    }
+
+    /// Calls the request handler for `request`; keeps it in flight if it is not answered by
+    /// the end of the call, or keeps it for reuse if nobody else holds it.
+    private func handle(_ r: Request) {
+        var request = r
+        request.inFlightIndex = Request.handling
+        request.outer = handlingTop
+        handlingTop = Unmanaged.passUnretained(request)
+        handlingInFlight += 1
+        requestHandler(request)
+        handlingTop = request.outer
+        request.outer = nil
+        if request.inFlightIndex == Request.handling {
+            // Not answered yet (or its streamed answer is still being written): in flight
+            // until it is.
+            handlingInFlight -= 1
+            request.inFlightIndex = inFlight.count
+            inFlight.append(request)
+        } else if spare.count < Worker.spareLimit && isKnownUniquelyReferenced(&request) {
+            // Answered during the call, and held by nobody else (not the handler, a timer, a
+            // stream or a task): the next request reuses it.
+            spare.append(consume request)
+        }
+    }
+
+    /// A batched request: each item goes to the request handler as a request of its own (same
+    /// id and wire id as the batch), and their answers go back in one frame, in order.
+    private func batch(_ h: FrameHeader, _ head: RequestHead, _ body: UnsafeRawBufferPointer) {
+        if h.flags.announcesDescriptor { return violation("a batched request with a descriptor") }
+        var count = 0
+        guard Batch.items(body, { _, _ in count += 1 }) != nil, count > 0 else {
+            return violation("malformed batched request")
+        }
+        let state = BatchAnswers(wireID: h.id, count: count)
+        _ = Batch.items(body) { i, item in
+            let request = makeRequest(wireID: h.id, head: head, body: item)
+            request.batch = state
+            request.batchIndex = i
+            handle(request)
+        }
+    }
+
     private func violation(_ reason: String) {
         let text = "worker \(getpid()): protocol violation from the supervisor: \(reason)\n"
         Sys.writeToStandardError(text)
         exit(code: 76)
     }
 
+    /// Takes `request` out of the in-flight list (if it is still there) and drops what it no
+    /// longer needs: its cancel handler (which may capture it) and its task handle.
+    private func leaveFlight(_ request: Request) {
+        let i = request.inFlightIndex
+        if i >= 0 {
+            let last = inFlight.removeLast()
+            if last !== request {
+                inFlight[i] = last
+                last.inFlightIndex = i
+            }
+        } else if i == Request.handling {
+            handlingInFlight -= 1
+        } else {
+            return
+        }
+        request.inFlightIndex = Request.notInFlight
+        if request.onCancel != nil { request.onCancel = nil }
+        if request.task != nil { request.task = nil }
+    }
+
+    /// Traps when a request is answered off the worker's thread: its state and the channel
+    /// belong to that thread, and a race there would lose or corrupt answers.
+    @inline(__always)
+    private func checkThread() {
+        precondition(reactor.isOnReactorThread, """
+            a Worker.Request was answered off the worker's thread; answer on it (an async handler \
+            runs there), or hop with worker.reactor.handle.execute { _ in ... }
+            """)
+    }
+
     func finish(_ request: Request, _ type: FrameType, _ data: [UInt8]) {
-        guard !request.answered, inFlight[request.wireID] != nil else { return }
+        checkThread()
+        guard !request.answered, request.isInFlight else { return }
         request.answered = true
-        inFlight[request.wireID] = nil
+        leaveFlight(request)
+        if let batch = request.batch {
+            request.batch = nil
+            batch.answer(request.batchIndex, ok: type != .error, data)
+            if batch.isComplete && !batch.cancelled { sendBatch(batch) }
+            if softKillRequested { maybeFinishSoftKill() }
+            return
+        }
         if data.count > channel.maxPayload {
             // The supervisor would take a frame this large as a protocol violation and kill this
             // worker: fail the request instead, saying why.
@@ -238,9 +378,25 @@ public final class Worker {
         if softKillRequested { maybeFinishSoftKill() }
     }
 
+    /// Sends a batch's answers, once all are in.
+    private func sendBatch(_ batch: BatchAnswers) {
+        let payload = batch.encoded()
+        if payload.count > channel.maxPayload {
+            let message = "the answers of a batch of \(batch.count), \(payload.count) bytes, exceed the largest frame (\(channel.maxPayload) bytes)"
+            channel.send(.error, id: batch.wireID, payload: Array(message.utf8))
+        } else {
+            channel.send(.response, id: batch.wireID, flags: .batch, length: payload.count) { $0.append(contentsOf: payload) }
+        }
+    }
+
     /// Answers with `data` and a stream: the request stays in flight until the stream ends.
     func finishStreaming(_ request: Request, _ data: [UInt8]) -> OutputStream? {
-        guard !request.answered, inFlight[request.wireID] != nil else { return nil }
+        checkThread()
+        guard !request.answered, request.isInFlight else { return nil }
+        if request.batch != nil {
+            finish(request, .error, Array("a request of a batch cannot answer with a stream".utf8))
+            return nil
+        }
         let pair: DescriptorPair
         // A socketpair, not a pipe: written with MSG_NOSIGNAL, so a supervisor that stops
         // reading (the caller cancelled the stream) gives EPIPE here, never SIGPIPE.
@@ -255,17 +411,18 @@ public final class Worker {
         return OutputStream(writer: StreamWriter(fd: writeEnd, reactor: reactor, isSocket: true)) { [unowned self] count, ok in
             let end = StreamEnd(count: UInt64(count), ok: ok)
             self.channel.send(.streamEnd, id: wireID, length: StreamEnd.size) { end.encode(into: &$0) }
-            self.inFlight[wireID] = nil
+            self.leaveFlight(request)
             if self.softKillRequested { self.maybeFinishSoftKill() }
         }
     }
 
     func socketClosed(_ request: Request) {
+        checkThread()
         channel.send(.socketClosed, id: request.wireID)
     }
 
     private func maybeFinishSoftKill() {
-        guard inFlight.isEmpty, !softKillRunning, state != .busy else { return }
+        guard inFlight.isEmpty, handlingInFlight == 0, !softKillRunning, state != .busy else { return }
         if let handler = softKillHandler {
             softKillRunning = true
             handler { [unowned self] in self.exit(code: 0) }
@@ -283,6 +440,44 @@ public final class Worker {
         fflush(nil)  // the handlers' buffered output (print) must not be lost
         _exit(code)
     }
+}
+
+/// The answers of a batched request, gathered in the items' order until the last is in.
+final class BatchAnswers {
+    let wireID: UInt64
+    let count: Int
+    // One thread, no overlapping access (as for `Request`): no dynamic exclusivity checks.
+    /// Set when the supervisor cancelled the batch: nothing is sent.
+    @exclusivity(unchecked) var cancelled = false
+    /// The answers encoded so far, in order (after the count); those that came early wait in
+    /// `early` until the ones before them are in.
+    @exclusivity(unchecked) private var out: [UInt8] = []
+    @exclusivity(unchecked) private var next = 0
+    @exclusivity(unchecked) private var early: [Int: (Bool, [UInt8])] = [:]
+
+    init(wireID: UInt64, count: Int) {
+        self.wireID = wireID
+        self.count = count
+        out.reserveCapacity(4 + count * 16)
+        out.appendLittleEndian(UInt32(count))
+    }
+
+    var isComplete: Bool { next == count }
+
+    func answer(_ i: Int, ok: Bool, _ data: [UInt8]) {
+        guard i == next else {
+            early[i] = (ok, data)
+            return
+        }
+        data.withUnsafeBytes { Batch.appendAnswer(ok: ok, $0, into: &out) }
+        next += 1
+        while !early.isEmpty, let (ok, data) = early.removeValue(forKey: next) {
+            data.withUnsafeBytes { Batch.appendAnswer(ok: ok, $0, into: &out) }
+            next += 1
+        }
+    }
+
+    func encoded() -> [UInt8] { out }
 }
 
 /// A worker-side failure to start.

@@ -101,13 +101,20 @@ struct ProcessWideTests {
 /// Makes io_uring_setup(2) fail with EPERM in this process from now on (a seccomp filter; it cannot
 /// be removed, so call it only in an exit test's child). False when the filter was not installed.
 func refuseIOURingSetup() -> Bool {
+    // The same number on every architecture (the unified table, Linux 5.1).
+    refuseSystemCall(425, with: EPERM)
+}
+
+/// Makes system call `number` fail with `errno` in the calling thread, and the threads it creates
+/// afterwards, from now on (a seccomp filter; it cannot be removed, so call it only in an exit
+/// test's child). False when the filter was not installed.
+func refuseSystemCall(_ number: UInt32, with errno: CInt) -> Bool {
     struct SockFilter { var code: UInt16; var jt: UInt8; var jf: UInt8; var k: UInt32 }  // struct sock_filter
     struct SockFprog { var len: UInt16; var filter: UnsafeMutablePointer<SockFilter> }  // struct sock_fprog
-    let ioURingSetup: UInt32 = 425  // the same number on every architecture (the unified table, Linux 5.1)
     var program = [
         SockFilter(code: 0x20, jt: 0, jf: 0, k: 0),                 // BPF_LD | BPF_W | BPF_ABS: seccomp_data.nr
-        SockFilter(code: 0x15, jt: 0, jf: 1, k: ioURingSetup),      // BPF_JMP | BPF_JEQ | BPF_K
-        SockFilter(code: 0x06, jt: 0, jf: 0, k: 0x0005_0000 | UInt32(EPERM)),  // SECCOMP_RET_ERRNO | EPERM
+        SockFilter(code: 0x15, jt: 0, jf: 1, k: number),            // BPF_JMP | BPF_JEQ | BPF_K
+        SockFilter(code: 0x06, jt: 0, jf: 0, k: 0x0005_0000 | UInt32(errno)),  // SECCOMP_RET_ERRNO | errno
         SockFilter(code: 0x06, jt: 0, jf: 0, k: 0x7fff_0000),       // SECCOMP_RET_ALLOW
     ]
     guard cloop_prctl1(PR_SET_NO_NEW_PRIVS, 1) == 0 else { return false }

@@ -113,3 +113,52 @@ extension CodecTests {
         #expect(frame == expected)
     }
 }
+
+@Suite("Batch codec")
+struct BatchCodecTests {
+    @Test("items and answers round-trip, in order, empty items included")
+    func roundTrip() {
+        let items: [[UInt8]] = [[], Array("a".utf8), Array(repeating: 7, count: 300)]
+        let body = Batch.encodeItems(items)
+        var decoded: [[UInt8]] = []
+        let n = body.withUnsafeBytes { Batch.items($0) { i, bytes in #expect(i == decoded.count); decoded.append(Array(bytes)) } }
+        #expect(n == 3 && decoded == items)
+
+        var answers: [UInt8] = []
+        answers.appendLittleEndian(UInt32(2))
+        Array("ok".utf8).withUnsafeBytes { Batch.appendAnswer(ok: true, $0, into: &answers) }
+        Array("bad".utf8).withUnsafeBytes { Batch.appendAnswer(ok: false, $0, into: &answers) }
+        var got: [(Bool, String)] = []
+        let m = answers.withUnsafeBytes { Batch.answers($0) { _, ok, b in got.append((ok, String(decoding: b, as: UTF8.self))) } }
+        #expect(m == 2 && got.map(\.0) == [true, false] && got.map(\.1) == ["ok", "bad"])
+    }
+
+    @Test("malformed batches are refused whole, before any item is read",
+          arguments: [
+            [UInt8](),                                  // no count
+            [2, 0, 0, 0, 1, 0, 0, 0, 0x61],             // count 2, one item
+            [1, 0, 0, 0, 5, 0, 0, 0, 0x61],             // an item longer than the payload
+            [1, 0, 0, 0, 1, 0, 0, 0, 0x61, 0x62],       // bytes after the last item
+            [0xFF, 0xFF, 0xFF, 0xFF],                   // a count no payload could hold
+          ])
+    func malformedItems(_ body: [UInt8]) {
+        var calls = 0
+        #expect(body.withUnsafeBytes { Batch.items($0) { _, _ in calls += 1 } } == nil)
+        #expect(calls == 0)
+    }
+
+    @Test("answers with a status other than 0 or 1, or cut short, are refused")
+    func malformedAnswers() {
+        let bad: [[UInt8]] = [[1, 0, 0, 0, 2, 0, 0, 0, 0], [1, 0, 0, 0, 0, 1, 0, 0, 0], [5, 0, 0, 0]]
+        for b in bad { #expect(b.withUnsafeBytes { Batch.answers($0) { _, _, _ in } } == nil, "\(b)") }
+    }
+
+    @Test("capabilities: an empty ready payload announces nothing")
+    func capabilities() {
+        #expect([UInt8]().withUnsafeBytes { WorkerCapabilities.decode($0) } == [])
+        var out: [UInt8] = []
+        WorkerCapabilities.batches.encode(into: &out)
+        #expect(out == [1, 0, 0, 0])
+        #expect(out.withUnsafeBytes { WorkerCapabilities.decode($0) }.contains(.batches))
+    }
+}

@@ -6,8 +6,8 @@ import Testing
 
 @Suite("Hostile workers", .serialized, .timeLimit(.minutes(2)))
 struct HostileWorkerTests {
-    @Test("a worker that floods pings and never reads, or floods descriptors, is killed while the other keeps serving; the supervisor's memory and descriptors stay flat",
-          arguments: ["flood-pings", "fd-flood"])
+    @Test("a worker that floods pings and never reads, floods descriptors or floods events, is killed while the other keeps serving; the supervisor's memory and descriptors stay flat",
+          arguments: ["flood-pings", "fd-flood", "flood-events"])
     func floods(_ mode: String) async {
         await #expect(processExitsWith: .success) { [mode] in
             await settleChildProcess()
@@ -18,6 +18,7 @@ struct HostileWorkerTests {
             var c = testConfig(mode, count: 2, env: ["LPM_TEST_ONLY_SLOT": "0"])
             c.afterBudgetSpent = .stop
             c.restarts = 0  // the hostile worker is not replaced
+            c.maxEventsPerSecondPerWorker = 1000
             let (s, log) = try await startOnline(c)
             let health = await s.health()
             let hostile = try #require(health.first { $0.slot == 0 }?.pid)

@@ -60,14 +60,14 @@ struct RequestTableTests {
     func descriptors() {
         var t = RequestTable<String>()
         let a = t.admit(admission(3, descriptor: 42), completion: "a")
-        #expect(t.carriesSocket(a))
+        #expect(t.carriesSocket(a) == true)
         _ = t.dispatchFirst(to: 0)
         #expect(t[a].maxAttempts == 1)
         t.descriptorSent(a)
         guard case .finished(let f)? = t.attemptFailed(a, retryAllowed: true) else { Issue.record("not finished"); return }
         #expect(f.descriptor == -1, "sent: no longer ours to close")
         let s = t.admit(admission(descriptor: 7, isStream: true), completion: "s")
-        #expect(!t.carriesSocket(s), "a stream is not a socket")
+        #expect(t.carriesSocket(s) == false, "a stream is not a socket")
         #expect(t.finish(s)?.descriptor == 7, "never sent: the pool must close it")
     }
 
@@ -77,9 +77,9 @@ struct RequestTableTests {
         let a = t.admit(admission(2), completion: "a")
         _ = t.dispatchFirst(to: 0)
         let generation = UInt32(truncatingIfNeeded: t.wireID(a) >> 32)
-        #expect(t.isCurrent(a, generation: generation, attempt: 1))
+        #expect(t.isCurrent(a, generation: generation, attempt: 1) == true)
         _ = t.attemptFailed(a, retryAllowed: true)
-        #expect(!t.isCurrent(a, generation: generation, attempt: 1))
+        #expect(t.isCurrent(a, generation: generation, attempt: 1) == false)
     }
 
     @Test("after a burst the table gives its memory back; late answers to the old entries stay late")
@@ -92,9 +92,9 @@ struct RequestTableTests {
             _ = t.dispatchFirst(to: 0)
             wires.append(t.wireID(i))
         }
-        #expect(t.entries.count == n)
+        #expect(t.entryCount == n)
         for w in wires { _ = t.finish(UInt32(truncatingIfNeeded: w)) }
-        #expect(t.pendingCount == 0 && t.entries.isEmpty, "given back")
+        #expect(t.pendingCount == 0 && t.entryCount == 0, "given back")
         #expect(wires.allSatisfy { t.lookup(wireID: $0, from: 0) == .late })
         let fresh = t.admit(admission(), completion: -1)
         _ = t.dispatchFirst(to: 0)
@@ -243,5 +243,58 @@ struct DispatchPolicyTests {
         let forSocket = p.pick(count: 2, forSocket: true) { workers[$0] }
         let forRequest = p.pick(count: 2, forSocket: false) { workers[$0] }
         #expect(forSocket == 1 && forRequest == 0)
+    }
+}
+
+@Suite("SubmissionIndex: cancellation handles of requests from other threads")
+struct SubmissionIndexTests {
+    /// A model table: submission number -> (entry, still pending).
+    private struct Model {
+        var pending: [UInt64: UInt32] = [:]
+        func isPending(_ index: UInt32, _ number: UInt64) -> Bool { pending[number] == index }
+    }
+
+    @Test("finds admitted requests, not refused or unknown ones; drops answered ones from the front")
+    func findsAndDrops() {
+        var s = SubmissionIndex()
+        var m = Model()
+        for n in UInt64(1)...10 {
+            let index = n == 4 ? UInt32.max : UInt32(n * 10)
+            if index != .max { m.pending[n] = index }
+            s.admitted(n, at: index, pendingCount: m.pending.count, isPending: m.isPending)
+        }
+        #expect(s.find(3) == 30)
+        #expect(s.find(4) == nil, "refused")
+        #expect(s.find(11) == nil, "not admitted yet")
+        for n in UInt64(1)...10 { m.pending[n] = nil }
+        m.pending[11] = 110
+        s.admitted(11, at: 110, pendingCount: 1, isPending: m.isPending)
+        #expect(s.count == 1, "the answered front is dropped")
+        #expect(s.find(11) == 110)
+        #expect(s.find(3) == nil)
+    }
+
+    @Test("a request pending for long is moved aside: the index stays within a bound of the requests pending")
+    func boundedWithAStraggler() {
+        var s = SubmissionIndex()
+        var m = Model()
+        m.pending[1] = 7  // never answered
+        s.admitted(1, at: 7, pendingCount: 1, isPending: m.isPending)
+        for n in UInt64(2)...100_000 {
+            m.pending[n] = UInt32(n % 1000 + 10)
+            s.admitted(n, at: UInt32(n % 1000 + 10), pendingCount: m.pending.count, isPending: m.isPending)
+            m.pending[n] = nil  // answered at once
+        }
+        #expect(s.count <= SubmissionIndex.ringBound + 2, "the ring does not grow with every later request")
+        #expect(s.find(1) == 7, "the straggler is still found")
+        #expect(s.find(99_999) == nil || !m.isPending(s.find(99_999)!, 99_999))
+    }
+
+    @Test("submissions must come in order")
+    func inOrder() async {
+        await #expect(processExitsWith: .failure) {
+            var s = SubmissionIndex()
+            s.admitted(2, at: 0, pendingCount: 1) { _, _ in true }
+        }
     }
 }

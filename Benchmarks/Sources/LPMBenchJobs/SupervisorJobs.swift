@@ -100,6 +100,18 @@ public final class Pool: Sendable {
         }
     }
 
+    /// `n` sequential requests through the async API from a task that prefers the supervisor's
+    /// executor: the task runs on the reactor thread, with no hop either way.
+    public func roundTripsAsyncOnExecutor(_ n: Int) async throws {
+        let supervisor = self.supervisor, payload = self.payload
+        try await withTaskExecutorPreference(supervisor.executor) {
+            for _ in 0..<n {
+                let r = try await supervisor.enqueue(payload)
+                if r.data.count != payload.count { throw BenchError("wrong answer: \(r.data.count) bytes") }
+            }
+        }
+    }
+
     /// `n` sequential requests through the completion-handler API; this thread blocks on a
     /// semaphore between them (the completion runs on the reactor thread).
     public func roundTripsHandler(_ n: Int) throws {
@@ -159,15 +171,30 @@ public final class Pool: Sendable {
         try answers.wait(seconds: 600, what: "burst")
     }
 
+    /// `n` tiny inputs through the ordered `map`, `chunkSize` to a frame, consumed in order by
+    /// one task; checks every answer.
+    public func map(_ n: Int, chunkSize: Int) async throws {
+        // The inputs exist before the map (one 8-byte array, repeated), as Python's range does.
+        let inputs = repeatElement([UInt8](repeating: 7, count: 8), count: n)
+        var k = 0
+        var failures = 0
+        for await r in supervisor.map(inputs, options: MapOptions(chunkSize: chunkSize, maxChunksInFlight: 64)) {
+            if case .success(let w) = r, w.data.count == 8 {} else { failures += 1 }
+            k += 1
+        }
+        if k != n || failures > 0 { throw BenchError("map: \(k) of \(n) answered, \(failures) failed") }
+    }
+
     /// `n` requests through the async API from `tasks` concurrent tasks (each awaits its answers
     /// in turn).
-    public func burstAsync(_ n: Int, tasks: Int = 512) async throws {
+    public func burstAsync(_ n: Int, tasks: Int = 512, onExecutor: Bool = false) async throws {
         let supervisor = self.supervisor, payload = self.payload
         let failures = Tally()
+        let preference: (any TaskExecutor)? = onExecutor ? supervisor.executor : nil
         await withTaskGroup(of: Void.self) { group in
             for t in 0..<tasks {
                 let count = n / tasks + (t < n % tasks ? 1 : 0)
-                group.addTask {
+                group.addTask(executorPreference: preference) {
                     for _ in 0..<count {
                         do { _ = try await supervisor.enqueue(payload) } catch { failures.add() }
                     }

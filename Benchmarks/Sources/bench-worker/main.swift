@@ -7,6 +7,15 @@
 //
 // Under compare.sh's allocation counter (LD_PRELOAD=malloc_count.so, LPM_COUNT_MALLOCS=1) the
 // request "?mallocs" is answered with this process's allocation count instead.
+//
+// LPM_BENCH_HANDLER picks the request handler, for the cost of the async ones (any job):
+//   sync (default)  answers in a synchronous handler
+//   async           answers in an async handler that never suspends (a task per request)
+//   async-yield     answers in an async handler after one `await Task.yield()` (a task per
+//                   request, suspended and resumed once through the main queue, since a
+//                   closure written here is main-actor code)
+//   nonisolated-async, nonisolated-async-yield
+//                   the same with a nonisolated handler (resumed on the worker's task executor)
 import LPMBenchJobs
 import LPMReactor
 import LoadProcessManagerWorker
@@ -21,6 +30,15 @@ if CommandLine.arguments.dropFirst().first == "--reactor-echo" {
     exit(0)
 }
 
+/// A closure made in a nonisolated function is nonisolated: its task runs on the worker's task
+/// executor rather than the main actor.
+nonisolated func setNonisolatedHandler(_ worker: Worker, yielding: Bool) {
+    worker.onRequest { (request: Worker.Request) async in
+        if yielding { await Task.yield() }
+        request.respond(request.data)
+    }
+}
+
 let worker = try Worker()
 if let count = MallocCounter.function, getenv("LPM_COUNT_MALLOCS") != nil {
     worker.onRequest { request in
@@ -31,7 +49,19 @@ if let count = MallocCounter.function, getenv("LPM_COUNT_MALLOCS") != nil {
         }
     }
 } else {
-    worker.onRequest { request in request.respond(request.data) }
+    switch getenv("LPM_BENCH_HANDLER").map({ String(cString: $0) }) ?? "sync" {
+    case "async":
+        worker.onRequest { (request: Worker.Request) async in request.respond(request.data) }
+    case "async-yield":
+        worker.onRequest { (request: Worker.Request) async in
+            await Task.yield()
+            request.respond(request.data)
+        }
+    case let mode where mode.hasPrefix("nonisolated-"):
+        setNonisolatedHandler(worker, yielding: mode.hasSuffix("-yield"))
+    default:
+        worker.onRequest { request in request.respond(request.data) }
+    }
 }
 worker.ready()
 worker.run()

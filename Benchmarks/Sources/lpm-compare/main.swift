@@ -14,9 +14,12 @@
 //   rt-async N               Supervisor + 1 no-op worker: sequential round trips, async API (1e5)
 //   rt-handler N             the same, completion-handler API, caller blocks between (1e5)
 //   rt-chained N             the same, each completion enqueues the next (reactor thread) (1e5)
+//   rt-executor N            the async API from a task on the supervisor's executor (1e5)
 //   burst N                  Supervisor + 2 workers, 256 in flight each: N at once, handler API (1e6)
 //   burst-async N            the same from 512 tasks through the async API (1e6)
 //   burst-batched N          the same handed over in one enqueue(contentsOf:) call (1e6)
+//   burst-executor N         the async burst from 512 tasks on the supervisor's executor (1e6)
+//   map N [--chunk K]        Supervisor.map of N 8-byte inputs, K to a frame (1000), 2 workers (1e6)
 //   allocs N                 heap allocations per request, both sides (needs LD_PRELOAD of
 //                            Tools/malloc_count.so) (2e4)
 //   info                     the backends chosen by default here
@@ -43,6 +46,12 @@ if let i = args.firstIndex(of: "--backend") {
     args.removeSubrange(i...(i + 1))
     // The supervisor's reactor, the workers' and the echo children's all read this.
     setenv("LPM_REACTOR_BACKEND", b.rawValue, 1)
+}
+var mapChunk = 1000
+if let i = args.firstIndex(of: "--chunk") {
+    guard i + 1 < args.count, let k = Int(args[i + 1]), k > 0 else { usage() }
+    mapChunk = k
+    args.removeSubrange(i...(i + 1))
 }
 guard let job = args.first else { usage() }
 let countArg = args.count > 1 ? Int(args[1]) : nil
@@ -140,7 +149,7 @@ do {
         driver.close()
         emit("reactor_echo_batched_2x256x64B_\(driver.backend.rawValue)", Double(n) / (Double(ns) / 1e9), "msg/s")
 
-    case "rt-async", "rt-handler", "rt-chained":
+    case "rt-async", "rt-handler", "rt-chained", "rt-executor":
         let tag = try supervisorTag()
         let n = countArg ?? 100_000
         let pool = try Pool(workerPath: try benchWorkerPath(), count: 1)
@@ -151,6 +160,11 @@ do {
             try blocking { try await pool.roundTripsAsync(warmCount(n)) }
             let t0 = monotonicNanoseconds()
             try blocking { try await pool.roundTripsAsync(n) }
+            ns = monotonicNanoseconds() - t0
+        case "rt-executor":
+            try blocking { try await pool.roundTripsAsyncOnExecutor(warmCount(n)) }
+            let t0 = monotonicNanoseconds()
+            try blocking { try await pool.roundTripsAsyncOnExecutor(n) }
             ns = monotonicNanoseconds() - t0
         case "rt-handler":
             try pool.roundTripsHandler(warmCount(n))
@@ -167,7 +181,7 @@ do {
         emit("lpm_rt_\(api)_supervisor_cpu_\(tag)", Double((self1 - self0).cpuNs) / total, "ns/rt")
         emit("lpm_rt_\(api)_supervisor_csw_\(tag)", Double((self1 - self0).voluntarySwitches + (self1 - self0).involuntarySwitches) / total, "switches/rt")
 
-    case "burst", "burst-async", "burst-batched":
+    case "burst", "burst-async", "burst-batched", "burst-executor":
         let tag = try supervisorTag()
         let n = countArg ?? 1_000_000
         let pool = try Pool(workerPath: try benchWorkerPath(), count: 2, maxInFlight: 256)
@@ -175,6 +189,7 @@ do {
         func once(_ k: Int) throws {
             switch job {
             case "burst-async": try blocking { try await pool.burstAsync(k) }
+            case "burst-executor": try blocking { try await pool.burstAsync(k, onExecutor: true) }
             case "burst-batched": try pool.burstBatched(k)
             default: try pool.burstHandler(k)
             }
@@ -189,10 +204,25 @@ do {
         pool.stop()
         // The workers are reaped now: their CPU time shows in RUSAGE_CHILDREN (warm-up included).
         let children1 = ProcessFigures.usage(children: true)
-        let name = ["burst-async": "lpm_burst_async_2w", "burst-batched": "lpm_burst_batched_2w"][job] ?? "lpm_burst_2w"
+        let name = ["burst-async": "lpm_burst_async_2w", "burst-batched": "lpm_burst_batched_2w",
+                    "burst-executor": "lpm_burst_executor_2w"][job] ?? "lpm_burst_2w"
         emit("\(name)_\(tag)", Double(n) / (Double(ns) / 1e9), "req/s")
         emit("\(name)_supervisor_cpu_\(tag)", Double((self1 - self0).cpuNs) / Double(n), "ns/req")
         emit("\(name)_workers_cpu_\(tag)", Double((children1 - children0).cpuNs) / Double(n + warm), "ns/req")
+
+    case "map":
+        let tag = try supervisorTag()
+        let n = countArg ?? 1_000_000
+        let pool = try Pool(workerPath: try benchWorkerPath(), count: 2, maxInFlight: 256)
+        try blocking { try await pool.map(min(n, 20_000), chunkSize: mapChunk) }
+        let self0 = ProcessFigures.usage()
+        let t0 = monotonicNanoseconds()
+        try blocking { try await pool.map(n, chunkSize: mapChunk) }
+        let ns = monotonicNanoseconds() - t0
+        let self1 = ProcessFigures.usage()
+        pool.stop()
+        emit("lpm_map_chunk\(mapChunk)_2w_\(tag)", Double(n) / (Double(ns) / 1e9), "req/s")
+        emit("lpm_map_chunk\(mapChunk)_2w_supervisor_cpu_\(tag)", Double((self1 - self0).cpuNs) / Double(n), "ns/req")
 
     case "allocs":
         // Heap allocations per request on both sides, with Tools/malloc_count.so preloaded.
@@ -204,6 +234,7 @@ do {
         try pool.roundTripsChained(warm)
         try pool.roundTripsHandler(warm)
         try blocking { try await pool.roundTripsAsync(warm) }
+        try blocking { try await pool.roundTripsAsyncOnExecutor(warm) }
         // What one query costs the worker (its count is read before its own answer is sent).
         let w0 = try pool.workerMallocCount()
         let w1 = try pool.workerMallocCount()
@@ -217,12 +248,14 @@ do {
         let chained = try supervisorSide { try pool.roundTripsChained(n) }
         let handler = try supervisorSide { try pool.roundTripsHandler(n) }
         let async = try supervisorSide { try blocking { try await pool.roundTripsAsync(n) } }
+        let onExecutor = try supervisorSide { try blocking { try await pool.roundTripsAsyncOnExecutor(n) } }
         let wAfter = try pool.workerMallocCount()
         pool.stop()
         emit("lpm_allocs_supervisor_rt_chained", chained, "allocs/req")
         emit("lpm_allocs_supervisor_rt_handler", handler, "allocs/req")
         emit("lpm_allocs_supervisor_rt_async", async, "allocs/req")
-        emit("lpm_allocs_worker_rt", Double(wAfter - wBefore - query) / Double(3 * n), "allocs/req")
+        emit("lpm_allocs_supervisor_rt_executor", onExecutor, "allocs/req")
+        emit("lpm_allocs_worker_rt", Double(wAfter - wBefore - query) / Double(4 * n), "allocs/req")
 
     case "crash":
         let tag = try supervisorTag()

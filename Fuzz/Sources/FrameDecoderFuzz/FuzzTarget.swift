@@ -77,7 +77,21 @@ private func decodePayload(_ type: FrameType, _ payload: UnsafeRawBufferPointer)
             precondition(name.utf8.count <= 3 * (payload.count - 2) && data.count <= payload.count - 2)
         }
     case .request:
-        if let (_, body) = RequestHead.decode(payload) { precondition(body.count == payload.count - RequestHead.size) }
+        if let (_, body) = RequestHead.decode(payload) {
+            precondition(body.count == payload.count - RequestHead.size)
+            // As a batch body: every item inside the payload, their lengths adding up.
+            var total = 4
+            if let n = Batch.items(body, { _, item in total += 4 + item.count }) {
+                precondition(total == body.count && n <= Batch.maxCount)
+            }
+        }
+    case .response:
+        var total = 4
+        if let n = Batch.answers(payload, { _, _, answer in total += 5 + answer.count }) {
+            precondition(total == payload.count && n <= Batch.maxCount)
+        }
+    case .ready:
+        _ = WorkerCapabilities.decode(payload)
     case .healthReport:
         _ = HealthReport.decode(payload)
     case .streamEnd:

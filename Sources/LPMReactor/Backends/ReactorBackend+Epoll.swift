@@ -1,17 +1,47 @@
 import CLoop
+import Synchronization
 
 /// The epoll backend: `epoll_ctl` per change, `epoll_pwait2` (nanosecond timeout, kernel 5.11+)
 /// to wait. The token is stored in `epoll_event.data.u64`.
+///
+/// Where `epoll_pwait2` is refused with `ENOSYS` (a kernel before 5.11, or valgrind, which
+/// answers the system calls it does not know that way), the process switches once, for good, to
+/// `epoll_wait(2)` with the timeout rounded up to whole milliseconds.
 final class EpollBackend: ReactorBackend {
     let kind = Reactor.Backend.epoll
     private let epfd: CInt
     private var buffer: UnsafeMutablePointer<epoll_event>
     private var capacity: Int
 
+    /// Whether this backend waits with `epoll_wait(2)` and a millisecond timeout instead of
+    /// `epoll_pwait2(2)`. Starts as the process-wide choice; tests set it to run the fallback
+    /// where `epoll_pwait2` works.
+    var waitsInMilliseconds: Bool
+
+    /// Set once, for the life of the process, when `epoll_pwait2` fails with `ENOSYS`: every
+    /// epoll backend made afterwards starts on `epoll_wait`. Relaxed ordering is enough: a
+    /// backend that has not seen the flag yet gets `ENOSYS` once more and sets it again.
+    private static let pwait2Refused = Atomic<Bool>(false)
+
     init() throws(SyscallError) {
         epfd = try syscallValue("epoll_create1") { epoll_create1(CInt(EPOLL_CLOEXEC)) }
         capacity = 64
         buffer = .allocate(capacity: capacity)
+        waitsInMilliseconds = Self.pwait2Refused.load(ordering: .relaxed)
+    }
+
+    /// Whether `epoll_pwait2` has been refused with `ENOSYS` in this process.
+    static var nanosecondWaitRefused: Bool { pwait2Refused.load(ordering: .relaxed) }
+
+    /// The `epoll_wait(2)` timeout for a wait of `nanoseconds` (`nil`: no limit), rounded *up* to
+    /// whole milliseconds so that the wait never ends before the deadline the reactor asked for:
+    /// `nil` is -1 (block), 0 stays 0 (poll), anything from 1 ns to 1 ms is 1, and waits beyond
+    /// `Int32.max` milliseconds (24.8 days) are capped there (the reactor then waits again).
+    static func milliseconds(fromNanoseconds nanoseconds: Int64?) -> CInt {
+        guard let ns = nanoseconds else { return -1 }
+        guard ns > 0 else { return 0 }
+        let ms = ns / 1_000_000 + (ns % 1_000_000 == 0 ? 0 : 1)
+        return CInt(min(ms, Int64(CInt.max)))
     }
 
     private static func mask(_ interest: Reactor.Interest, edge: Bool) -> UInt32 {
@@ -57,19 +87,32 @@ final class EpollBackend: ReactorBackend {
     }
 
     func wait(timeoutNanoseconds: Int64?, into events: inout [BackendEvent]) throws(SyscallError) {
-        var ts = timespec()
-        let n: CInt
-        if let t = timeoutNanoseconds {
-            ts.tv_sec = Int(t / 1_000_000_000)
-            ts.tv_nsec = Int(t % 1_000_000_000)
-            n = epoll_pwait2(epfd, buffer, CInt(capacity), &ts, nil)
-        } else {
-            n = epoll_pwait2(epfd, buffer, CInt(capacity), nil, nil)
+        var n: CInt = 0
+        if !waitsInMilliseconds {
+            var ts = timespec()
+            if let t = timeoutNanoseconds {
+                ts.tv_sec = Int(t / 1_000_000_000)
+                ts.tv_nsec = Int(t % 1_000_000_000)
+                n = epoll_pwait2(epfd, buffer, CInt(capacity), &ts, nil)
+            } else {
+                n = epoll_pwait2(epfd, buffer, CInt(capacity), nil, nil)
+            }
+            if n < 0 {
+                let e = Errno.current
+                if e == .interrupted { return }
+                guard e == .noFunction else { throw SyscallError("epoll_pwait2", e) }
+                // ENOSYS: no such call here. It waited for nothing, so wait now the other way.
+                Self.pwait2Refused.store(true, ordering: .relaxed)
+                waitsInMilliseconds = true
+            }
         }
-        if n < 0 {
-            let e = Errno.current
-            if e == .interrupted { return }
-            throw SyscallError("epoll_pwait2", e)
+        if waitsInMilliseconds {
+            n = epoll_wait(epfd, buffer, CInt(capacity), Self.milliseconds(fromNanoseconds: timeoutNanoseconds))
+            if n < 0 {
+                let e = Errno.current
+                if e == .interrupted { return }
+                throw SyscallError("epoll_wait", e)
+            }
         }
         for i in 0..<Int(n) {
             let ev = buffer[i]

@@ -100,9 +100,22 @@ package enum Sys {
     }
 
     /// `pidfd_open(2)` with `PIDFD_NONBLOCK` (kernel 5.10+); pidfds are always CLOEXEC.
+    ///
+    /// Where `pidfd_open` fails with `ENOSYS` (a kernel before 5.3, or valgrind, which answers
+    /// the system calls it does not know that way), the process switches once, for good, to
+    /// stand-ins (``pidfdRefused``): `kill(pid, 0)` checks that the process exists (`ESRCH`
+    /// otherwise) and the descriptor returned is an eventfd that never becomes readable. The
+    /// reactor then learns of the exit through `SIGCHLD` (see `Reactor.watchPidfd`).
     package static func pidfdOpen(_ pid: pid_t) throws(SyscallError) -> FileDescriptor {
-        let fd = try syscallValue("pidfd_open") { cloop_pidfd_open(pid, UInt32(PIDFD_NONBLOCK)) }
-        return FileDescriptor(owning: fd)
+        if !pidfdRefused {
+            do {
+                return FileDescriptor(owning: try syscallValue("pidfd_open") { cloop_pidfd_open(pid, UInt32(PIDFD_NONBLOCK)) })
+            } catch where error.errno == .noFunction {
+                pidfdRefusal.store(true, ordering: .relaxed)
+            }
+        }
+        _ = try syscallValue("kill") { CLoop.kill(pid, 0) }
+        return try eventfd()
     }
 
     /// `pidfd_send_signal(2)`.

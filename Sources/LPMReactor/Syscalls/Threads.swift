@@ -9,10 +9,10 @@ import CLoop
 ///
 /// `@unchecked Sendable`: the only state is the mutex, which is made for use from any thread;
 /// its pointer is set in `init` and freed in `deinit`, when no thread can hold the lock.
-final class ThreadLock: @unchecked Sendable {
+package final class ThreadLock: @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
 
-    init() {
+    package init() {
         mutex = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
         pthread_mutex_init(mutex, nil)
@@ -25,7 +25,7 @@ final class ThreadLock: @unchecked Sendable {
 
     /// `pthread_mutex_lock(3)`, run `body`, `pthread_mutex_unlock(3)`.
     @inline(__always)
-    func withLock<R>(_ body: () -> R) -> R {
+    package func withLock<R>(_ body: () -> R) -> R {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return body()
@@ -94,6 +94,14 @@ extension Sys {
     /// The value of environment variable `name`, if set (`getenv(3)`).
     static func environment(_ name: String) -> String? {
         getenv(name).map { String(cString: $0) }
+    }
+
+    /// Whether this process runs under valgrind. Valgrind's core preloads
+    /// `vgpreload_core-<platform>.so` into every program it runs, and every child it traces,
+    /// through `LD_PRELOAD`, and takes it out of the environment of the children it does not
+    /// trace. (valgrind.h's `RUNNING_ON_VALGRIND` needs a header that is not always installed.)
+    static var runningUnderValgrind: Bool {
+        environment("LD_PRELOAD")?.contains("vgpreload_core") ?? false
     }
 
     /// Reads and discards an eventfd's counter (`read(2)` of 8 bytes). EAGAIN (nothing to read)

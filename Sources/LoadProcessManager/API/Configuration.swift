@@ -1,3 +1,4 @@
+import CoreMetrics
 import Glibc
 import LPMReactor
 import Logging
@@ -85,6 +86,11 @@ public struct SupervisorConfiguration: Sendable {
     /// does not read its channel), the worker is a protocol violation: killed and replaced, not
     /// buffered for ever. Raised to one frame of ``maxPayload`` when lower. Default 4 MiB.
     public var maxQueuedBytesPerWorker: Int = 4 << 20
+    /// The most custom events (and event replies) one worker may send in a second; past it, the
+    /// worker is a protocol violation: killed and replaced, so that a worker flooding events
+    /// cannot take the reactor thread (and the event handlers) from the other workers' requests.
+    /// Counted in one-second windows. `nil`: no limit. Default 100,000.
+    public var maxEventsPerSecondPerWorker: Int? = 100_000
     /// How often RSS (from `/proc/PID/statm`) and heap figures are sampled. Default 1 s.
     public var healthInterval: Duration = .seconds(1)
     /// Recycle a worker once it has answered this many requests (plus up to a tenth more, drawn
@@ -150,6 +156,25 @@ public struct SupervisorConfiguration: Sendable {
     /// `pid`, `status`, `reason`...). Nothing is logged per request above `debug`. Default: a
     /// logger that drops everything; pass your own (`Logger(label: "my-pool")`) to see it.
     public var logger = Logger(label: "LoadProcessManager", factory: { _ in SwiftLogNoOpLogHandler() })
+    /// Whether the supervisor reports metrics (swift-metrics): request counts and outcomes,
+    /// retries, timeouts, restarts, violations, queue and in-flight gauges, ready workers, worker
+    /// RSS, and queue-wait, service and round-trip timers. Default `true`; they go to
+    /// ``metricsFactory``, or else to the backend bootstrapped with `MetricsSystem.bootstrap`.
+    /// With no backend (the no-op default) or `false`, nothing is created and no request pays
+    /// for them. The metric names are in the README ("Metrics").
+    public var metricsEnabled: Bool = true
+    /// The start of every metric's label, joined with `_`: `"lpm"` gives `lpm_requests_total`.
+    /// Empty: no prefix. Default `"lpm"`.
+    public var metricsLabelPrefix: String = "lpm"
+    /// Dimensions added to every metric of this supervisor, e.g. `[("pool", "images")]`: give each
+    /// supervisor of a process its own, or their metrics add up (counters) and overwrite each
+    /// other (gauges). Default: none.
+    public var metricsDimensions: [(String, String)] = []
+    /// The metrics backend for this supervisor, overriding the one bootstrapped for the process
+    /// (`MetricsSystem.factory`). `nil` (default): the bootstrapped one. Read once, when the
+    /// supervisor is created, on its reactor thread: a factory bound to a task with
+    /// `withMetricsFactory` is not seen there, pass it here instead.
+    public var metricsFactory: (any MetricsFactory)? = nil
     /// Reactor backend for the supervisor's own thread (when it creates one). Default: epoll
     /// first, which measured faster than io_uring here for lone round trips (about 22 vs 26 µs)
     /// and equal for bursts; `LPM_REACTOR_BACKEND` overrides it.

@@ -2,18 +2,15 @@ import Glibc
 import LPMReactor
 import LPMWire
 
-/// One request on its way from another thread to the pool: the job that carries it to the
-/// reactor thread (submitted as an object, so the hop allocates nothing else), and what a
-/// cancellation needs to find it there.
+/// A request from an async caller on its way to the pool (through the inbox), and what that
+/// caller's cancellation finds it by: the cancellation may arrive before the request does.
 ///
-/// `@unchecked Sendable`: `payload`, `options` and `box` are set in `init`, and `completion`
-/// before the ticket is submitted (the job queue's lock orders that write before the reactor
-/// thread reads it); `index`, `id` and `cancelled` are read and written only on the reactor
-/// thread.
-final class RequestTicket: ReactorJob, @unchecked Sendable {
+/// `@unchecked Sendable`: `payload` and `options` are set in `init`, and `completion` before the
+/// ticket is submitted (the inbox's lock orders that write before the reactor thread reads it);
+/// `index`, `id` and `cancelled` are read and written only on the reactor thread.
+final class RequestTicket: @unchecked Sendable {
     let payload: [UInt8]
     let options: RequestOptions
-    let box: Supervisor.PoolBox
     var completion: Completion?
     /// Where the pool admitted it (`UInt32.max`: not admitted, or refused).
     var index = UInt32.max
@@ -21,21 +18,9 @@ final class RequestTicket: ReactorJob, @unchecked Sendable {
     /// Cancelled before the pool saw it: refused with `cancelled` when it arrives.
     var cancelled = false
 
-    init(_ payload: [UInt8], _ options: RequestOptions, _ box: Supervisor.PoolBox, _ completion: Completion? = nil) {
+    init(_ payload: [UInt8], _ options: RequestOptions) {
         self.payload = payload
         self.options = options
-        self.box = box
-        self.completion = completion
-    }
-
-    func run(on reactor: Reactor) {
-        guard let completion else { return }
-        guard let pool = box.pool else { return completion(.failure(SupervisorError(.shutDown, "the pool is stopped"))) }
-        pool.enqueue(self, completion)
-    }
-
-    func dropped() {
-        completion?(.failure(SupervisorError(.shutDown, "the pool's reactor closed before the request reached it")))
     }
 }
 
@@ -51,14 +36,14 @@ public struct RequestHandle: Sendable {
     private enum Target: Sendable {
         /// Admitted on the reactor thread itself: its entry and id.
         case admitted(UInt32, RequestID, Supervisor.PoolBox)
-        /// On its way from another thread.
-        case ticket(RequestTicket)
+        /// Handed over from another thread through the inbox: its submission number.
+        case submitted(UInt64, Supervisor.PoolBox)
     }
 
     private let target: Target
 
-    init(ticket: RequestTicket) {
-        target = .ticket(ticket)
+    init(submission: UInt64, box: Supervisor.PoolBox) {
+        target = .submitted(submission, box)
     }
 
     init(index: UInt32, id: RequestID, box: Supervisor.PoolBox) {
@@ -67,18 +52,12 @@ public struct RequestHandle: Sendable {
 
     /// Cancels the request (see ``RequestHandle``). Any thread; harmless once it is answered.
     public func cancel() {
-        let target = self.target
-        let box: Supervisor.PoolBox
         switch target {
-        case .admitted(_, _, let b): box = b
-        case .ticket(let t): box = t.box
-        }
-        box.reactor.execute { _ in
-            guard let pool = box.pool else { return }
-            switch target {
-            case .admitted(let index, let id, _): pool.cancel(index: index, id: id)
-            case .ticket(let ticket): pool.cancel(ticket)
-            }
+        case .admitted(let index, let id, let box):
+            box.reactor.execute { _ in box.pool?.cancel(index: index, id: id) }
+        case .submitted(let submission, let box):
+            // Behind its request in the inbox: it finds the request admitted, or answered.
+            _ = box.submit(.cancel(submission))
         }
     }
 }

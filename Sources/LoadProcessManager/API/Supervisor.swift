@@ -17,7 +17,7 @@ import LPMWire
 /// here may be called from any thread; they hop onto the reactor thread. Handlers you register
 /// run on the reactor thread and must not block it.
 ///
-/// Every request is answered exactly once: with a ``Response``, or a ``SupervisorError``
+/// Every request is answered exactly once: with a ``WorkerResponse``, or a ``SupervisorError``
 /// (timed out, worker exited, protocol violation, queue full, shut down, no workers...).
 public final class Supervisor: Sendable {
     /// The reactor the pool runs on.
@@ -25,17 +25,9 @@ public final class Supervisor: Sendable {
     let box: PoolBox
     private let ownThread: ReactorThread?
 
-    /// Holds the pool, and the handle of the reactor it runs on. `@unchecked Sendable`:
-    /// `reactor` is set in `init`; `pool` is read and written only on the reactor thread.
-    final class PoolBox: @unchecked Sendable {
-        let reactor: Reactor.Handle
-        var pool: Pool?
-        init(reactor: Reactor.Handle) { self.reactor = reactor }
-    }
-
     /// Creates a supervisor on a reactor thread of its own (started now, ended when the pool
     /// is killed).
-    /// - Throws: ``ReactorError`` if the thread's reactor cannot be created.
+    /// - Throws: ``/LPMReactor/ReactorError`` if the thread's reactor cannot be created.
     public init(_ configuration: SupervisorConfiguration) throws(ReactorError) {
         let thread = try ReactorThread(backend: configuration.backend)
         ownThread = thread
@@ -50,7 +42,7 @@ public final class Supervisor: Sendable {
         }
     }
 
-    /// Creates a supervisor on `reactor`, which you run (``Reactor/run()``). Call on its thread.
+    /// Creates a supervisor on `reactor`, which you run (``/LPMReactor/Reactor/run()``). Call on its thread.
     public init(_ configuration: SupervisorConfiguration, reactor: Reactor) {
         precondition(reactor.isOnReactorThread, "Supervisor(_:reactor:) must be called on the reactor's thread")
         ownThread = nil
@@ -66,6 +58,23 @@ public final class Supervisor: Sendable {
         // its reactor callbacks (exits, timers) refer to it unowned.
         reactor.execute { _ in box.pool?.hardKill { _ = box } }
     }
+
+    /// The task executor of the supervisor's reactor thread.
+    ///
+    /// A task that prefers it runs on the reactor thread between suspensions: its requests are
+    /// admitted with no hop to another thread, and their answers resume it on the reactor thread
+    /// with no wake-up of another thread, the cheapest round trip the async API has:
+    ///
+    /// ```swift
+    /// let answer = try await withTaskExecutorPreference(supervisor.executor) {
+    ///     try await supervisor.enqueue(payload)
+    /// }
+    /// ```
+    ///
+    /// Code running there shares the thread with the pool: it must not block (no blocking
+    /// system calls, no long computations); move heavy work to other tasks. Once the pool has
+    /// stopped and its reactor thread ended, such a task runs on the global executor instead.
+    public var executor: ReactorTaskExecutor { reactor.taskExecutor }
 
     /// Runs `body` with the pool on the reactor thread; `false` when the reactor is gone.
     @discardableResult
@@ -165,12 +174,13 @@ public final class Supervisor: Sendable {
             let admitted = pool.enqueue(payload, options, .handler(completion))
             return RequestHandle(index: admitted.index, id: admitted.id, box: box)
         }
-        // The ticket is the hop (one allocation) and what a cancellation finds the request by.
-        let ticket = RequestTicket(payload, options, box, .handler(completion))
-        if !reactor.execute(job: ticket) {
+        // Through the inbox: no allocation of its own, one wake-up per batch. Its submission
+        // number is what a cancellation finds it by.
+        guard let submission = box.submit(.request(payload, options, .handler(completion))) else {
             CallerTrampoline.run { completion(.failure(SupervisorError(.shutDown, "the pool is stopped"))) }
+            return RequestHandle(submission: 0, box: box)
         }
-        return RequestHandle(ticket: ticket)
+        return RequestHandle(submission: submission, box: box)
     }
 
     /// Queues many requests with one hop to the reactor thread; `completion` is called once per
@@ -194,16 +204,23 @@ public final class Supervisor: Sendable {
     ///   `.queueFull`, `.shutDown`, `.noWorkers`, `.payloadTooLarge`, `.workerError`,
     ///   `.cancelled`, `.invalidArgument` (a negative timeout or retry count).
     public func enqueue(_ payload: [UInt8], options: RequestOptions = RequestOptions()) async throws(SupervisorError) -> WorkerResponse {
-        // The ticket is the hop (one allocation) and what a cancellation finds the request by.
-        let ticket = RequestTicket(payload, options, box)
-        let reactor = self.reactor
+        // The ticket (one allocation) is what a cancellation finds the request by, even one
+        // that comes before the request reaches the pool.
+        let ticket = RequestTicket(payload, options)
+        let box = self.box
         let result: Result<WorkerResponse, SupervisorError> = await withTaskCancellationHandler {
             await withUnsafeContinuation { c in
                 ticket.completion = .continuation(c)
-                if !reactor.execute(job: ticket) { c.resume(returning: .failure(SupervisorError(.shutDown, "the pool is stopped"))) }
+                if box.reactor.isOnReactorThread, let pool = box.pool {
+                    // A task on the reactor's executor (see ``executor``): admitted now, no hop;
+                    // the answer resumes it on this thread.
+                    pool.enqueue(ticket)
+                } else if box.submit(.ticket(ticket)) == nil {
+                    c.resume(returning: .failure(SupervisorError(.shutDown, "the pool is stopped")))
+                }
             }
         } onCancel: {
-            reactor.execute { _ in ticket.box.pool?.cancel(ticket) }
+            _ = box.submit(.cancelTicket(ticket))
         }
         return try result.get()
     }
@@ -346,7 +363,7 @@ public final class Supervisor: Sendable {
         if !onLoop({ $0.softKill(completion) }) { CallerTrampoline.run(completion) }
     }
 
-    /// ``softKill(_:)``, waiting until it is done.
+    /// ``softKill(completion:)``, waiting until it is done.
     public func softKill() async {
         await withUnsafeContinuation { (c: UnsafeContinuation<Void, Never>) in softKill(completion: { c.resume() }) }
     }
@@ -358,7 +375,7 @@ public final class Supervisor: Sendable {
         if !onLoop({ $0.hardKill(completion) }) { CallerTrampoline.run(completion) }
     }
 
-    /// ``hardKill(_:)``, waiting until every worker is reaped.
+    /// ``hardKill(completion:)``, waiting until every worker is reaped.
     public func hardKill() async {
         await withUnsafeContinuation { (c: UnsafeContinuation<Void, Never>) in hardKill(completion: { c.resume() }) }
     }

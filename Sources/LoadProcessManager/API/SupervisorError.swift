@@ -58,21 +58,46 @@ public struct SupervisorError: Error, Sendable, Hashable, CustomStringConvertibl
         public static let cancelled = Code(13, "cancelled")
     }
 
+    /// The fields, behind one reference: an error is a word wide, so a `Result` of a response
+    /// or an error stays as small as the response (results are copied in bulk by `map`).
+    private final class Storage: Sendable {
+        let code: Code
+        let message: String
+        let requestID: RequestID?
+        let workerPID: pid_t?
+        let exitStatus: WorkerExitStatus?
+        let attempts: Int
+        let underlying: SystemCallFailure?
+
+        init(_ code: Code, _ message: String, _ requestID: RequestID?, _ workerPID: pid_t?,
+             _ exitStatus: WorkerExitStatus?, _ attempts: Int, _ underlying: SystemCallFailure?) {
+            self.code = code
+            self.message = message
+            self.requestID = requestID
+            self.workerPID = workerPID
+            self.exitStatus = exitStatus
+            self.attempts = attempts
+            self.underlying = underlying
+        }
+    }
+
+    private let storage: Storage
+
     /// The kind of failure.
-    public let code: Code
+    public var code: Code { storage.code }
     /// What happened, in words.
-    public let message: String
+    public var message: String { storage.message }
     /// The request concerned, if any.
-    public let requestID: RequestID?
+    public var requestID: RequestID? { storage.requestID }
     /// The worker concerned, if any.
-    public let workerPID: pid_t?
+    public var workerPID: pid_t? { storage.workerPID }
     /// How the worker ended, for `workerExited`.
-    public let exitStatus: WorkerExitStatus?
+    public var exitStatus: WorkerExitStatus? { storage.exitStatus }
     /// Attempts made.
-    public let attempts: Int
+    public var attempts: Int { storage.attempts }
     /// The system call that failed, with its errno, when one is the cause (a spawn that failed
     /// with `EMFILE`, say).
-    public let underlying: SystemCallFailure?
+    public var underlying: SystemCallFailure? { storage.underlying }
 
     /// A system call that failed: its name and errno.
     public struct SystemCallFailure: Error, Sendable, Hashable, CustomStringConvertible {
@@ -92,14 +117,24 @@ public struct SupervisorError: Error, Sendable, Hashable, CustomStringConvertibl
 
     init(_ code: Code, _ message: String, requestID: RequestID? = nil, workerPID: pid_t? = nil,
          exitStatus: WorkerExitStatus? = nil, attempts: Int = 0, underlying: SystemCallFailure? = nil) {
-        self.code = code
-        self.message = message
-        self.requestID = requestID
-        self.workerPID = workerPID
-        self.exitStatus = exitStatus
-        self.attempts = attempts
-        self.underlying = underlying
+        storage = Storage(code, message, requestID, workerPID, exitStatus, attempts, underlying)
     }
 
     public var description: String { "\(code): \(message)" }
+
+    public static func == (a: SupervisorError, b: SupervisorError) -> Bool {
+        a.storage === b.storage
+            || (a.code == b.code && a.message == b.message && a.requestID == b.requestID && a.workerPID == b.workerPID
+                && a.exitStatus == b.exitStatus && a.attempts == b.attempts && a.underlying == b.underlying)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(code)
+        hasher.combine(message)
+        hasher.combine(requestID)
+        hasher.combine(workerPID)
+        hasher.combine(exitStatus)
+        hasher.combine(attempts)
+        hasher.combine(underlying)
+    }
 }

@@ -5,8 +5,10 @@ extension Pool {
     /// Takes a request that came from another thread as a ticket: refused with `cancelled` if
     /// its caller gave up before it arrived, else admitted like any other (the ticket learns
     /// where, for a later cancellation).
-    func enqueue(_ ticket: RequestTicket, _ completion: Completion) {
+    func enqueue(_ ticket: RequestTicket) {
+        guard let completion = ticket.completion else { return }
         guard !ticket.cancelled else {
+            metrics?.refused(.cancelled)
             answer(completion, .failure(SupervisorError(.cancelled, "the request was cancelled before it was queued")))
             return deliver()
         }
@@ -22,6 +24,13 @@ extension Pool {
             return
         }
         cancel(index: ticket.index, id: ticket.id)
+    }
+
+    /// Cancels the request that came through the inbox with submission number `submission`, if
+    /// it is still pending.
+    func cancel(submission: UInt64) {
+        guard let index = submissions.find(submission), table.isSubmission(index, submission) else { return }
+        cancel(index: index, id: table[index].id)
     }
 
     /// Cancels request `id` in entry `index`, if it is still pending: a queued one leaves the

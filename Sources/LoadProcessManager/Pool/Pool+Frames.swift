@@ -10,10 +10,13 @@ extension Pool {
         case .response, .ack, .error:
             answered(w, h, payload)
         case .ready:
+            w.capabilities = WorkerCapabilities.decode(payload)
             apply(w.lifecycle.handle(.readyFrame), to: w)
         case .busy:
             _ = w.lifecycle.handle(.busyFrame)
+            metrics?.workersChanged(self)
         case .event:
+            guard withinEventRate(w) else { return }
             guard let (name, data) = EventPayload.decode(payload) else {
                 return violation(w, "malformed event frame: the name runs past the payload")
             }
@@ -28,6 +31,7 @@ extension Pool {
         case .pong:
             if h.id == w.pingOutstanding { w.pingOutstanding = 0 }
         case .eventReply:
+            guard withinEventRate(w) else { return }
             guard let entry = pendingReplies[h.id], entry.pid == w.pid else { return }
             pendingReplies[h.id] = nil
             outbox.push(.reply(entry.handler, .success(Array(payload))))
@@ -44,6 +48,21 @@ extension Pool {
         case .request, .broadcast, .healthRequest, .softKill, .hardKill, .cancel:
             violation(w, "a worker may not send \(h.type) frames")
         }
+    }
+
+    /// Counts an event from `w` against ``SupervisorConfiguration/maxEventsPerSecondPerWorker``;
+    /// past it, the worker is a violation (and `false` is returned).
+    private func withinEventRate(_ w: WorkerProcess) -> Bool {
+        guard let limit = config.maxEventsPerSecondPerWorker else { return true }
+        let now = reactor.iterationNanoseconds
+        if now &- w.eventWindowStart >= 1_000_000_000 {
+            w.eventWindowStart = now
+            w.eventsInWindow = 0
+        }
+        w.eventsInWindow += 1
+        guard w.eventsInWindow > limit else { return true }
+        violation(w, "sent more than \(limit) events in one second (maxEventsPerSecondPerWorker)")
+        return false
     }
 
     /// A response, an acknowledgement or an error for a request.
@@ -81,11 +100,19 @@ extension Pool {
             if let fd = w.channel.takeDescriptor() { FileDescriptor.closeRaw(fd) }
             return violation(w, "a response may carry a descriptor only as a stream")
         }
+        if table[index].isBatch && h.type == .response {
+            // One answer per item, in a well-formed batch, or the worker broke the protocol.
+            let expected = table[index].payload.withUnsafeBytes { $0.readLittleEndian(at: 0, as: UInt32.self) }
+            guard h.flags.contains(.batch), let n = Batch.answers(payload, { _, _, _ in }), n == Int(expected) else {
+                return violation(w, "malformed answer to batched request \(h.id) (\(expected) items)")
+            }
+        }
         w.inFlight -= 1
         w.completed += 1
         guard let f = table.finish(index) else { return }
         if w.recycleAfter != nil { recycleIfDue(w) }
         release(f)
+        metrics?.answered(index, f, error: h.type == .error, self)
         // The pool is consistent here (the request is finished, its worker's counts updated):
         // the answer may go out at once. Dispatching more comes after.
         if h.type == .error {
@@ -127,6 +154,7 @@ extension Pool {
 
     /// Carries out what a worker's lifecycle decided.
     func apply(_ action: WorkerLifecycle.Action, to w: WorkerProcess) {
+        metrics?.workersChanged(self)
         switch action {
         case .none, .reap:
             break

@@ -14,6 +14,7 @@ extension Pool {
             w.sampleRSS()
             w.channel.send(.healthRequest, id: healthSequence)
         }
+        metrics?.sampled(self)
         if config.idleShrink != nil { retireIdleWorker() }
         if let limit = config.recycleAboveRSS {
             for i in slots.indices where slots[i].membership == .active {

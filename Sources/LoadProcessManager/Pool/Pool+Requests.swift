@@ -9,23 +9,36 @@ extension Pool {
     /// by recursion). A descriptor not handed on is closed here, on every refusal.
     /// - Returns: where the request was admitted (`index` is `UInt32.max` when it was refused),
     ///   for a later cancellation.
+    ///   `submission` is its number if it came through the inbox (0: it did not).
     @discardableResult
     func enqueue(_ payload: [UInt8], _ options: RequestOptions, _ completion: Completion,
-                 descriptor: CInt = -1, isStream: Bool = false) -> (index: UInt32, id: RequestID) {
+                 descriptor: CInt = -1, isStream: Bool = false, isBatch: Bool = false,
+                 submission: UInt64 = 0) -> (index: UInt32, id: RequestID) {
         defer { deliver() }
         if let refusal = refusal(payloadCount: payload.count, options) {
             if descriptor >= 0 { FileDescriptor.closeRaw(descriptor) }
+            if submission != 0 { noteSubmission(submission, at: .max) }
+            metrics?.refused(refusal.code)
             answer(completion, .failure(refusal))
             return (.max, .zero)
         }
         let id = RequestID.random(using: &ids)
-        let index = table.admit(.init(payload: payload, id: id, createdAt: UInt64(Sys.monotonicNanoseconds()),
+        let index = table.admit(.init(payload: payload, id: id, createdAt: UInt64(reactor.iterationNanoseconds),
                                       maxAttempts: 1 + max(0, options.retries ?? config.retries),
                                       timeout: options.timeout ?? config.requestTimeout, descriptor: descriptor,
-                                      isStream: isStream),
+                                      isStream: isStream, isBatch: isBatch, submission: submission),
                                 completion: completion)
-        if phase == .running { pump() }
+        if submission != 0 { noteSubmission(submission, at: index) }
+        metrics?.admitted(self)
+        // After every pump, either the queue is empty or no worker can take its first request
+        // (and whatever frees a worker pumps again): a request queued behind others changes
+        // nothing, only one that finds the queue empty may be dispatched now.
+        if phase == .running && table.queuedCount == 1 { pump() }
         return (index, id)
+    }
+
+    private func noteSubmission(_ number: UInt64, at index: UInt32) {
+        submissions.admitted(number, at: index, pendingCount: table.pendingCount) { table.isSubmission($0, $1) }
     }
 
     /// Why a request cannot be taken now, if it cannot.
@@ -60,8 +73,15 @@ extension Pool {
     /// Hands queued requests to workers while some worker can take one.
     func pump() {
         while let next = table.firstQueued {
-            guard let slot = pickWorker(forSocket: table.carriesSocket(next)), let w = slots[slot].process,
+            let isBatch = table.isBatch(next)
+            guard let slot = pickWorker(forSocket: table.carriesSocket(next), forBatch: isBatch), let w = slots[slot].process,
                   let index = table.dispatchFirst(to: slot) else {
+                if isBatch && !batchesCanBeServed {
+                    // Only after a reload to an executable that takes no batches: fail it, do not
+                    // let it block the queue.
+                    fail(next, .noWorkers, "no worker takes batched requests (their ready frames announce no batch capability)")
+                    continue
+                }
                 if idleRetired > 0 { growBackForLoad() }
                 break
             }
@@ -71,15 +91,17 @@ extension Pool {
     }
 
     /// The slot the dispatch policy picks among the ready workers of the pool.
-    func pickWorker(forSocket: Bool = false) -> Int? {
+    func pickWorker(forSocket: Bool = false, forBatch: Bool = false) -> Int? {
         policy.pick(count: slots.count, forSocket: forSocket) { i in
-            guard let w = slots[i].process, w.lifecycle.acceptsWork, slots[i].membership == .active else { return .ineligible }
+            guard let w = slots[i].process, w.lifecycle.acceptsWork, slots[i].membership == .active,
+                  !forBatch || w.capabilities.contains(.batches) else { return .ineligible }
             return .init(eligible: true, load: w.load, rss: w.rss, sockets: w.sockets)
         }
     }
 
     private func send(_ index: UInt32, to w: WorkerProcess) {
         w.inFlight += 1
+        metrics?.dispatched(index, self)
         let head = RequestHead(id: table[index].id, createdAt: table[index].createdAt)
         let wireID = table.wireID(index)
         let descriptor = table[index].descriptor
@@ -95,7 +117,8 @@ extension Pool {
             if !isStream { w.sockets += 1 }
         } else {
             let payload = table[index].payload
-            w.channel.send(.request, id: wireID, length: RequestHead.size + payload.count) { out in
+            w.channel.send(.request, id: wireID, flags: table[index].isBatch ? .batch : [],
+                           length: RequestHead.size + payload.count) { out in
                 head.encode(into: &out)
                 out.append(contentsOf: payload)
             }
@@ -121,6 +144,7 @@ extension Pool {
         let w = slots[table[index].worker].process
         w?.channel.send(.cancel, id: table.wireID(index))
         let timeout = table[index].timeout ?? .zero
+        metrics?.timedOut()
         attemptFailed(index, on: w, .timedOut, "timed out after \(timeout)")
         if config.recycleAfterTimeout, let w { recycle(slot: w.slot, reason: "a request timed out after \(timeout)") }
         pump()
@@ -137,8 +161,10 @@ extension Pool {
         switch table.attemptFailed(index, retryAllowed: retry && phase == .running) {
         case .retried(let timer)?:
             if let timer { reactor.cancel(timer) }
+            metrics?.retried(index, self)
         case .finished(let f)?:
             release(f)
+            metrics?.finished(f, code, self)
             let subject = pid.map { "worker \($0): request \(f.id)" } ?? "request \(f.id)"
             answer(f.completion, .failure(SupervisorError(
                 code, "\(subject) \(why) (attempt \(f.attempts) of \(f.maxAttempts))",
@@ -153,6 +179,7 @@ extension Pool {
         if table[index].worker >= 0 { slots[table[index].worker].process?.inFlight -= 1 }
         guard let f = table.finish(index) else { return }
         release(f)
+        metrics?.finished(f, code, self)
         answer(f.completion, .failure(SupervisorError(code, message, requestID: f.id, attempts: f.attempts)))
     }
 

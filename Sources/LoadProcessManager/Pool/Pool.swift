@@ -52,7 +52,11 @@ final class Pool {
     @exclusivity(unchecked) var phase: Phase = .idle
     @exclusivity(unchecked) var slots: [WorkerSlot]
     @exclusivity(unchecked) var table = RequestTable<Completion>()
+    /// Requests from other threads by submission number, for their handles' cancellations.
+    @exclusivity(unchecked) var submissions = SubmissionIndex()
     var budget: RestartBudget
+    /// The pool's metrics; `nil` when off or no backend is set (each hook is then one branch).
+    let metrics: PoolMetrics?
     @exclusivity(unchecked) var policy: DispatchPolicy
     @exclusivity(unchecked) var outbox = Outbox()
     @exclusivity(unchecked) var ids = IDGenerator()
@@ -96,6 +100,7 @@ final class Pool {
         slots = Array(repeating: WorkerSlot(), count: max(0, config.count))
         budget = RestartBudget(limit: config.restarts, window: config.maxRestartsInInterval)
         policy = DispatchPolicy(capacity: config.maxConcurrentRequestsPerWorker)
+        metrics = PoolMetrics.make(config)
     }
 
     deinit { spawner.free() }
@@ -104,6 +109,7 @@ final class Pool {
 
     func emit(_ e: SupervisorEvent) {
         log(e)
+        metrics?.event(e, self)
         outbox.push(.event(e))
     }
 
@@ -234,7 +240,11 @@ final class Pool {
             // Jitter (up to a tenth more), so that workers started together do not all recycle at once.
             w.recycleAfter = n + Int.random(in: 0...(n / 10))
         }
-        channel.onFrame = { [unowned self, unowned w] h, p in self.frame(w, h, p); self.deliver() }
+        // `unowned(unsafe)` for the pool on the per-frame path (a checked `unowned` costs an atomic
+        // retain and release per frame): the pool outlives its channels, which it closes before
+        // it is released (a dropped supervisor hard-kills, holding the pool until every worker
+        // is reaped).
+        channel.onFrame = { [unowned(unsafe) self, unowned w] h, p in self.frame(w, h, p); self.deliver() }
         channel.onEnd = { [unowned self, unowned w] end in self.channelEnded(w, end); self.deliver() }
         do {
             let pidfd = try Sys.pidfdOpen(spawned.pid).release()

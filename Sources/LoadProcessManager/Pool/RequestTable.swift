@@ -14,7 +14,7 @@ import LPMWire
 /// Wire ids are `generation << 32 | index`: the generation changes whenever the request is
 /// finished or sent again, so a late answer to an earlier attempt (or to an earlier request in
 /// the same entry) is recognised and dropped.
-struct RequestTable<Completion> {
+struct RequestTable<Completion>: ~Copyable {
     /// One request's record. Compact (about 100 bytes): a million queued requests cost their
     /// payloads plus about 110 MB, table and queue together.
     struct Entry {
@@ -23,6 +23,8 @@ struct RequestTable<Completion> {
         var completion: Completion?
         var id = RequestID.zero
         var createdAt: UInt64 = 0
+        /// Its submission number, if it came through the inbox (0: it did not).
+        var submission: UInt64 = 0
         var timer: Reactor.Timer?
         private var timeoutNanoseconds: Int64 = -1
         private var worker32: Int32 = -1
@@ -36,6 +38,8 @@ struct RequestTable<Completion> {
         /// Workers that died with it in flight.
         var deaths: UInt8 = 0
         var isStream = false
+        /// A batch of requests in one frame (`Batch`): its payload is the batch body.
+        var isBatch = false
 
         var isPending: Bool { completion != nil }
         /// The worker slot it is in flight on; -1 while queued.
@@ -58,6 +62,8 @@ struct RequestTable<Completion> {
         var timeout: Duration?
         var descriptor: CInt = -1
         var isStream = false
+        var isBatch = false
+        var submission: UInt64 = 0
     }
 
     /// A request that finished: its completion, to be called once, and what the pool must
@@ -94,7 +100,8 @@ struct RequestTable<Completion> {
         case elsewhere
     }
 
-    private(set) var entries: [Entry] = []
+    /// The entries, in segments that never move (see ``Segments``).
+    private var entries = Segments()
     private var free: [UInt32] = []
     /// The most entries the table has had: an answer naming an entry at or above the current
     /// count, but below this, is late (its request finished before the table shrank).
@@ -129,12 +136,19 @@ struct RequestTable<Completion> {
         return UInt32(i)
     }
 
-    /// Borrows an entry (`_read`: reading one field copies nothing else, retains nothing).
+    /// Borrows an entry (reading one field copies nothing else, retains nothing).
     subscript(index: UInt32) -> Entry {
-        _read { yield entries[Int(index)] }
+        unsafeAddress { UnsafePointer(entries.address(Int(index))) }
     }
 
+    /// How many entries the table holds now, pending or free (it grows with the peak of pending
+    /// requests, and gives them back when it empties).
+    var entryCount: Int { entries.count }
+
     func wireID(_ index: UInt32) -> UInt64 { UInt64(entries[Int(index)].generation) << 32 | UInt64(index) }
+
+    /// Whether the request is a batch (only workers that take batches may have it).
+    func isBatch(_ index: UInt32) -> Bool { entries[Int(index)].isBatch }
 
     /// Whether the request carries a socket (dispatch then prefers the worker with fewest sockets).
     func carriesSocket(_ index: UInt32) -> Bool {
@@ -157,6 +171,7 @@ struct RequestTable<Completion> {
         entries[i].completion = completion
         entries[i].id = a.id
         entries[i].createdAt = a.createdAt
+        entries[i].submission = a.submission
         entries[i].attempts = 0
         entries[i].maxAttempts = UInt16(clamping: max(1, a.maxAttempts))
         entries[i].timeout = a.timeout
@@ -164,6 +179,7 @@ struct RequestTable<Completion> {
         entries[i].worker = -1
         entries[i].descriptor = a.descriptor
         entries[i].isStream = a.isStream
+        entries[i].isBatch = a.isBatch
         entries[i].deaths = 0
         pendingCount += 1
         queuedCount += 1
@@ -238,9 +254,11 @@ struct RequestTable<Completion> {
     /// Nothing is pending: after a burst, the table gives back what it grew to.
     private mutating func shrink() {
         var top = generationFloor
-        for e in entries where e.generation &- generationFloor > top &- generationFloor { top = e.generation }
+        for i in 0..<entries.count where entries[i].generation &- generationFloor > top &- generationFloor {
+            top = entries[i].generation
+        }
         generationFloor = top &+ 1
-        entries = []
+        entries.removeAll()
         free = []
         queue.removeAll()
     }
@@ -272,12 +290,12 @@ struct RequestTable<Completion> {
 
     /// The requests in flight on `worker`, most recently admitted entry last.
     func inFlight(on worker: Int) -> [UInt32] {
-        entries.indices.filter { entries[$0].isPending && entries[$0].worker == worker }.map { UInt32($0) }
+        (0..<entries.count).filter { entries[$0].isPending && entries[$0].worker == worker }.map { UInt32($0) }
     }
 
     /// The requests in flight on `from` are now on `to` (their worker moved slots).
     mutating func moveInFlight(from: Int, to: Int) {
-        for i in entries.indices where entries[i].isPending && entries[i].worker == from { entries[i].worker = to }
+        for i in 0..<entries.count where entries[i].isPending && entries[i].worker == from { entries[i].worker = to }
     }
 
     /// Empties the queue; the requests it held are returned, still pending (and counted as
@@ -294,12 +312,76 @@ struct RequestTable<Completion> {
     /// Every pending request, queued or in flight (the queue is emptied), for the caller to finish.
     mutating func takeAll() -> [UInt32] {
         queue.removeAll()
-        return entries.indices.filter { entries[$0].isPending }.map { UInt32($0) }
+        return (0..<entries.count).filter { entries[$0].isPending }.map { UInt32($0) }
+    }
+
+    /// Whether entry `index` holds submission `number`, pending.
+    func isSubmission(_ index: UInt32, _ number: UInt64) -> Bool {
+        Int(index) < entries.count && entries[Int(index)].isPending && entries[Int(index)].submission == number
     }
 
     /// The pending request with id `id` in entry `index`, if it is still there (a cancellation
     /// names the request by its entry and its id, which outlives retries).
     func pending(_ index: UInt32, id: RequestID) -> Bool {
         Int(index) < entries.count && entries[Int(index)].isPending && entries[Int(index)].id == id
+    }
+}
+
+extension RequestTable {
+    /// The entries of a table, in segments of ``segmentSize`` that never move once made: the
+    /// table grows by one segment at a time, with no copy of the entries before it and no
+    /// doubling (a queue of a million requests neither copies its entries nor keeps spare
+    /// capacity for another million), and an entry's address is stable. Segments are their own
+    /// anonymous mappings, so that the memory goes back to the system when the table empties.
+    struct Segments: ~Copyable {
+        static var segmentShift: Int { 12 }
+        static var segmentSize: Int { 1 << segmentShift }
+        private static var segmentBytes: Int {
+            let page = 4096
+            return (segmentSize * MemoryLayout<Entry>.stride + page - 1) / page * page
+        }
+
+        private var segments: [UnsafeMutablePointer<Entry>] = []
+        private(set) var count = 0
+
+        init() {}
+
+        deinit { Self.release(segments, count: count) }
+
+        @inline(__always)
+        func address(_ i: Int) -> UnsafeMutablePointer<Entry> {
+            segments[i &>> Self.segmentShift] + (i & (Self.segmentSize &- 1))
+        }
+
+        subscript(i: Int) -> Entry {
+            unsafeAddress { UnsafePointer(address(i)) }
+            nonmutating unsafeMutableAddress { address(i) }
+        }
+
+        mutating func append(_ entry: consuming Entry) {
+            if count == segments.count &<< Self.segmentShift {
+                guard let raw = mmap(nil, Self.segmentBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+                      raw != MAP_FAILED else {
+                    fatalError("RequestTable: mmap of \(Self.segmentBytes) bytes failed (errno \(errno)): out of memory")
+                }
+                segments.append(raw.bindMemory(to: Entry.self, capacity: Self.segmentSize))
+            }
+            address(count).initialize(to: entry)
+            count += 1
+        }
+
+        /// Destroys every entry and unmaps every segment.
+        mutating func removeAll() {
+            Self.release(segments, count: count)
+            segments = []
+            count = 0
+        }
+
+        private static func release(_ segments: [UnsafeMutablePointer<Entry>], count: Int) {
+            for (k, segment) in segments.enumerated() {
+                segment.deinitialize(count: min(segmentSize, count - k &<< segmentShift))
+                munmap(UnsafeMutableRawPointer(segment), segmentBytes)
+            }
+        }
     }
 }

@@ -17,6 +17,12 @@ struct Ring<Element> {
 
     private var mask: Int { storage.count - 1 }
 
+    /// The element `offset` places from the front (`offset < count`).
+    subscript(offset: Int) -> Element {
+        precondition(offset >= 0 && offset < count, "ring offset \(offset) out of 0..<\(count)")
+        return storage[(head + offset) & mask]
+    }
+
     private mutating func grow() {
         var bigger = [Element](repeating: filler, count: storage.count * 2)
         for i in 0..<count { bigger[i] = storage[(head + i) & mask] }

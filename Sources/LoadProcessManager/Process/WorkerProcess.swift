@@ -32,6 +32,12 @@ final class WorkerProcess {
     /// Response streams still flowing from it, by wire id.
     @exclusivity(unchecked) var streams: [UInt64: ResponseStreamCore] = [:]
 
+    /// What its last ready frame announced (batched requests...).
+    var capabilities: WorkerCapabilities = []
+    /// Events (and event replies) received in the current one-second window, and its start.
+    var eventsInWindow = 0
+    var eventWindowStart: Int64 = 0
+
     /// Requests in flight plus streams still flowing.
     var load: Int { inFlight + streams.count }
 

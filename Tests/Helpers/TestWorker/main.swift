@@ -25,6 +25,31 @@
 //   slot            answers with Worker.slot ("none" when unset)
 //   getenv          answers with the value of the variable the payload names ("<unset>" when unset)
 //   cloexec         answers with fcntl(3, F_GETFD) & FD_CLOEXEC
+//   fail-x          fails requests whose payload starts with "x", echoes the others
+//   bad-batch       (no worker runtime) announces batches when ready, answers every request
+//                   with a malformed batched response
+//   reuse-check     "later:X" kept and answered with its payload 20 ms later; "keep:X" keeps
+//                   the payload array and answers "ok"; "hold:X" answers "ok" and keeps the
+//                   request; "dump" / "dump-held" answer with the kept payloads / the held
+//                   requests' payloads, joined by ","; anything else is echoed (requests
+//                   answered at once and kept by nobody are reused)
+//   off-thread      answers from another thread (a detached task): the runtime stops the worker
+//   task-trap       a synchronous handler whose answer comes from `Task { await ...; respond }`
+//                   (main-actor code: this file's top level), after LPM_TEST_DELAY_MS
+// Async handlers (`worker.onRequest { request async throws in ... }`):
+//   async-sleep     payload "MS": sleeps MS ms, answers "MS:N:main", N its completion rank
+//                   (1, 2...) and main whether it ran on the main thread ("main" or "other")
+//   async-nonisolated  the same, from a handler made in a nonisolated function (it runs on the
+//                   worker's task executor rather than the main actor)
+//   async-cancel    awaits for an hour; when cancelled, emits "async-cancelled" with the payload
+//                   and "+cancelled" when Task.isCancelled was set, then rethrows
+//   async-throw     throws an error whose description is "async handler failed on purpose"
+//   async-silent    returns without answering
+//   async-detached  payload "spin:MS": burns MS ms of CPU in a detached task, answers "spun";
+//                   any other payload is answered at once
+//   async-busy      says busy, sleeps LPM_TEST_DELAY_MS, answers, says ready
+//   async-stream    payload "N:seed": after a sleep, answers with a stream of N pattern bytes,
+//                   written in 64 KiB chunks with a sleep between them
 import LPMReactor
 import LoadProcessManagerWorker
 import LPMWire
@@ -37,8 +62,46 @@ let mySlot = getenv("LPM_WORKER_SLOT").map { String(cString: $0) }
 let mode = onlySlot == nil || onlySlot == mySlot ? getenv("LPM_TEST_MODE").map { String(cString: $0) } ?? "echo" : "echo"
 let delay = getenv("LPM_TEST_DELAY_MS").flatMap { Int(String(cString: $0)) } ?? 100
 if mode == "crash-on-start" { exit(3) }
+if mode == "bad-batch" { badBatchWorker() }
+
+/// Speaks the protocol by hand: says it takes batches, then answers each request with a batch
+/// that announces 5 answers and holds none.
+func badBatchWorker() -> Never {
+    _ = fcntl(3, F_SETFL, fcntl(3, F_GETFL) & ~O_NONBLOCK)
+    func writeAll(_ bytes: [UInt8]) { bytes.withUnsafeBytes { b in var o = 0; while o < b.count { let n = write(3, b.baseAddress! + o, b.count - o); if n <= 0 { exit(0) }; o += n } } }
+    func readExactly(_ n: Int) -> [UInt8] {
+        var buf = [UInt8](repeating: 0, count: n)
+        var got = 0
+        while got < n {
+            let r = buf.withUnsafeMutableBytes { read(3, $0.baseAddress! + got, n - got) }
+            if r <= 0 { exit(0) }
+            got += r
+        }
+        return buf
+    }
+    var caps: [UInt8] = []
+    WorkerCapabilities.batches.encode(into: &caps)
+    var ready: [UInt8] = []
+    ready.appendFrame(.ready, id: 0, payload: caps)
+    writeAll(ready)
+    while true {
+        let header = readExactly(Wire.headerSize)
+        let length = header.withUnsafeBytes { Int($0.readLittleEndian(at: 4, as: UInt32.self)) }
+        let id = header.withUnsafeBytes { $0.readLittleEndian(at: 8, as: UInt64.self) }
+        _ = readExactly(length)
+        if header[2] == FrameType.request.rawValue {
+            var answer: [UInt8] = []
+            answer.appendFrame(.response, flags: .batch, id: id, payload: [5, 0, 0, 0])
+            writeAll(answer)
+        }
+    }
+}
 
 let worker = Worker.connect()
+/// The payload arrays the reuse-check mode keeps (main-actor state, like the handler).
+var keptPayloads: [[UInt8]] = []
+/// The requests the reuse-check mode holds after answering them.
+var heldRequests: [Worker.Request] = []
 worker.on("ping-event") { event in event.reply(Array("pong:".utf8) + event.data) }
 worker.on("record") { event in
     // Echo a broadcast back as an event so the test can see it arrived.
@@ -75,6 +138,17 @@ worker.onRequest { request in
         var pollfd = pollfd(fd: 3, events: Int16(POLLOUT), revents: 0)
         while true {
             if write(3, &frame, frame.count) < 0 { _ = poll(&pollfd, 1, 1000) }
+        }
+    case "flood-events":
+        // Floods the supervisor with custom events (no reply wanted), as fast as it can write.
+        var frame: [UInt8] = []
+        frame.appendFrame(.event, id: 0, payload: EventPayload.encode(name: "spam", data: [1, 2, 3]))
+        var pollfd = pollfd(fd: 3, events: Int16(POLLOUT), revents: 0)
+        while true {
+            if write(3, &frame, frame.count) < 0 {
+                if errno == EPIPE || errno == ECONNRESET { exit(0) }
+                _ = poll(&pollfd, 1, 1000)
+            }
         }
     case "fd-flood":
         // Sends descriptors on frames that announce none, thousands of them.
@@ -152,16 +226,152 @@ worker.onRequest { request in
         request.respond(String(getpid()))
     case "fail":
         request.fail("handler failed on purpose")
+    case "fail-x":
+        // Fails the requests whose payload starts with "x", echoes the others.
+        if request.data.first == UInt8(ascii: "x") { request.fail("no x: \(String(decoding: request.data, as: UTF8.self))") } else { request.respond(request.data) }
     case "slot":
         request.respond(worker.slot.map { String($0) } ?? "none")
     case "getenv":
         request.respond(getenv(String(decoding: request.data, as: UTF8.self)).map { String(cString: $0) } ?? "<unset>")
     case "cloexec":
         request.respond(String(fcntl(3, F_GETFD) & FD_CLOEXEC))
+    case "reuse-check":
+        let text = String(decoding: request.data, as: UTF8.self)
+        if text.hasPrefix("later:") {
+            _ = try? worker.reactor.schedule(after: .milliseconds(20)) { request.respond(request.data) }
+        } else if text.hasPrefix("keep:") {
+            keptPayloads.append(request.data)
+            request.respond("ok")
+        } else if text.hasPrefix("hold:") {
+            heldRequests.append(request)
+            request.respond("ok")
+        } else if text == "dump-held" {
+            request.respond(heldRequests.map { String(decoding: $0.data, as: UTF8.self) }.joined(separator: ","))
+        } else if text == "dump" {
+            request.respond(keptPayloads.map { String(decoding: $0, as: UTF8.self) }.joined(separator: ","))
+        } else {
+            request.respond(request.data)
+        }
+    case "off-thread":
+        // A mistake the runtime catches: the request belongs to the worker's thread.
+        nonisolated(unsafe) let stray = request
+        Task.detached { stray.respond("from another thread") }
+    case "task-trap":
+        // The pattern of a user's report: a task started from a synchronous handler. This is
+        // main-actor code, so the task runs on the main actor, which the worker's loop serves.
+        Task {
+            try await Task.sleep(for: .milliseconds(delay))
+            request.respond(request.data)
+        }
     default:
         request.respond(request.data)
     }
 }
+
+// MARK: Async modes
+
+/// Completion ranks and the main-thread check, for the async modes.
+final class AsyncLog {
+    var completed = 0
+    func complete(_ payload: [UInt8]) -> String {
+        completed += 1
+        return "\(String(decoding: payload, as: UTF8.self)):\(completed):\(Wire.isMainThread ? "main" : "other")"
+    }
+}
+
+struct AsyncFailure: Error, CustomStringConvertible {
+    var description: String { "async handler failed on purpose" }
+}
+
+/// Sets the handler of the nonisolated mode: a closure made here is nonisolated, so its task
+/// runs on the worker's task executor.
+nonisolated func setUpNonisolated(_ worker: Worker) {
+    let log = AsyncLog()
+    worker.onRequest { request in
+        let ms = Int(String(decoding: request.data, as: UTF8.self)) ?? 0
+        try await Task.sleep(for: .milliseconds(ms))
+        request.respond(log.complete(request.data))
+    }
+}
+
+/// Burns about `ms` milliseconds of CPU.
+nonisolated func spin(milliseconds ms: Int) -> Int {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    let end = Int(now.tv_sec) * 1_000_000_000 + Int(now.tv_nsec) + ms * 1_000_000
+    var rounds = 0
+    repeat {
+        rounds += 1
+        clock_gettime(CLOCK_MONOTONIC, &now)
+    } while Int(now.tv_sec) * 1_000_000_000 + Int(now.tv_nsec) < end
+    return rounds
+}
+
+@MainActor func setUpAsyncMode(_ mode: String) {
+    let log = AsyncLog()
+    switch mode {
+    case "async-nonisolated":
+        setUpNonisolated(worker)
+    case "async-sleep":
+        worker.onRequest { request in
+            let ms = Int(String(decoding: request.data, as: UTF8.self)) ?? 0
+            try await Task.sleep(for: .milliseconds(ms))
+            request.respond(log.complete(request.data))
+        }
+    case "async-cancel":
+        worker.onRequest { request in
+            do {
+                try await Task.sleep(for: .seconds(3600))
+            } catch {
+                worker.emit("async-cancelled", request.data + Array((Task.isCancelled ? "+cancelled" : "").utf8))
+                throw error
+            }
+            request.respond("slept an hour")
+        }
+    case "async-throw":
+        worker.onRequest { _ in
+            try await Task.sleep(for: .milliseconds(1))
+            throw AsyncFailure()
+        }
+    case "async-silent":
+        worker.onRequest { _ in try await Task.sleep(for: .milliseconds(1)) }
+    case "async-detached":
+        worker.onRequest { request in
+            let text = String(decoding: request.data, as: UTF8.self)
+            guard text.hasPrefix("spin:"), let ms = Int(text.dropFirst(5)) else { return request.respond(text) }
+            // CPU-heavy work on another thread: the worker's loop stays free meanwhile.
+            _ = await Task.detached { spin(milliseconds: ms) }.value
+            request.respond("spun")
+        }
+    case "async-busy":
+        worker.onRequest { request in
+            worker.busy()
+            try await Task.sleep(for: .milliseconds(delay))
+            request.respond(log.complete(request.data))
+            worker.ready()
+        }
+    case "async-stream":
+        worker.onRequest { request in
+            let text = String(decoding: request.data, as: UTF8.self).split(separator: ":")
+            let total = Int(text.first ?? "0") ?? 0
+            let seed = UInt8(text.last ?? "0") ?? 0
+            try await Task.sleep(for: .milliseconds(5))
+            guard let out = request.respondWithStream(Array("streaming".utf8)) else { return }
+            var sent = 0
+            while sent < total {
+                let n = min(64 * 1024, total - sent)
+                out.write(patternBytes(from: sent, count: n, seed: seed))
+                sent += n
+                try await Task.sleep(for: .milliseconds(1))
+            }
+            out.finish()
+        }
+    default:
+        break
+    }
+}
+
+if mode.hasPrefix("async-") { setUpAsyncMode(mode) }
 
 if mode == "softkill-handler" {
     worker.onSoftKill { done in
@@ -172,3 +382,4 @@ worker.ready()
 if mode == "ready-twice" { worker.ready() }
 if mode == "busy" { worker.busy() }
 worker.run()
+

@@ -1,0 +1,137 @@
+import LPMReactor
+import LPMWire
+
+extension Supervisor {
+    /// Holds the pool, the handle of the reactor it runs on, and the inbox through which other
+    /// threads hand it requests.
+    ///
+    /// The inbox takes requests in batches: a caller appends under a lock, and the first append
+    /// of a batch schedules this object as one reactor job, which takes the whole batch. So a
+    /// request from another thread costs no allocation of its own (no closure, no ticket) and a
+    /// burst costs one wake-up of the reactor thread, not one per request.
+    ///
+    /// Requests made with a completion handler get a submission number, in the order of the
+    /// appends, which is the order of admission: their ``RequestHandle`` cancels by that number,
+    /// and the cancellation travels through the inbox too, behind its request, so it always
+    /// finds the request admitted (or answered).
+    ///
+    /// `@unchecked Sendable`: `reactor` is set in `init`; `items`, `scheduled`, `closed` and
+    /// `lastSubmission` are guarded by `lock`; `pool`, `draining` and `drainedSubmissions` are
+    /// read and written only on the reactor thread.
+    final class PoolBox: ReactorJob, @unchecked Sendable {
+        enum Item {
+            /// A request with a completion handler; its submission number is its rank among
+            /// the `.request` items.
+            case request([UInt8], RequestOptions, Completion)
+            /// A batch of requests (``Supervisor/map(_:options:)``): body, count, options, and
+            /// its answers' handler; numbered like `.request`.
+            case batch([UInt8], Int, RequestOptions, Pool.BatchCompletion)
+            /// A request from an async caller: its ticket is what that caller's cancellation
+            /// finds it by (the cancellation may come before the request).
+            case ticket(RequestTicket)
+            /// Cancels the request with this submission number.
+            case cancel(UInt64)
+            /// Cancels a ticket's request, wherever it is (or before it arrives).
+            case cancelTicket(RequestTicket)
+        }
+
+        let reactor: Reactor.Handle
+        var pool: Pool?
+
+        private let lock = ThreadLock()
+        private var items: [Item] = []
+        private var scheduled = false
+        private var closed = false
+        private var lastSubmission: UInt64 = 0
+
+        private var draining: [Item] = []
+        private var drainedSubmissions: UInt64 = 0
+
+        init(reactor: Reactor.Handle) { self.reactor = reactor }
+
+        /// Appends `item` for the pool. Returns the request's submission number (0 for items that
+        /// are not `.request`), or `nil` when the pool's reactor is gone: the item was not taken,
+        /// and the caller answers it. Once taken, an item is the inbox's to answer, whatever
+        /// happens to the reactor.
+        func submit(_ item: Item) -> UInt64? {
+            let taken: (submission: UInt64, schedule: Bool)? = lock.withLock {
+                if closed { return nil }
+                var submission: UInt64 = 0
+                switch item {
+                case .request, .batch:
+                    lastSubmission &+= 1
+                    submission = lastSubmission
+                case .ticket, .cancel, .cancelTicket:
+                    break
+                }
+                items.append(item)
+                if scheduled { return (submission, false) }
+                scheduled = true
+                return (submission, true)
+            }
+            guard let taken else { return nil }
+            if taken.schedule && !reactor.execute(job: self) { refuseAll("the pool's reactor is stopped") }
+            return taken.submission
+        }
+
+        /// The batch, on the reactor thread.
+        func run(on reactor: Reactor) {
+            lock.withLock {
+                swap(&draining, &items)
+                scheduled = false
+            }
+            if let pool {
+                for item in draining {
+                    switch item {
+                    case .request(let payload, let options, let completion):
+                        drainedSubmissions &+= 1
+                        pool.enqueue(payload, options, completion, submission: drainedSubmissions)
+                    case .batch(let body, let count, let options, let completion):
+                        drainedSubmissions &+= 1
+                        pool.enqueueBatch(body, count: count, options, submission: drainedSubmissions, completion)
+                    case .ticket(let ticket):
+                        pool.enqueue(ticket)
+                    case .cancel(let submission):
+                        pool.cancel(submission: submission)
+                    case .cancelTicket(let ticket):
+                        pool.cancel(ticket)
+                    }
+                }
+            } else {
+                for item in draining { Self.refuse(item, "the pool is stopped") }
+            }
+            // A burst's batch may be large: its storage is kept only up to a bound.
+            draining.removeAll(keepingCapacity: draining.capacity <= 4096)
+        }
+
+        /// The reactor closed with the batch's job still queued.
+        func dropped() {
+            refuseAll("the pool's reactor closed before the request reached it")
+        }
+
+        /// Refuses every item queued and any later one: the reactor is gone.
+        private func refuseAll(_ why: String) {
+            let left: [Item] = lock.withLock {
+                closed = true
+                scheduled = false
+                var left: [Item] = []
+                swap(&left, &items)
+                return left
+            }
+            guard !left.isEmpty else { return }
+            // Answered on this thread, unnested (a completion may enqueue again).
+            CallerTrampoline.run { for item in left { Self.refuse(item, why) } }
+        }
+
+        private static func refuse(_ item: Item, _ why: String) {
+            switch item {
+            case .request(_, _, let completion): completion(.failure(SupervisorError(.shutDown, why)))
+            case .ticket(let ticket): ticket.completion?(.failure(SupervisorError(.shutDown, why)))
+            case .batch(_, let count, _, let completion):
+                completion(Array(repeating: .failure(SupervisorError(.shutDown, why)), count: count))
+            case .cancel, .cancelTicket: break
+            }
+        }
+    }
+
+}

@@ -1,0 +1,329 @@
+import LPMReactor
+import LPMWire
+
+/// How ``Supervisor/map(_:options:)`` hands its inputs to the workers.
+public struct MapOptions: Sendable {
+    /// Inputs per request. With more than 1, a worker that takes batches (the Swift worker
+    /// runtime does) gets `chunkSize` inputs in one frame, runs its request handler once per
+    /// input and answers them in one frame: far fewer frames and table entries for tiny inputs.
+    /// The timeout and the retries then apply to each chunk as a whole (a worker that dies with
+    /// a chunk fails or retries all of it). A worker that does not take batches (one in another
+    /// language that does not announce it) gets the chunk's inputs as requests of their own.
+    /// Default 1: one request per input.
+    public var chunkSize: Int
+    /// Chunks sent and not yet read by the consumer, at most (the window that bounds memory:
+    /// inputs are read only as results are consumed). Default 64.
+    public var maxChunksInFlight: Int
+    /// The timeout and retries of each request (each chunk).
+    public var request: RequestOptions
+
+    public init(chunkSize: Int = 1, maxChunksInFlight: Int = 64, request: RequestOptions = RequestOptions()) {
+        self.chunkSize = chunkSize
+        self.maxChunksInFlight = maxChunksInFlight
+        self.request = request
+    }
+}
+
+extension Supervisor {
+    /// Sends every input to the workers and returns their answers in the inputs' order: one
+    /// `Result` per input, a response or the error that input got (a timeout, a worker exit...).
+    ///
+    /// ```swift
+    /// for await result in supervisor.map(lines, options: MapOptions(chunkSize: 1000)) {
+    ///     print(try result.get().text)
+    /// }
+    /// ```
+    ///
+    /// Inputs are read lazily, on the consuming task, as results are consumed: at most
+    /// ``MapOptions/maxChunksInFlight`` chunks are outstanding. Cancelling the consuming task
+    /// cancels the chunks outstanding (their inputs get `cancelled`) and ends the sequence after
+    /// them; inputs not yet sent are not read. An invalid `chunkSize` or window (below 1) gives
+    /// one `invalidArgument` result and ends the sequence.
+    public func map<Inputs: Sequence>(_ inputs: Inputs, options: MapOptions = MapOptions()) -> MapResults<Inputs>
+        where Inputs.Element == [UInt8] {
+        MapResults(supervisor: self, inputs: inputs, options: options)
+    }
+
+    /// ``map(_:options:)`` with a completion: `completion` gets one result per input, in order,
+    /// once every input is answered (on the reactor thread).
+    public func map(_ inputs: [[UInt8]], options: MapOptions = MapOptions(),
+                    completion: @escaping @Sendable ([Result<WorkerResponse, SupervisorError>]) -> Void) {
+        guard options.chunkSize >= 1 else {
+            let error = SupervisorError(.invalidArgument, "chunkSize must be at least 1, got \(options.chunkSize)")
+            return CallerTrampoline.run { completion(Array(repeating: .failure(error), count: inputs.count)) }
+        }
+        guard !inputs.isEmpty else { return CallerTrampoline.run { completion([]) } }
+        let chunks = stride(from: 0, to: inputs.count, by: options.chunkSize).map { $0..<min($0 + options.chunkSize, inputs.count) }
+        let join = MapJoin(chunks: chunks.count, count: inputs.count, completion)
+        for (k, range) in chunks.enumerated() {
+            var packer = ChunkPacker()
+            for item in inputs[range] { packer.add(item) }
+            submitChunk(body: packer.body, count: packer.count, single: packer.single, options: options) {
+                join.set(k, at: range.lowerBound, $0)
+            }
+        }
+    }
+
+    /// Sends one chunk (its items packed as a batch body, `count` of them; a chunk of one is
+    /// sent as a plain request); `completion` gets its results (on the reactor thread, or on this
+    /// thread if the pool is gone). Returns what cancels it.
+    @discardableResult
+    func submitChunk(body: [UInt8], count: Int, single: [UInt8]?, options: MapOptions,
+                     _ completion: @escaping Pool.BatchCompletion) -> RequestHandle {
+        if let single {
+            return enqueue(single, options: options.request) { completion([$0]) }
+        }
+        guard let submission = box.submit(.batch(body, count, options.request, completion)) else {
+            let error = SupervisorError(.shutDown, "the pool is stopped")
+            CallerTrampoline.run { completion(Array(repeating: .failure(error), count: count)) }
+            return RequestHandle(submission: 0, box: box)
+        }
+        return RequestHandle(submission: submission, box: box)
+    }
+}
+
+/// The chunks of a completion-form map, gathered until the last. `@unchecked Sendable`: touched
+/// only on the reactor thread (chunk completions), or on the caller's thread once the pool is
+/// gone (then every chunk is refused there, in turn).
+private final class MapJoin: @unchecked Sendable {
+    private var results: [Result<WorkerResponse, SupervisorError>]
+    private var left: Int
+    private let completion: @Sendable ([Result<WorkerResponse, SupervisorError>]) -> Void
+
+    init(chunks: Int, count: Int, _ completion: @escaping @Sendable ([Result<WorkerResponse, SupervisorError>]) -> Void) {
+        results = Array(repeating: .failure(SupervisorError(.shutDown, "not answered")), count: count)
+        left = chunks
+        self.completion = completion
+    }
+
+    func set(_ chunk: Int, at start: Int, _ answers: [Result<WorkerResponse, SupervisorError>]) {
+        for (i, r) in answers.enumerated() { results[start + i] = r }
+        left -= 1
+        if left == 0 { completion(results) }
+    }
+}
+
+/// The answers of ``Supervisor/map(_:options:)``, in the inputs' order.
+///
+/// Generic over the inputs only where it reads them (inlined into the caller, so specialized for
+/// the sequence it is given); packing, sending and ordering are the supervisor's own code.
+public struct MapResults<Inputs: Sequence>: AsyncSequence where Inputs.Element == [UInt8] {
+    public typealias Element = Result<WorkerResponse, SupervisorError>
+    public typealias Failure = Never
+
+    @usableFromInline let supervisor: Supervisor
+    @usableFromInline let inputs: Inputs
+    @usableFromInline let options: MapOptions
+
+    init(supervisor: Supervisor, inputs: Inputs, options: MapOptions) {
+        self.supervisor = supervisor
+        self.inputs = inputs
+        self.options = options
+    }
+
+    @inlinable
+    public func makeAsyncIterator() -> Iterator {
+        Iterator(inputs: inputs.makeIterator(), core: MapCore(supervisor: supervisor, options: options))
+    }
+
+    /// Reads inputs as results are consumed, keeps at most `maxChunksInFlight` chunks out.
+    public struct Iterator: AsyncIteratorProtocol {
+        @usableFromInline var inputs: Inputs.Iterator
+        @usableFromInline let core: MapCore
+
+        @inlinable
+        init(inputs: Inputs.Iterator, core: MapCore) {
+            self.inputs = inputs
+            self.core = core
+        }
+
+        @inlinable
+        public mutating func next() async -> Element? {
+            if let ready = core.nextReady() { return ready }
+            while core.wantsInputs {
+                guard let input = inputs.next() else {
+                    core.endOfInputs()
+                    break
+                }
+                core.add(input)
+            }
+            return await core.awaitNext()
+        }
+    }
+}
+
+/// The non-generic part of a map's iterator: packs inputs into chunks, sends them, and hands
+/// out their results in order. Used by one task at a time (the iterator's); what it shares with
+/// the chunks' completions is in its ``MapState``.
+@usableFromInline
+final class MapCore {
+    let supervisor: Supervisor
+    let options: MapOptions
+    let state = MapState()
+    var invalid: SupervisorError?
+    var inputEnded = false
+    /// Chunks sent, and the next to hand out.
+    var sent = 0
+    var next = 0
+    var packer = ChunkPacker()
+    var ready: [Result<WorkerResponse, SupervisorError>] = []
+    var readyIndex = 0
+
+    @usableFromInline
+    init(supervisor: Supervisor, options: MapOptions) {
+        self.supervisor = supervisor
+        self.options = options
+        if options.chunkSize < 1 {
+            invalid = SupervisorError(.invalidArgument, "chunkSize must be at least 1, got \(options.chunkSize)")
+        } else if options.maxChunksInFlight < 1 {
+            invalid = SupervisorError(.invalidArgument, "maxChunksInFlight must be at least 1, got \(options.maxChunksInFlight)")
+        }
+    }
+
+    /// The next result already here, if any (or the error of invalid options, once).
+    @usableFromInline
+    func nextReady() -> Result<WorkerResponse, SupervisorError>? {
+        if let error = invalid {
+            invalid = nil
+            inputEnded = true
+            return .failure(error)
+        }
+        guard readyIndex < ready.count else { return nil }
+        readyIndex += 1
+        return ready[readyIndex - 1]
+    }
+
+    /// Whether another input may be read now: the inputs have not ended, the window has room,
+    /// and the consumer was not cancelled.
+    @usableFromInline
+    var wantsInputs: Bool {
+        guard !inputEnded && sent - next < options.maxChunksInFlight else { return false }
+        if Task.isCancelled || state.isCancelled {
+            inputEnded = true
+            packer = ChunkPacker()  // a partial chunk is not sent
+            return false
+        }
+        return true
+    }
+
+    @usableFromInline
+    func add(_ input: [UInt8]) {
+        packer.add(input)
+        if packer.count == options.chunkSize { sendChunk() }
+    }
+
+    @usableFromInline
+    func endOfInputs() {
+        inputEnded = true
+        if packer.count > 0 { sendChunk() }
+    }
+
+    private func sendChunk() {
+        let chunk = sent
+        let state = self.state
+        sent += 1
+        let packed = packer
+        packer = ChunkPacker()
+        let handle = supervisor.submitChunk(body: packed.body, count: packed.count, single: packed.single,
+                                            options: options) { state.deliver(chunk, $0) }
+        state.sent(chunk, handle)
+    }
+
+    /// Waits for the next chunk in order and hands out its first result; `nil` once every chunk
+    /// sent is handed out and no input is left.
+    @usableFromInline
+    func awaitNext() async -> Result<WorkerResponse, SupervisorError>? {
+        if let ready = nextReady() { return ready }
+        guard next < sent else { return nil }
+        let chunk = next
+        let state = self.state
+        ready = await withTaskCancellationHandler {
+            await withUnsafeContinuation { c in state.wait(for: chunk, c) }
+        } onCancel: {
+            state.cancelAll()
+        }
+        next += 1
+        readyIndex = 0
+        return nextReady()
+    }
+}
+
+/// Inputs packed as a batch body as they come (no array of inputs kept); a chunk of one input
+/// keeps it as is, to go as a plain request.
+struct ChunkPacker {
+    private(set) var body: [UInt8] = [0, 0, 0, 0]
+    private(set) var count = 0
+    private(set) var single: [UInt8]?
+
+    mutating func add(_ input: [UInt8]) {
+        if count == 0 {
+            single = input
+        } else if count == 1, let first = single {
+            single = nil
+            append(first)
+        }
+        if count >= 1 { append(input) }
+        count += 1
+        body.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(count).littleEndian, toByteOffset: 0, as: UInt32.self) }
+    }
+
+    private mutating func append(_ input: [UInt8]) {
+        body.appendLittleEndian(UInt32(input.count))
+        body.append(contentsOf: input)
+    }
+}
+
+extension MapResults: Sendable where Inputs: Sendable {}
+
+/// What a map's iterator shares with its chunks' completions. `@unchecked Sendable`: every field
+/// is guarded by `lock`.
+final class MapState: @unchecked Sendable {
+    private let lock = ThreadLock()
+    private var done: [Int: [Result<WorkerResponse, SupervisorError>]] = [:]
+    private var waiter: (chunk: Int, continuation: UnsafeContinuation<[Result<WorkerResponse, SupervisorError>], Never>)?
+    private var outstanding: [Int: RequestHandle] = [:]
+    private var cancelled = false
+
+    var isCancelled: Bool { lock.withLock { cancelled } }
+
+    /// Chunk `chunk` was sent: `handle` cancels it until it is answered.
+    func sent(_ chunk: Int, _ handle: RequestHandle) {
+        let cancelNow: Bool = lock.withLock {
+            guard done[chunk] == nil else { return false }  // already answered (refused at once)
+            outstanding[chunk] = handle
+            return cancelled
+        }
+        if cancelNow { handle.cancel() }
+    }
+
+    func deliver(_ chunk: Int, _ results: [Result<WorkerResponse, SupervisorError>]) {
+        let resume: UnsafeContinuation<[Result<WorkerResponse, SupervisorError>], Never>? = lock.withLock {
+            outstanding[chunk] = nil
+            if let w = waiter, w.chunk == chunk {
+                waiter = nil
+                return w.continuation
+            }
+            done[chunk] = results
+            return nil
+        }
+        resume?.resume(returning: results)
+    }
+
+    func wait(for chunk: Int, _ c: UnsafeContinuation<[Result<WorkerResponse, SupervisorError>], Never>) {
+        let ready: [Result<WorkerResponse, SupervisorError>]? = lock.withLock {
+            if let r = done.removeValue(forKey: chunk) { return r }
+            waiter = (chunk, c)
+            return nil
+        }
+        if let ready { c.resume(returning: ready) }
+    }
+
+    /// Cancels every chunk outstanding, and those sent later; each still gets its results.
+    func cancelAll() {
+        let handles: [RequestHandle] = lock.withLock {
+            cancelled = true
+            return Array(outstanding.values)
+        }
+        for h in handles { h.cancel() }
+    }
+}

@@ -1,0 +1,64 @@
+import Glibc
+import LoadProcessManager
+import Testing
+
+/// The reactor thread's id, read from a job the supervisor runs there (an event handler).
+private func reactorThread(_ s: Supervisor) async -> pthread_t {
+    await withUnsafeContinuation { c in
+        s.health { _ in c.resume(returning: pthread_self()) }
+    }
+}
+
+@Suite("Async callers on the supervisor's executor", .timeLimit(.minutes(2)))
+struct ReactorExecutorTests {
+    @Test("a task that prefers the supervisor's executor runs on the reactor thread, and its requests are answered there")
+    func roundTripsOnTheReactorThread() async throws {
+        let (s, _) = try await startOnline(testConfig("echo", count: 2))
+        let loopThread = await reactorThread(s)
+        let seen = try await withTaskExecutorPreference(s.executor) {
+            var threads = Set<UInt>()
+            for k in 0..<200 {
+                let r = try await s.enqueue(Array("req \(k)".utf8))
+                #expect(r.text == "req \(k)")
+                threads.insert(UInt(pthread_self()))
+            }
+            return threads
+        }
+        #expect(seen == [UInt(loopThread)], "every resumption on the reactor thread")
+        await s.softKill()
+    }
+
+    @Test("many concurrent tasks on the executor: each request answered once, errors typed")
+    func concurrentOnExecutor() async throws {
+        let (s, _) = try await startOnline(testConfig("echo", count: 2))
+        let answered = try await withThrowingTaskGroup(of: Int.self) { group in
+            for t in 0..<32 {
+                group.addTask(executorPreference: s.executor) {
+                    var right = 0
+                    for k in 0..<50 where try await s.enqueue(Array("\(t)/\(k)".utf8)).text == "\(t)/\(k)" {
+                        right += 1
+                    }
+                    return right
+                }
+            }
+            return try await group.reduce(0, +)
+        }
+        #expect(answered == 32 * 50)
+        await s.hardKill()
+        // After the pool stopped, a request from the executor's thread is refused, not lost.
+        let refused = await withTaskExecutorPreference(s.executor) { await outcome(s, "late") }
+        #expect(refused.error?.code == .shutDown, "\(refused)")
+    }
+
+    @Test("cancelling a task on the executor: its in-flight request is cancelled at once")
+    func cancelOnExecutor() async throws {
+        let (s, _) = try await startOnline(testConfig("never", count: 1))
+        let task = Task(executorPreference: s.executor) { await outcome(s, "in flight") }
+        let deadline = ContinuousClock.now + .seconds(60)
+        while await s.status().pending != 1 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        task.cancel()
+        #expect((await task.value).error?.code == .cancelled)
+        #expect(await s.status().pending == 0)
+        await s.hardKill()
+    }
+}
