@@ -44,6 +44,8 @@ extern int accept4(int sockfd, struct sockaddr *_Nullable addr, socklen_t *_Null
 // glibc 2.35+, kernel 5.11+: epoll_wait with a nanosecond timeout (declared under __USE_GNU).
 extern int epoll_pwait2(int epfd, struct epoll_event *_Nonnull events, int maxevents,
                         const struct timespec *_Nullable timeout, const sigset_t *_Nullable sigmask);
+// glibc 2.9+, GNU extension: dup2 that refuses equal numbers and takes flags (declared under __USE_GNU).
+extern int dup3(int oldfd, int newfd, int flags);
 // glibc 2.34+, kernel 5.9+: close a range of descriptors (declared under __USE_GNU).
 extern int close_range(unsigned int first, unsigned int last, int flags);
 
@@ -98,6 +100,13 @@ static inline int cloop_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, c
 static inline int cloop_prctl1(int option, unsigned long arg) { return prctl(option, arg, 0UL, 0UL, 0UL); }
 // Variadic open(2) without a mode.
 static inline int cloop_open(const char *_Nonnull path, int flags) { return open(path, flags); }
+
+// Variadic syscall(2): clone(2) as a fork(2) whose child gets the caller's parent as its own
+// (CLONE_PARENT), so that the caller's parent can watch and reap it. glibc's clone wrapper needs
+// a stack; the raw call with no stack copies the caller's, as fork does. Unlike fork(3) it runs
+// no atfork handler and leaves glibc's cached thread id in the child's thread descriptor stale:
+// call it only from a single-threaded process.
+static inline pid_t cloop_clone_parent(void) { return (pid_t)syscall(SYS_clone, (unsigned long)(CLONE_PARENT | SIGCHLD), 0UL, 0UL, 0UL, 0UL); }
 
 // ---- errno (a macro over a thread-local function call) ----
 

@@ -68,6 +68,8 @@ public final class Worker {
     ///   worker's lone round trips); `LPM_REACTOR_BACKEND` overrides it.
     /// - Throws: ``WorkerError`` when the process was not started by a supervisor.
     public init(backend: Reactor.BackendChoice = .preferring(.epoll)) throws {
+        // A template serves fork orders here, for good; only its forked workers go on.
+        if Template.isTemplate { Template.serve() }
         guard let raw = getenv(Wire.channelEnvironmentKey), let fd = CInt(String(cString: raw)), Sys.isValid(fd) else {
             throw WorkerError("this process was not started by a Supervisor (\(Wire.channelEnvironmentKey) is not set to an open descriptor)")
         }

@@ -31,6 +31,11 @@
 //                            step's length in ms (4000); the worker is LPM_STEP_WORKER (the
 //                            package's lpm-test-worker); LPM_STEP_GROW_STEP, LPM_STEP_COOLDOWN_MS,
 //                            LPM_STEP_QUEUE_WAIT_MS change the adaptive pool's settings
+//   crash-template N         crash, with workers forked from a template (20)
+//   many-workers-template N  many-workers, forked from a template (256)
+//   template-pss N           mean PSS of N workers whose preload maps and writes 64 MiB, exec'd
+//                            vs forked from a template (16); the worker is LPM_PSS_WORKER, by
+//                            default the test worker of the main package's debug build
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -331,6 +336,46 @@ do {
         if let v = f.timeToMaxMs { emit("\(name)_time_to_max", v, "ms") }
         if let v = f.returnToMinMs { emit("\(name)_return_to_min", v, "ms") }
         if kind == .adaptive { emit("\(name)_idle_timeout", plan.idleTimeout * 1000, "ms") }
+    case "crash-template":
+        let tag = try supervisorTag()
+        let n = countArg ?? 20
+        let pool = try Pool(Pool.templateConfiguration(workerPath: try benchWorkerPath(), count: 1))
+        try pool.startAndWait()
+        _ = try pool.crashAndReplace()  // warm-up
+        var restarted: [UInt64] = [], online: [UInt64] = [], answered: [UInt64] = []
+        for _ in 0..<n {
+            let t = try pool.crashAndReplace()
+            restarted.append(t.restartedNs)
+            online.append(t.onlineNs)
+            answered.append(t.answeredNs)
+        }
+        pool.stop()
+        func mean(_ v: [UInt64]) -> Double { Double(v.reduce(0, +)) / Double(v.count) / 1000 }
+        func median(_ v: [UInt64]) -> Double { let s = v.sorted(); return Double(s[s.count / 2]) / 1000 }
+        emit("lpm_template_crash_to_restarted_\(tag)", mean(restarted), "us")
+        emit("lpm_template_crash_to_online_\(tag)", mean(online), "us")
+        emit("lpm_template_crash_to_online_median_\(tag)", median(online), "us")
+        emit("lpm_template_crash_to_first_answer_\(tag)", mean(answered), "us")
+        emit("lpm_template_crash_to_first_answer_median_\(tag)", median(answered), "us")
+
+    case "many-workers-template":
+        let tag = try supervisorTag()
+        let n = countArg ?? 256
+        let f = try manyWorkers(workerPath: try benchWorkerPath(), count: n, template: true)
+        emit("lpm_template_\(n)_workers_online_\(tag)", f.onlineMs, "ms")
+        emit("lpm_template_\(n)_workers_one_request_each_\(tag)", f.requestsMs, "ms")
+        emit("lpm_template_\(n)_workers_distinct_answering", Double(f.distinctWorkers), "workers")
+        emit("lpm_template_\(n)_workers_softkill_\(tag)", f.stopMs, "ms")
+
+    case "template-pss":
+        let n = countArg ?? 16
+        let path = getenv("LPM_PSS_WORKER").map { String(cString: $0) } ?? "../.build/debug/lpm-test-worker"
+        let env = ["LPM_TEST_PRELOAD_MB": "64", "LPM_TEST_MODE": "echo"]
+        let exec = try meanWorkerPSS(workerPath: path, count: n, template: false, environment: env)
+        let forked = try meanWorkerPSS(workerPath: path, count: n, template: true, environment: env)
+        emit("lpm_pss_per_worker_exec_64mib_preload", exec / 1_048_576, "MiB")
+        emit("lpm_pss_per_worker_forked_64mib_preload", forked / 1_048_576, "MiB")
+        emit("lpm_pss_forked_over_exec", forked / exec * 100, "%")
 
     default:
         usage()

@@ -124,6 +124,13 @@ public enum SupervisorEvent: Sendable {
     /// A shutdown signal (``SupervisorConfiguration/shutdownSignals``) arrived; delivered before
     /// its handler or the default drain.
     case signalReceived(CInt)
+    /// The worker template (``SupervisorConfiguration/template``) ran its preload and forks
+    /// workers from now on.
+    case templateReady(pid: pid_t)
+    /// The worker template cannot fork workers (it died, timed out, refused because its
+    /// preload started threads, or the executable is not a template): workers are started with
+    /// exec until a template is ready again. `pid` is 0 when no template process ran.
+    case templateUnavailable(pid: pid_t, reason: String)
 }
 
 /// A custom event emitted by a worker.

@@ -130,6 +130,7 @@ extension Pool {
             if let t = healthTimer { reactor.cancel(t); healthTimer = nil }
             if let t = pingTimer { reactor.cancel(t); pingTimer = nil }
             for i in slots.indices { cancelComeback(slot: i) }
+            stopTemplate()
             if let t = softKillTimer { reactor.cancel(t); softKillTimer = nil }
             for w in signalWatches {
                 // Unwatching a watch this pool made: it fails only if the reactor is closed.

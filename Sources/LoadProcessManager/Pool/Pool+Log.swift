@@ -40,6 +40,10 @@ extension Pool {
             logScaling(from: from, to: to, reason)
         case .noWorkersLeft:
             logger.error("no worker is left: requests fail with noWorkers")
+        case .templateReady(let pid):
+            logger.info("worker template ready: workers are forked from it", metadata: ["pid": "\(pid)"])
+        case .templateUnavailable(let pid, let reason):
+            logger.warning("worker template unavailable: workers are started with exec", metadata: ["pid": "\(pid)", "reason": "\(reason)"])
         case .signalReceived(let signal):
             logger.notice("shutdown signal received", metadata: ["signal": "\(Reactor.signalName(signal) ?? "\(signal)")"])
         }

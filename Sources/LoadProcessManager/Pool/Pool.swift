@@ -79,6 +79,8 @@ final class Pool {
     var reload: (remaining: [Int], waiting: Int?, completions: [@Sendable (SupervisorError?) -> Void])?
     /// Response streams the pool still reads for their callers (a soft kill waits for them).
     var openStreams: [ObjectIdentifier: ResponseStreamCore] = [:]
+    /// The worker template, when ``SupervisorConfiguration/template`` is set (`Pool+Template.swift`).
+    let template = TemplateSupervision()
     /// Called once the pool has stopped (the supervisor's own reactor thread then ends).
     var onStopped: (() -> Void)?
 
@@ -204,6 +206,8 @@ final class Pool {
         healthTimer = timer
         pingTimer = ping
         phase = .running
+        // With a template, the first workers are forked from it once it has preloaded.
+        if startTemplateDeferringWorkers() { return }
         var firstError: SupervisorError?
         for i in slots.indices where slots[i].membership == .active {
             if let error = spawnOrMarkDown(slot: i) { firstError = firstError ?? error }
@@ -230,7 +234,7 @@ final class Pool {
     func spawn(slot i: Int) throws(SupervisorError) {
         let cpu = config.cpuAffinity.isEmpty ? nil : config.cpuAffinity[i % config.cpuAffinity.count]
         let spawned: (pid: pid_t, channel: CInt)
-        do { spawned = try spawner.spawn(cpu: cpu, slot: i) } catch {
+        do { spawned = try spawnProcess(cpu: cpu, slot: i) } catch {
             throw SupervisorError(.spawnFailed, "could not start the worker \(config.executable.path): \(error)",
                                   underlying: .init(error))
         }
@@ -272,7 +276,8 @@ final class Pool {
     // MARK: The pool's shape
 
     /// Whether some slot of the pool has a process.
-    var hasLiveWorker: Bool { slots.contains { $0.membership == .active && $0.process != nil } }
+    /// Counts the first workers while they wait for the template to preload.
+    var hasLiveWorker: Bool { slots.contains { $0.membership == .active && $0.process != nil } || template.deferringStart }
 
     /// Slots that are part of the pool.
     var activeCount: Int { slots.reduce(0) { $0 + ($1.membership == .active ? 1 : 0) } }

@@ -1,6 +1,7 @@
 import Glibc
 import LPMReactor
 import LPMWire
+import Synchronization
 
 /// Starts worker processes (`Sys.spawnWorker`: `clone(CLONE_VM | CLONE_VFORK)` then `execve`):
 /// the channel end as descriptor 3 (named in `LPM_CHANNEL_FD`), every other descriptor closed,
@@ -16,11 +17,17 @@ struct Spawner {
     /// The per-worker variable set at each spawn; every other entry is built once.
     static let slotEnvironmentKey = "LPM_WORKER_SLOT"
 
+    /// Distinguishes spawners: a reload with a new executable makes a new one, and a template
+    /// started by an older one is replaced.
+    let generation: Int
+    private static let generations = Atomic<Int>(0)
+
     private let path: String
     private var argv: [UnsafeMutablePointer<CChar>?]
     private var envp: [UnsafeMutablePointer<CChar>?]
 
     init(_ configuration: SupervisorConfiguration) {
+        generation = Spawner.generations.add(1, ordering: .relaxed).newValue
         let executable = configuration.executable
         path = executable.path
         argv = ([executable.path] + executable.arguments).map { strdup($0) } + [nil]
@@ -45,6 +52,7 @@ struct Spawner {
         env["LPM_PARENT_PID"] = String(getpid())
         // Set per spawn, never inherited (a supervisor that is itself a worker has one).
         env[Spawner.slotEnvironmentKey] = nil
+        env[TemplateMessage.environmentKey] = nil
         if let poll = configuration.busyPoll {
             let (seconds, attoseconds) = poll.components
             env["LPM_BUSY_POLL_US"] = String(seconds * 1_000_000 + attoseconds / 1_000_000_000_000)
@@ -62,13 +70,24 @@ struct Spawner {
     ///   - cpu: the CPU to pin the worker to, best effort; `nil`: no pinning.
     ///   - slot: the worker's slot, set as `LPM_WORKER_SLOT`; `nil`: the variable is not set.
     func spawn(cpu: Int?, slot: Int? = nil) throws(SyscallError) -> (pid: pid_t, channel: CInt) {
+        try spawn(cpu: cpu, entry: slot.map { "\(Spawner.slotEnvironmentKey)=\($0)" })
+    }
+
+    /// Spawns the executable as a worker template (`LPM_TEMPLATE=1`, no slot); returns its pid
+    /// and the supervisor's end of its channel (non-blocking).
+    func spawnTemplate() throws(SyscallError) -> (pid: pid_t, channel: CInt) {
+        try spawn(cpu: nil, entry: "\(TemplateMessage.environmentKey)=1")
+    }
+
+    /// Spawns with one more environment entry (`NAME=value`), if given.
+    private func spawn(cpu: Int?, entry: String?) throws(SyscallError) -> (pid: pid_t, channel: CInt) {
         // Non-blocking at birth (both ends; the worker's runtime wants its end non-blocking too).
         let pair = try Sys.socketpair(flags: CInt(SOCK_NONBLOCK.rawValue))
         let parentEnd = pair.first, childEnd = pair.second
         var args = argv
         var env = envp
         // The one per-spawn entry: one small string, inserted before the terminating nil.
-        let slotEntry: UnsafeMutablePointer<CChar>? = slot.flatMap { strdup("\(Spawner.slotEnvironmentKey)=\($0)") }
+        let slotEntry: UnsafeMutablePointer<CChar>? = entry.flatMap { strdup($0) }
         defer { Glibc.free(slotEntry) }
         if let slotEntry { env.insert(slotEntry, at: env.count - 1) }
         let pid: pid_t

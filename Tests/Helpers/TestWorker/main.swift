@@ -50,6 +50,12 @@
 //   async-busy      says busy, sleeps LPM_TEST_DELAY_MS, answers, says ready
 //   async-stream    payload "N:seed": after a sleep, answers with a stream of N pattern bytes,
 //                   written in 64 KiB chunks with a sleep between them
+// Preload (Worker.preload, once in a template or in each worker started with exec):
+//   LPM_TEST_PRELOAD_MB=N     maps N MiB of anonymous memory and writes every page
+//   LPM_TEST_PRELOAD_THREAD=1 starts a thread that sleeps for good (a template then refuses to fork)
+//   template-info   answers "preloadPID pid ppid pgid forked|exec fds sigblk sigcgt": the pid the
+//                   preload ran in, its own, its parent's, its process group, how it started,
+//                   its open descriptor count and its blocked and caught signal masks (hex)
 import LPMReactor
 import LoadProcessManagerWorker
 import LPMWire
@@ -95,6 +101,51 @@ func badBatchWorker() -> Never {
             writeAll(answer)
         }
     }
+}
+
+/// A thread's body that sleeps for good (off the main actor: it runs on its own thread).
+nonisolated func sleepForever(_: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
+    while true { sleep(1000) }
+}
+
+/// The pid the preload ran in (a forked worker's template, or its own).
+nonisolated(unsafe) var preloadPID: pid_t = 0
+Worker.preload {
+    preloadPID = getpid()
+    if let mb = getenv("LPM_TEST_PRELOAD_MB").flatMap({ Int(String(cString: $0)) }), mb > 0 {
+        let bytes = mb << 20
+        let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if p != MAP_FAILED, let p { memset(p, 0x5a, bytes) }
+    }
+    if getenv("LPM_TEST_PRELOAD_THREAD") != nil {
+        var thread = pthread_t()
+        _ = pthread_create(&thread, nil, sleepForever, nil)
+    }
+}
+
+/// A line of /proc/self/status ("SigBlk", "SigCgt"...), its value only.
+func statusField(_ name: String) -> String {
+    guard let f = fopen("/proc/self/status", "r") else { return "?" }
+    defer { fclose(f) }
+    var line = [CChar](repeating: 0, count: 256)
+    while fgets(&line, 256, f) != nil {
+        let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if text.hasPrefix(name + ":") {
+            return String(text.dropFirst(name.count + 1).filter { !$0.isWhitespace })
+        }
+    }
+    return "?"
+}
+
+func openDescriptorCount() -> Int {
+    guard let dir = opendir("/proc/self/fd") else { return -1 }
+    defer { closedir(dir) }
+    var n = 0
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if name != "." && name != ".." { n += 1 }
+    }
+    return n - 1  // the directory's own descriptor
 }
 
 let worker = Worker.connect()
@@ -229,6 +280,9 @@ worker.onRequest { request in
     case "fail-x":
         // Fails the requests whose payload starts with "x", echoes the others.
         if request.data.first == UInt8(ascii: "x") { request.fail("no x: \(String(decoding: request.data, as: UTF8.self))") } else { request.respond(request.data) }
+    case "template-info":
+        let how = Worker.isForkedFromTemplate ? "forked" : "exec"
+        request.respond("\(preloadPID) \(getpid()) \(getppid()) \(getpgrp()) \(how) \(openDescriptorCount()) \(statusField("SigBlk")) \(statusField("SigCgt"))")
     case "slot":
         request.respond(worker.slot.map { String($0) } ?? "none")
     case "getenv":

@@ -1,0 +1,79 @@
+// Workers forked from a template (SupervisorConfiguration.template) against workers started
+// with exec, in the same run: crash recovery, many workers at once, and memory shared.
+#if canImport(Glibc)
+import Glibc
+#endif
+import LoadProcessManager
+import Synchronization
+
+extension Pool {
+    /// The configuration of ``configuration(workerPath:count:maxInFlight:)`` with a template.
+    public static func templateConfiguration(workerPath: String, count: Int, maxInFlight: Int = 64) -> SupervisorConfiguration {
+        var config = configuration(workerPath: workerPath, count: count, maxInFlight: maxInFlight)
+        config.template = WorkerTemplate()
+        return config
+    }
+}
+
+/// Starts `count` workers forked from a template (or with exec), one request each, soft kill.
+public func manyWorkers(workerPath: String, count: Int, template: Bool) throws -> ManyWorkersFigures {
+    guard template else { return try manyWorkers(workerPath: workerPath, count: count) }
+    let pool = try Pool(Pool.templateConfiguration(workerPath: workerPath, count: count))
+    let t0 = monotonicNanoseconds()
+    try pool.startAndWait(seconds: 120)
+    let t1 = monotonicNanoseconds()
+    let pids = Mutex<Set<pid_t>>([])
+    let done = Semaphore()
+    let counter = Counter(count)
+    for _ in 0..<count {
+        pool.supervisor.enqueue(pool.payload) { result in
+            if case .success(let r) = result { pids.withLock { _ = $0.insert(r.workerPID) } }
+            if counter.decrement() { done.signal() }
+        }
+    }
+    guard done.wait(seconds: 120) else { throw BenchError("requests to \(count) workers not answered") }
+    let t2 = monotonicNanoseconds()
+    pool.stop()
+    let t3 = monotonicNanoseconds()
+    return ManyWorkersFigures(onlineMs: Double(t1 - t0) / 1e6, requestsMs: Double(t2 - t1) / 1e6,
+                              distinctWorkers: pids.withLock { $0.count }, stopMs: Double(t3 - t2) / 1e6)
+}
+
+/// The proportional set size of `pid` in bytes (`Pss:` of `/proc/PID/smaps_rollup`, kernel 4.14+).
+public func proportionalSetSize(_ pid: pid_t) -> Int? {
+    guard let f = fopen("/proc/\(pid)/smaps_rollup", "r") else { return nil }
+    defer { fclose(f) }
+    var line = [CChar](repeating: 0, count: 256)
+    while fgets(&line, 256, f) != nil {
+        let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if text.hasPrefix("Pss:") {
+            return Int(text.dropFirst(4).filter { $0.isNumber }).map { $0 * 1024 }
+        }
+    }
+    return nil
+}
+
+/// Starts `count` workers of `workerPath` (whose preload maps `LPM_TEST_PRELOAD_MB`), forked
+/// from a template or started with exec; returns the mean PSS per worker in bytes.
+public func meanWorkerPSS(workerPath: String, count: Int, template: Bool, environment: [String: String]) throws -> Double {
+    var config = template ? Pool.templateConfiguration(workerPath: workerPath, count: count)
+                          : Pool.configuration(workerPath: workerPath, count: count)
+    for (k, v) in environment { config.executable.environment[k] = v }
+    let pool = try Pool(config)
+    try pool.startAndWait(seconds: 120)
+    let done = Semaphore()
+    let counter = Counter(count * 8)
+    let pids = Mutex<Set<pid_t>>([])
+    // Enough requests that every worker answers some: their own pages are then touched.
+    for _ in 0..<count * 8 {
+        pool.supervisor.enqueue(pool.payload) { result in
+            if case .success(let r) = result { pids.withLock { _ = $0.insert(r.workerPID) } }
+            if counter.decrement() { done.signal() }
+        }
+    }
+    _ = done.wait(seconds: 60)
+    let sizes = pids.withLock { $0 }.compactMap(proportionalSetSize)
+    pool.stop()
+    guard !sizes.isEmpty else { throw BenchError("no PSS could be read") }
+    return Double(sizes.reduce(0, +)) / Double(sizes.count)
+}

@@ -1,0 +1,174 @@
+import CLoop
+
+extension Sys {
+    /// `clone(CLONE_PARENT | SIGCHLD)` through the raw system call (`cloop_clone_parent`): a
+    /// fork whose child is the caller's *sibling*: its parent is the caller's parent, which can
+    /// open a pidfd on it, reap it with `waitid` and read its exit status as for a child it
+    /// spawned itself. The parent-death signal is reset in the child (kernel rule for every fork)
+    /// and follows the new parent once set again.
+    ///
+    /// - Important: call it only from a single-threaded process: the child has one thread, and
+    ///   no atfork handler runs, so a lock another thread held would stay held for good; glibc's
+    ///   thread descriptor in the child keeps the caller's thread id.
+    /// - Returns: the child's pid in the caller; 0 in the child.
+    /// - Throws: ``SyscallError`` (`EINVAL` when the caller is the init process of its pid
+    ///   namespace, which has no parent to share; `EAGAIN`, `ENOMEM` under limits).
+    @inline(never)
+    package static func forkSibling() throws(SyscallError) -> pid_t {
+        try syscallValue("clone(CLONE_PARENT)") { cloop_clone_parent() }
+    }
+
+    /// The number of threads of this process: field 20 (`num_threads`) of `/proc/self/stat`,
+    /// read into a stack buffer with `open`, `read` and `close`. `nil` when it cannot be read.
+    package static func threadCount() -> Int? {
+        let fd = cloop_open("/proc/self/stat", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { _ = CLoop.close(fd) }
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 1024) { buffer -> Int? in
+            var n = 0
+            while n < buffer.count {
+                let r = CLoop.read(fd, buffer.baseAddress! + n, buffer.count - n)
+                if r == -1 && cloop_errno() == EINTR { continue }
+                if r <= 0 { break }
+                n += r
+            }
+            // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+            guard let close = buffer[..<n].lastIndex(of: UInt8(ascii: ")")) else { return nil }
+            var field = 2, value = 0, i = close + 1
+            while i < n {
+                let c = buffer[i]
+                if c == UInt8(ascii: " ") {
+                    if field == 20 { return value }
+                    field += 1
+                    value = 0
+                } else if field == 20, c >= UInt8(ascii: "0"), c <= UInt8(ascii: "9") {
+                    value = value * 10 + Int(c - UInt8(ascii: "0"))
+                }
+                i += 1
+            }
+            return nil
+        }
+    }
+
+    /// The disposition of every signal (`sigaction(2)` with no new action), by number; entry 0
+    /// unused. For ``restoreSignalDispositions(_:)``.
+    package static func signalDispositions() -> [sigaction] {
+        var all = Array<sigaction>(repeating: sigaction(), count: Int(NSIG))
+        for signal in 1..<CInt(NSIG) {
+            // Fails (EINVAL) only for the signals glibc reserves: they keep their empty entry.
+            _ = sigaction(signal, nil, &all[Int(signal)])
+        }
+        return all
+    }
+
+    /// Sets every signal's disposition back to `saved` (from ``signalDispositions()``) and
+    /// empties the signal mask (`sigprocmask(SIG_SETMASK)`), as a freshly started process had
+    /// them. SIGKILL and SIGSTOP, and the signals glibc reserves, are skipped (their calls fail).
+    package static func restoreSignalDispositions(_ saved: [sigaction]) {
+        for signal in 1..<CInt(NSIG) where signal != SIGKILL && signal != SIGSTOP {
+            var action = saved[Int(signal)]
+            _ = sigaction(signal, &action, nil)
+        }
+        var none = sigset_t()
+        sigemptyset(&none)
+        sigprocmask(SIG_SETMASK, &none, nil)
+    }
+
+    /// `setpgid(0, 0)`: this process leads a process group of its own.
+    package static func leadOwnProcessGroup() throws(SyscallError) {
+        _ = try syscallValue("setpgid") { setpgid(0, 0) }
+    }
+
+    /// `dup3(fd, target, 0)`: `fd` copied onto `target`, without CLOEXEC on the copy.
+    package static func duplicate(_ fd: CInt, onto target: CInt) throws(SyscallError) {
+        _ = try syscallValue("dup3") { dup3(fd, target, 0) }
+    }
+
+    /// `close_range(first, ~0, 0)` (kernel 5.9+, glibc 2.34+): closes every descriptor from
+    /// `first` up.
+    package static func closeDescriptors(from first: CInt) throws(SyscallError) {
+        _ = try syscallValue("close_range") { close_range(UInt32(first), ~0, 0) }
+    }
+
+    /// `fcntl(fd, F_SETFL, flags & ~O_NONBLOCK)`.
+    package static func setBlocking(_ fd: CInt) throws(SyscallError) {
+        let flags = try syscallValue("fcntl") { cloop_fcntl_int(fd, F_GETFL, 0) }
+        _ = try syscallValue("fcntl") { cloop_fcntl_int(fd, F_SETFL, flags & ~O_NONBLOCK) }
+    }
+
+    /// `poll(2)` of one descriptor for `POLLIN`, retrying `EINTR` with the time left.
+    /// - Returns: whether it became readable (or hung up) before `milliseconds` passed.
+    package static func waitReadable(_ fd: CInt, milliseconds: Int) -> Bool {
+        let deadline = monotonicNanoseconds() + Int64(milliseconds) * 1_000_000
+        while true {
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let left = max(0, (deadline - monotonicNanoseconds() + 999_999) / 1_000_000)
+            let r = poll(&p, 1, CInt(left))
+            if r > 0 { return true }
+            if r == 0 || cloop_errno() != EINTR { return false }
+        }
+    }
+}
+
+/// The messages between the supervisor and a worker template (see `Pool+Template.swift` and
+/// the worker runtime's `Template.swift`): 16 bytes each, four 32-bit little-endian fields
+/// `magic, kind, a, b`, on the template's channel (descriptor 3 of the template, a stream
+/// socketpair). A fork order carries the new worker's end of its channel with SCM_RIGHTS.
+package struct TemplateMessage: Equatable, Sendable {
+    /// "LPMT".
+    package static let magic: UInt32 = 0x544D_504C
+    package static let size = 16
+    /// Set (to "1") in a template's environment.
+    package static let environmentKey = "LPM_TEMPLATE"
+
+    package enum Kind: UInt32, Sendable {
+        /// Template to supervisor, once its preload ran: `a` its pid, `b` its thread count.
+        case hello = 1
+        /// Supervisor to template: fork a worker for slot `a`; its channel end is attached.
+        case fork = 2
+        /// Template to supervisor: forked, `a` the worker's pid.
+        case forked = 3
+        /// Template to supervisor: refused, `a` threads run in the template (it forks only
+        /// when it has one).
+        case refusedThreads = 4
+        /// Template to supervisor: the fork failed, `a` the error number.
+        case failed = 5
+    }
+
+    package var kind: Kind
+    package var a: Int32
+    package var b: Int32
+
+    package init(_ kind: Kind, _ a: Int32, _ b: Int32 = 0) {
+        self.kind = kind
+        self.a = a
+        self.b = b
+    }
+
+    package func encoded() -> (UInt32, UInt32, Int32, Int32) {
+        (Self.magic.littleEndian, kind.rawValue.littleEndian, a.littleEndian, b.littleEndian)
+    }
+
+    /// Decodes 16 bytes; `nil` for a wrong size, magic or kind.
+    package static func decode(_ bytes: UnsafeRawBufferPointer) -> TemplateMessage? {
+        guard bytes.count == size,
+              UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: 0, as: UInt32.self)) == magic,
+              let kind = Kind(rawValue: UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
+        else { return nil }
+        return TemplateMessage(kind, Int32(littleEndian: bytes.loadUnaligned(fromByteOffset: 8, as: Int32.self)),
+                               Int32(littleEndian: bytes.loadUnaligned(fromByteOffset: 12, as: Int32.self)))
+    }
+
+    /// Sends this message on `fd` (blocking or not; 16 bytes go in one call on a stream
+    /// socket with room), with `descriptor` attached if given.
+    /// - Returns: whether all 16 bytes were sent.
+    package func send(on fd: CInt, passing descriptor: CInt? = nil) -> Bool {
+        var tuple = encoded()
+        return withUnsafeBytes(of: &tuple) { bytes in
+            let result: IOResult<Int>?
+            if let descriptor { result = try? Sys.sendmsg(fd, bytes, passing: descriptor) } else { result = try? Sys.send(fd, bytes) }
+            if case .processed(let n) = result { return n == Self.size }
+            return false
+        }
+    }
+}

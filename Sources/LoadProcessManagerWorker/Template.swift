@@ -1,0 +1,128 @@
+import Glibc
+import LPMReactor
+
+/// The template mode of the worker runtime: a worker executable started by the supervisor with
+/// `LPM_TEMPLATE=1` (``SupervisorConfiguration/template``) runs its preload once, then forks
+/// workers on order, each a copy of the warm process that shares its pages copy-on-write.
+///
+/// The template's descriptor 3 is its channel to the supervisor (16-byte ``TemplateMessage``s).
+/// It announces itself with a hello, then, for each fork order: checks that it is still
+/// single-threaded (refuses the order otherwise: a fork copies only the calling thread, so a
+/// lock held by another thread would stay held in the child), forks with
+/// `clone(CLONE_PARENT)` (the child is the supervisor's own child), replies with the child's
+/// pid, and closes its copy of the child's channel. It never handles requests, and exits at the
+/// end of file of its channel (the supervisor is gone) or with the supervisor
+/// (`PR_SET_PDEATHSIG`, set at its spawn).
+///
+/// The child returns from ``serve()`` into ``Worker/init(backend:)`` as if freshly started:
+/// its channel on descriptor 3, every other descriptor from 4 up closed, signal dispositions
+/// and mask as the process had them before its preload, `PR_SET_PDEATHSIG`, a process group
+/// of its own, `LPM_WORKER_SLOT` set and `LPM_TEMPLATE` unset.
+enum Template {
+    // Written once, on the main thread, before any fork (the template is single-threaded
+    // whenever it forks, and a worker started by exec never reads them concurrently).
+    nonisolated(unsafe) static var savedDispositions: [sigaction]?
+    nonisolated(unsafe) static var forked = false
+
+    /// Whether this process was started as a template.
+    static var isTemplate: Bool { getenv(TemplateMessage.environmentKey) != nil }
+
+    /// Saves the signal dispositions the process has now, once, for the forked workers.
+    static func saveDispositionsOnce() {
+        if savedDispositions == nil { savedDispositions = Sys.signalDispositions() }
+    }
+
+    /// Serves fork orders on descriptor 3. Returns only in a forked worker.
+    static func serve() {
+        saveDispositionsOnce()
+        let fd: CInt = 3
+        // The supervisor made both ends non-blocking; the template sleeps in recvmsg.
+        do { try Sys.setBlocking(fd) } catch { die("template: \(error)", 71) }
+        let threads = Int32(Sys.threadCount() ?? 0)
+        guard TemplateMessage(.hello, getpid(), threads).send(on: fd) else { _exit(0) }
+        let control = ControlBuffer()
+        var received: [CInt] = []
+        while true {
+            received.removeAll(keepingCapacity: true)
+            let result = withUnsafeTemporaryAllocation(byteCount: TemplateMessage.size, alignment: 4) { buffer in
+                (try? control.receive(fd, into: buffer, descriptors: &received)).map { result -> TemplateMessage?? in
+                    guard case .processed(let r) = result, r.count > 0 else { return .some(nil) }
+                    guard r.count == TemplateMessage.size else { return nil }
+                    return TemplateMessage.decode(UnsafeRawBufferPointer(buffer))
+                } ?? nil
+            }
+            // End of file or a failed receive: the supervisor is gone.
+            guard let message = result else { _exit(0) }
+            guard let order = message, order.kind == .fork, received.count == 1 else {
+                die("template: malformed fork order", 76)
+            }
+            let channel = received[0]
+            if let count = Sys.threadCount(), count > 1 {
+                FileDescriptor.closeRaw(channel)
+                guard TemplateMessage(.refusedThreads, Int32(count)).send(on: fd) else { _exit(0) }
+                continue
+            }
+            let pid: pid_t
+            do { pid = try Sys.forkSibling() } catch {
+                FileDescriptor.closeRaw(channel)
+                guard TemplateMessage(.failed, error.errno.rawValue).send(on: fd) else { _exit(0) }
+                continue
+            }
+            if pid == 0 { return becomeWorker(channel: channel, slot: Int(order.a)) }
+            FileDescriptor.closeRaw(channel)
+            guard TemplateMessage(.forked, pid).send(on: fd) else { _exit(0) }
+        }
+    }
+
+    /// In the child: the state a spawned worker starts with.
+    private static func becomeWorker(channel: CInt, slot: Int) {
+        forked = true
+        if let saved = savedDispositions { Sys.restoreSignalDispositions(saved) }
+        do {
+            // The supervisor is the parent (CLONE_PARENT); die with it, and check it did not
+            // die before the call took effect (then this process was reparented).
+            try Sys.setParentDeathSignal(SIGKILL)
+            if let parent = getenv("LPM_PARENT_PID").flatMap({ pid_t(String(cString: $0)) }), getppid() != parent { _exit(0) }
+            try Sys.leadOwnProcessGroup()
+            // The worker's channel replaces the template's on 3; nothing else of the template's
+            // stays open (the preload's mappings do, its descriptors do not).
+            try Sys.duplicate(channel, onto: 3)
+            try Sys.closeDescriptors(from: 4)
+        } catch {
+            die("forked worker: \(error)", 71)
+        }
+        setenv("LPM_WORKER_SLOT", String(slot), 1)
+        unsetenv(TemplateMessage.environmentKey)
+    }
+
+    private static func die(_ text: String, _ code: CInt) -> Never {
+        Sys.writeToStandardError("\(CommandLine.arguments.first ?? "worker") (\(getpid())): \(text)\n")
+        _exit(code)
+    }
+}
+
+extension Worker {
+    /// Runs `body` now, on the calling thread, before ``connect(backend:)``: the place to load
+    /// what every worker needs and is slow to build (a model, a parsed configuration, warm
+    /// caches).
+    ///
+    /// With a worker template (``SupervisorConfiguration/template`` in the supervisor), the
+    /// preload runs once, in the template, and every worker is forked from it afterwards:
+    /// the loaded pages are shared copy-on-write and a new worker is ready in well under a
+    /// millisecond. Without one, it runs in each worker, as any code before `connect()` would.
+    ///
+    /// - Warning: The template forks only while it has a single thread. A preload must not
+    ///   start threads (no `Task` on the cooperative pool, no Dispatch queue other than main,
+    ///   no thread of a library), must not hold a lock when it returns, and must not rely on
+    ///   descriptors: a forked worker keeps the preload's memory (mappings included) but not
+    ///   its descriptors (every descriptor from 4 up is closed). A template with more than
+    ///   one thread refuses to fork and the supervisor starts workers with exec instead.
+    public static func preload(_ body: () throws -> Void) rethrows {
+        Template.saveDispositionsOnce()
+        try body()
+    }
+
+    /// Whether this worker was forked from a template (``preload(_:)``) rather than started
+    /// with exec.
+    public static var isForkedFromTemplate: Bool { Template.forked }
+}

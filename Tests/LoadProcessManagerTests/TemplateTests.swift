@@ -1,0 +1,210 @@
+import Glibc
+import LoadProcessManager
+import Synchronization
+import Testing
+
+private func isTemplateReady(_ e: SupervisorEvent) -> Bool { if case .templateReady = e { return true }; return false }
+private func isTemplateUnavailable(_ e: SupervisorEvent) -> Bool { if case .templateUnavailable = e { return true }; return false }
+
+private func templateConfig(_ mode: String = "template-info", count: Int = 2, env: [String: String] = [:]) -> SupervisorConfiguration {
+    var c = testConfig(mode, count: count, env: env)
+    c.template = WorkerTemplate()
+    return c
+}
+
+/// The fields of a `template-info` answer.
+private struct Info {
+    let preloadPID, pid, ppid, pgid: pid_t
+    let forked: Bool
+    let fds: Int
+    let sigBlk, sigCgt: String
+
+    init?(_ text: String) {
+        let f = text.split(separator: " ").map(String.init)
+        guard f.count == 8, let a = pid_t(f[0]), let b = pid_t(f[1]), let c = pid_t(f[2]), let d = pid_t(f[3]), let n = Int(f[5])
+        else { return nil }
+        (preloadPID, pid, ppid, pgid, forked, fds, sigBlk, sigCgt) = (a, b, c, d, f[4] == "forked", n, f[6], f[7])
+    }
+}
+
+private func templatePID(_ log: EventLog) -> pid_t? {
+    for e in log.all { if case .templateReady(let pid) = e { return pid } }
+    return nil
+}
+
+@Suite("Workers forked from a template", .serialized, .timeLimit(.minutes(2)))
+struct TemplateTests {
+    @Test("forked workers: the supervisor's children, preloaded once, each a worker as if spawned")
+    func forkedWorkersAreOrdinary() async throws {
+        // A worker started with exec, for comparison.
+        let (plain, _) = try await startOnline(testConfig("template-info", count: 1))
+        let spawned = try #require(Info(try await plain.enqueue("x").text))
+        await plain.softKill()
+        #expect(!spawned.forked && spawned.preloadPID == spawned.pid)
+        let (s, log) = try await startOnline(templateConfig(count: 3))
+        let template = try #require(templatePID(log))
+        var seen = Set<pid_t>()
+        for _ in 0..<12 {
+            let info = try #require(Info(try await s.enqueue("x").text))
+            #expect(info.forked)
+            #expect(info.preloadPID == template, "the preload ran once, in the template")
+            #expect(info.pid != template)
+            #expect(info.ppid == getpid(), "CLONE_PARENT: the supervisor is the parent")
+            #expect(info.pgid == info.pid, "a process group of its own")
+            #expect(info.fds == spawned.fds, "the descriptors of a spawned worker: \(info.fds) vs \(spawned.fds)")
+            #expect(info.sigBlk == spawned.sigBlk && info.sigCgt == spawned.sigCgt,
+                    "the signal mask and handlers of a spawned worker: \(info.sigBlk) \(info.sigCgt) vs \(spawned.sigBlk) \(spawned.sigCgt)")
+            seen.insert(info.pid)
+        }
+        #expect(seen.count == 3)
+        // Slots are set per fork, as at spawn.
+        let slots = Set(await s.health().map(\.slot))
+        #expect(slots == [0, 1, 2])
+        await s.softKill()
+        #expect(kill(template, 0) == -1 && errno == ESRCH, "the template is gone with the pool")
+    }
+
+    @Test("a forked worker's exit is seen through its pidfd and reaped by the supervisor: status and signal match")
+    func exitStatusesOfForkedWorkers() async throws {
+        var c = templateConfig("exit-on-request", count: 1)
+        c.restarts = 10
+        let (s, log) = try await startOnline(c)
+        #expect(templatePID(log) != nil)
+        // exit(7) on the first request.
+        _ = try? await s.enqueue("x")
+        #expect(await log.wait { if case .workerExited(_, _, .exited(7), false) = $0 { return true }; return false }, "\(log.all)")
+        #expect(await log.wait(isRestart))
+        // SIGKILL from outside.
+        let pid = try #require(await s.health().first?.pid)
+        kill(pid, SIGKILL)
+        #expect(await log.wait {
+            if case .workerExited(_, let p, .signaled(SIGKILL), false) = $0 { return p == pid }; return false
+        }, "\(log.all)")
+        await s.softKill()
+    }
+
+    @Test("pidfd_open and waitid(P_PID) work on a worker forked with CLONE_PARENT (it is our child)")
+    func cloneParentChildIsOurs() async throws {
+        await #expect(processExitsWith: .success) {
+            try await leavesNothingBehind {
+                var c = templateConfig("pid", count: 1)
+                c.restarts = 1000
+                let (s, log) = try await startOnline(c)
+                let template = try #require(templatePID(log))
+                let pid = try #require(pid_t(try await s.enqueue("x").text))
+                // The kernel's view: the worker's parent is this process, not the template.
+                let stat = try #require(readStat(pid))
+                #expect(stat.ppid == getpid() && stat.ppid != template)
+                // 1,000 crash cycles: nothing left behind, every replacement forked.
+                let threads = threadCountNow()
+                for _ in 0..<1000 {
+                    let victim = try #require(pid_t(try await s.enqueue("x").text))
+                    kill(victim, SIGKILL)
+                    while let p = pid_t((try? await s.enqueue("x").text) ?? ""), p == victim {}
+                }
+                #expect(log.count { if case .templateUnavailable = $0 { return true }; return false } == 0)
+                #expect(threadCountNow() == threads, "threads unchanged over the crash cycles")
+                await s.softKill()
+            }
+        }
+    }
+
+    @Test("the preload started a thread: the template refuses to fork; workers start with exec; an event says so")
+    func threadsRefuseFork() async throws {
+        let (s, log) = try await startOnline(templateConfig(count: 2, env: ["LPM_TEST_PRELOAD_THREAD": "1"]))
+        #expect(await log.wait(isTemplateUnavailable))
+        let reason = log.all.compactMap { e -> String? in if case .templateUnavailable(_, let r) = e { return r }; return nil }.first
+        #expect(reason?.contains("threads") == true, "\(log.all)")
+        let info = try #require(Info(try await s.enqueue("x").text))
+        #expect(!info.forked && info.preloadPID == info.pid, "started with exec, preloaded itself")
+        #expect(info.ppid == getpid())
+        await s.softKill()
+    }
+
+    @Test("the template dies: workers start with exec meanwhile, and it is restarted")
+    func templateRestarts() async throws {
+        var c = templateConfig(count: 1)
+        c.template?.restartDelay = .milliseconds(200)
+        c.restarts = 10
+        let (s, log) = try await startOnline(c)
+        let first = try #require(templatePID(log))
+        kill(first, SIGKILL)
+        #expect(await log.wait(isTemplateUnavailable))
+        // A worker crash now is replaced with exec.
+        let pid = try #require(Info(try await s.enqueue("x").text)).pid
+        kill(pid, SIGKILL)
+        #expect(await log.wait(isRestart))
+        #expect(await log.wait(for: 2, isTemplateReady), "a new template: \(log.all)")
+        let second = log.all.compactMap { e -> pid_t? in if case .templateReady(let p) = e { return p }; return nil }.last
+        #expect(second != first)
+        // And the next replacement is forked from it.
+        let now = try #require(Info(try await s.enqueue("x").text))
+        kill(now.pid, SIGKILL)
+        #expect(await log.wait(for: 2, isRestart))
+        var info = try #require(Info(try await s.enqueue("x").text))
+        while info.pid == now.pid { info = try #require(Info(try await s.enqueue("x").text)) }
+        #expect(info.forked && info.preloadPID == second)
+        await s.softKill()
+    }
+
+    @Test("an executable that is not a template: workers start with exec, and it is not restarted")
+    func notATemplate() async throws {
+        var c = templateConfig("bad-batch", count: 1)
+        c.template?.restartDelay = .milliseconds(50)
+        let s = try Supervisor(c)
+        let log = EventLog(s)
+        try await s.start()
+        #expect(await log.wait(isTemplateUnavailable), "\(log.all)")
+        #expect(await log.wait(isOnline))
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(log.count(isTemplateUnavailable) == 1, "no restart: \(log.all)")
+        await s.hardKill()  // this worker has no runtime to take a soft kill
+    }
+
+    @Test("a reload with a new executable starts a new template")
+    func reloadStartsNewTemplate() async throws {
+        let (s, log) = try await startOnline(templateConfig(count: 2))
+        let first = try #require(templatePID(log))
+        var executable = SupervisorConfiguration.Executable(path: sibling("lpm-test-worker"), environment: ["LPM_TEST_MODE": "template-info"])
+        executable.environment["LPM_TEST_RELOADED"] = "1"
+        try await s.reload(executable)
+        #expect(await log.wait(for: 2, isTemplateReady), "\(log.all)")
+        #expect(kill(first, 0) == -1, "the old template is gone")
+        await s.softKill()
+    }
+
+    @Test("hard kill with the template on: nothing pending, no child left, descriptors back")
+    func hardKillLeavesNothing() async throws {
+        await #expect(processExitsWith: .success) {
+            try await leavesNothingBehind {
+                let (s, _) = try await startOnline(templateConfig("never", count: 4))
+                let pending = (0..<8).map { i in Task { try? await s.enqueue("p\(i)") } }
+                try await Task.sleep(for: .milliseconds(50))
+                await s.hardKill()
+                for p in pending { #expect(await p.value == nil) }
+            }
+        }
+    }
+}
+
+/// The entries of /proc/self/task.
+private func threadCountNow() -> Int {
+    guard let dir = opendir("/proc/self/task") else { return -1 }
+    defer { closedir(dir) }
+    var n = 0
+    while let entry = readdir(dir) { if entry.pointee.d_name.0 != CChar(UInt8(ascii: ".")) { n += 1 } }
+    return n
+}
+
+/// The parent pid from `/proc/PID/stat`.
+private func readStat(_ pid: pid_t) -> (ppid: pid_t, Void)? {
+    guard let f = fopen("/proc/\(pid)/stat", "r") else { return nil }
+    defer { fclose(f) }
+    var line = [CChar](repeating: 0, count: 1024)
+    guard fgets(&line, 1024, f) != nil else { return nil }
+    let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    guard let close = text.lastIndex(of: ")") else { return nil }
+    let fields = text[text.index(after: close)...].split(separator: " ")
+    guard fields.count > 2, let ppid = pid_t(fields[1]) else { return nil }
+    return (ppid, ())
+}
