@@ -93,6 +93,36 @@ struct MetricsTests {
         #expect(m.gauge("workers_ready").last == 0)
     }
 
+    @Test("an adaptive pool counts its scaling decisions and records the size it decided on")
+    func scaling() async throws {
+        let m = TestMetrics()
+        var c = metered("slow", count: 1, m)
+        c.executable.environment["LPM_TEST_DELAY_MS"] = "30"
+        c.maxConcurrentRequestsPerWorker = 1
+        c.scaling = .init(minimum: 1, maximum: 2)
+        c.scaling.growAfterQueueWait = .milliseconds(20)
+        c.scaling.growAfterSaturation = nil
+        c.scaling.growCooldown = .milliseconds(50)
+        c.scaling.idleTimeout = .milliseconds(200)
+        c.scaling.checkInterval = .milliseconds(10)
+        let (s, _) = try await startOnline(c)
+        #expect(m.total("pool_scaling_total", [("direction", "grow")]) == 0)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for i in 0..<40 { group.addTask { _ = try await s.enqueue("r\(i)") } }
+            try await group.waitForAll()
+        }
+        #expect(m.total("pool_scaling_total", [("direction", "grow")]) >= 1, "a queue of 40 slow requests grew the pool")
+        #expect(m.gauge("pool_target_workers").contains(2))
+        // Idle: back down to the minimum.
+        let deadline = ContinuousClock.now + .seconds(30)
+        while m.total("pool_scaling_total", [("direction", "shrink")]) < 1 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(m.total("pool_scaling_total", [("direction", "shrink")]) >= 1)
+        #expect(m.gauge("pool_target_workers").last == 1)
+        await s.softKill()
+    }
+
     @Test("a request that times out twice: two timeouts, one retry, outcome timed_out, no service time")
     func timeoutAndRetry() async throws {
         let m = TestMetrics()

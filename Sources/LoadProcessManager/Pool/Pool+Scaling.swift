@@ -171,12 +171,11 @@ extension Pool {
         case .grow(let k, let reason):
             guard now >= scaling.growthRetryAt else { return }  // the last growth could not spawn anything
             let before = activeCount
-            // Metrics: a scaling counter (direction "grow", reason kind) is incremented here.
+            // (The event also counts the decision in the metrics: PoolMetrics.event.)
             emit(.poolScaled(from: before, to: before + k, reason: reason))
             growForScaling(by: k, now: now)
         case .shrink(let chosen, let reason):
             let before = activeCount
-            // Metrics: a scaling counter (direction "shrink", reason kind) is incremented here.
             emit(.poolScaled(from: before, to: before - chosen.count, reason: reason))
             var idle = false
             if case .idle = reason { idle = true }

@@ -42,6 +42,11 @@ final class PoolMetrics {
     /// (`<prefix>_worker_violations_total{kind="protocol"|"unresponsive"}`).
     let protocolViolations: Counter
     let unresponsive: Counter
+    /// Scaling decisions of an adaptive pool (`<prefix>_pool_scaling_total{direction="grow"|"shrink"}`),
+    /// and the size the pool last decided on (`<prefix>_pool_target_workers`).
+    let scaledUp: Counter
+    let scaledDown: Counter
+    let targetWorkers: Gauge
     /// `<prefix>_requests_queued`, `<prefix>_requests_in_flight`, `<prefix>_workers_ready`.
     let queued: Gauge
     let inFlight: Gauge
@@ -85,6 +90,9 @@ final class PoolMetrics {
         retries = Counter(label: label("request_retries_total"), dimensions: dimensions, factory: factory)
         timeouts = Counter(label: label("request_timeouts_total"), dimensions: dimensions, factory: factory)
         restarts = Counter(label: label("worker_restarts_total"), dimensions: dimensions, factory: factory)
+        scaledUp = Counter(label: label("pool_scaling_total"), dimensions: dimensions + [("direction", "grow")], factory: factory)
+        scaledDown = Counter(label: label("pool_scaling_total"), dimensions: dimensions + [("direction", "shrink")], factory: factory)
+        targetWorkers = Gauge(label: label("pool_target_workers"), dimensions: dimensions, factory: factory)
         protocolViolations = Counter(label: label("worker_violations_total"), dimensions: dimensions + [("kind", "protocol")],
                                      factory: factory)
         unresponsive = Counter(label: label("worker_violations_total"), dimensions: dimensions + [("kind", "unresponsive")],
@@ -222,6 +230,9 @@ final class PoolMetrics {
         case .workerRestarted: restarts.increment()
         case .protocolViolation: protocolViolations.increment()
         case .workerUnresponsive: unresponsive.increment()
+        case .poolScaled(let from, let to, _):
+            if to > from { scaledUp.increment() } else if to < from { scaledDown.increment() }
+            targetWorkers.record(to)
         case .workerExited(let slot, _, _, _): if slot < residentMemory.count { residentMemory[slot].record(0) }
         default: break
         }
