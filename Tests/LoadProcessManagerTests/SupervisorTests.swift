@@ -157,6 +157,23 @@ struct SupervisorTests {
         #expect(all.filter { $0.error?.code == .shutDown }.count == 3)
     }
 
+    @Test("maxQueueLength 0: a request a worker takes at once is served, one that would wait is refused")
+    func queueLimitZero() async throws {
+        var c = testConfig("never", count: 1)
+        c.maxConcurrentRequestsPerWorker = 1
+        c.maxQueueLength = 0
+        let (s, _) = try await startOnline(c)
+        let first = Task { await outcome(s, "taken at once") }
+        let deadline = ContinuousClock.now + .seconds(30)
+        while await s.status().pending != 1 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(await s.status().pending == 1, "the first request went to the free worker")
+        let second = await outcome(s, "would wait")
+        #expect(second.error?.code == .queueFull, "\(second)")
+        first.cancel()
+        #expect((await first.value).error?.code == .cancelled)
+        await s.hardKill()
+    }
+
     @Test("with busy polling on both sides, requests are answered")
     func busyPollPool() async throws {
         await #expect(processExitsWith: .success) {

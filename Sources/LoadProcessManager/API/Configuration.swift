@@ -75,8 +75,9 @@ public struct SupervisorConfiguration: Sendable {
     public var retries: Int = 0
     /// How many requests one worker holds at once. Default 64.
     public var maxConcurrentRequestsPerWorker: Int = 64
-    /// The most requests waiting for a worker; past it `enqueue`
-    /// fails with `queueFull`. `nil`: unbounded.
+    /// The most requests waiting for a worker; past it `enqueue` fails with `queueFull` (a
+    /// request a worker takes at once never waits: with 0, requests are served while a worker
+    /// is free and refused otherwise). `nil`: unbounded.
     public var maxQueueLength: Int? = nil
     /// The largest frame payload, both directions; larger payloads fail with
     /// `payloadTooLarge`, and a worker sending one is a protocol violation. Default 16 MiB.

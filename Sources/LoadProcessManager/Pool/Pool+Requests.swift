@@ -62,7 +62,10 @@ extension Pool {
             return SupervisorError(.noWorkers, activeCount == 0 && !slots.contains { $0.membership == .down }
                                    ? "the pool was resized to 0 workers" : "no worker is left: the restart budget is spent")
         }
-        if let limit = config.maxQueueLength, table.queuedCount >= limit {
+        // At the limit, a request that a worker takes at once does not wait in the queue: a limit
+        // of 0 means "never queue", not "refuse everything".
+        if let limit = config.maxQueueLength, table.queuedCount >= limit,
+           !(table.queuedCount == 0 && phase == .running && pickWorker() != nil) {
             return SupervisorError(.queueFull, "the queue holds \(table.queuedCount) requests, its limit")
         }
         return nil
