@@ -2,7 +2,7 @@ import Glibc
 import LPMReactor
 
 /// The template mode of the worker runtime: a worker executable started by the supervisor with
-/// `LPM_TEMPLATE=1` (``SupervisorConfiguration/template``) runs its preload once, then forks
+/// `LPM_TEMPLATE=1` (`SupervisorConfiguration.template`) runs its preload once, then forks
 /// workers on order, each a copy of the warm process that shares its pages copy-on-write.
 ///
 /// The template's descriptor 3 is its channel to the supervisor (16-byte ``TemplateMessage``s).
@@ -106,7 +106,7 @@ extension Worker {
     /// what every worker needs and is slow to build (a model, a parsed configuration, warm
     /// caches).
     ///
-    /// With a worker template (``SupervisorConfiguration/template`` in the supervisor), the
+    /// With a worker template (`SupervisorConfiguration.template` in the supervisor), the
     /// preload runs once, in the template, and every worker is forked from it afterwards:
     /// the loaded pages are shared copy-on-write and a new worker is ready in well under a
     /// millisecond. Without one, it runs in each worker, as any code before `connect()` would.
