@@ -16,6 +16,7 @@
 //   Reactor.pipelined_echo_2x256     2 echo processes, 256 x 64 B frames in flight each, batched
 //   Supervisor.roundtrip_async       one request at a time, async API          (thresholds)
 //   Supervisor.roundtrip_handler     one request at a time, completion handler (thresholds)
+//   Supervisor.roundtrip_executor    one request at a time, async API on the supervisor's executor (thresholds)
 //   Supervisor.roundtrip_chained     each completion enqueues the next, on the reactor thread
 //   Supervisor.burst_100k_handler    100,000 requests at once to 2 workers, completion handler
 //   Supervisor.burst_100k_async      the same from 512 tasks through the async API
@@ -167,6 +168,15 @@ let benchmarks: @Sendable () -> Void = {
         for _ in benchmark.scaledIterations {
             do { blackHole(try await pool.supervisor.enqueue(pool.payload)) } catch { return benchmark.error("\(error)") }
         }
+    }
+
+    // The async API from a task on the supervisor's executor: no hop either way.
+    Benchmark("Supervisor.roundtrip_executor",
+              configuration: .init(metrics: perRequest, scalingFactor: .kilo, maxDuration: .seconds(3),
+                                   thresholds: [.mallocCountTotal: allocationTolerance],
+                                   setup: startPool(count: 1), teardown: stopPool)) { benchmark in
+        guard let pool else { return benchmark.error("no pool") }
+        do { try await pool.roundTripsAsyncOnExecutor(benchmark.scaledIterations.count) } catch { benchmark.error("\(error)") }
     }
 
     Benchmark("Supervisor.roundtrip_handler",
