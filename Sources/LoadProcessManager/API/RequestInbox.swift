@@ -81,8 +81,16 @@ extension Supervisor {
                 scheduled = false
             }
             if let pool {
-                for item in draining {
-                    switch item {
+                // Each item is moved out of the batch (no copy of its payload and completion,
+                // so no retain and release of them), and a trivial one left in its place.
+                let count = draining.count
+                for i in 0..<count {
+                    let item = draining.withUnsafeMutableBufferPointer { b in
+                        let slot = b.baseAddress! + i
+                        defer { slot.initialize(to: .cancel(0)) }
+                        return slot.move()
+                    }
+                    switch consume item {
                     case .request(let payload, let options, let completion):
                         drainedSubmissions &+= 1
                         pool.enqueue(payload, options, completion, submission: drainedSubmissions)

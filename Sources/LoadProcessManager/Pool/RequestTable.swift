@@ -157,7 +157,7 @@ struct RequestTable<Completion>: ~Copyable {
 
     /// Admits a request at the back of the queue.
     @discardableResult
-    mutating func admit(_ a: Admission, completion: Completion) -> UInt32 {
+    mutating func admit(_ a: Admission, completion: consuming Completion) -> UInt32 {
         let index: UInt32
         if let reused = free.popLast() { index = reused } else {
             index = UInt32(entries.count)
@@ -168,7 +168,7 @@ struct RequestTable<Completion>: ~Copyable {
         }
         let i = Int(index)
         entries[i].payload = a.payload
-        entries[i].completion = completion
+        entries[i].completion = consume completion
         entries[i].id = a.id
         entries[i].createdAt = a.createdAt
         entries[i].submission = a.submission
@@ -229,14 +229,14 @@ struct RequestTable<Completion>: ~Copyable {
     /// pending (already finished): the caller then has nothing to answer.
     mutating func finish(_ index: UInt32) -> Finished? {
         let i = Int(index)
-        guard let completion = entries[i].completion else { return nil }
+        // Moved out (no retain and release of the caller's closure).
+        guard let completion = entries[i].completion.take() else { return nil }
         if entries[i].worker < 0 { queuedCount -= 1 }  // its id stays in the ring, stale
         // Field by field: copying the whole entry would retain and release its payload for nothing.
         let done = Finished(completion: completion, id: entries[i].id, createdAt: entries[i].createdAt,
                             attempts: Int(entries[i].attempts), maxAttempts: Int(entries[i].maxAttempts),
                             timeout: entries[i].timeout, worker: entries[i].worker, timer: entries[i].timer,
                             descriptor: entries[i].descriptor)
-        entries[i].completion = nil
         entries[i].payload = []
         entries[i].timer = nil
         entries[i].worker = -1
