@@ -295,7 +295,12 @@ struct ChunkPacker {
     }
 
     private mutating func append(_ input: [UInt8]) {
-        body.appendLittleEndian(UInt32(input.count))
+        // The length byte by byte: cheaper than copying a buffer of four.
+        let n = UInt32(input.count)
+        body.append(UInt8(truncatingIfNeeded: n))
+        body.append(UInt8(truncatingIfNeeded: n >> 8))
+        body.append(UInt8(truncatingIfNeeded: n >> 16))
+        body.append(UInt8(truncatingIfNeeded: n >> 24))
         body.append(contentsOf: input)
     }
 }
