@@ -47,28 +47,65 @@ package enum Batch {
 
     /// Appends one answer to a batched response's payload (after its count).
     package static func appendAnswer(ok: Bool, _ bytes: UnsafeRawBufferPointer, into out: inout [UInt8]) {
-        out.append(ok ? 0 : 1)
-        out.appendLittleEndian(UInt32(bytes.count))
+        appendAnswerHead(ok: ok, count: bytes.count, into: &out)
         out.append(contentsOf: bytes)
+    }
+
+    /// Appends one answer to a batched response's payload (after its count).
+    @inlinable
+    package static func appendAnswer(ok: Bool, _ bytes: [UInt8], into out: inout [UInt8]) {
+        appendAnswerHead(ok: ok, count: bytes.count, into: &out)
+        out.append(contentsOf: bytes)
+    }
+
+    /// An answer's status and length: five single-byte appends, cheaper than copying a buffer
+    /// of five.
+    @inlinable
+    static func appendAnswerHead(ok: Bool, count: Int, into out: inout [UInt8]) {
+        let n = UInt32(count)
+        out.append(ok ? 0 : 1)
+        out.append(UInt8(truncatingIfNeeded: n))
+        out.append(UInt8(truncatingIfNeeded: n >> 8))
+        out.append(UInt8(truncatingIfNeeded: n >> 16))
+        out.append(UInt8(truncatingIfNeeded: n >> 24))
     }
 
     /// The number of items of a batch body, and calls `body(index, bytes)` for each in order;
     /// `nil` (and no call) when the body is malformed.
     package static func items(_ payload: UnsafeRawBufferPointer, _ body: (Int, UnsafeRawBufferPointer) -> Void) -> Int? {
-        guard let count = validate(payload, statusByte: false) else { return nil }
+        guard let count = itemCount(payload) else { return nil }
+        forEachItem(ofChecked: payload, count: count, body)
+        return count
+    }
+
+    /// The number of items of a batch body, `nil` when it is malformed (every length checked).
+    package static func itemCount(_ payload: UnsafeRawBufferPointer) -> Int? {
+        validate(payload, statusByte: false)
+    }
+
+    /// The number of answers of a batched response, `nil` when it is malformed (every length
+    /// checked).
+    package static func answerCount(_ payload: UnsafeRawBufferPointer) -> Int? {
+        validate(payload, statusByte: true)
+    }
+
+    /// Calls `body(index, bytes)` for each of the `count` items of a body that ``itemCount(_:)``
+    /// accepted with that count (its lengths are not checked again).
+    @inline(__always)
+    package static func forEachItem(ofChecked payload: UnsafeRawBufferPointer, count: Int,
+                                    _ body: (Int, UnsafeRawBufferPointer) -> Void) {
         var offset = 4
         for i in 0..<count {
             let n = Int(payload.readLittleEndian(at: offset, as: UInt32.self))
             body(i, UnsafeRawBufferPointer(rebasing: payload[(offset + 4)..<(offset + 4 + n)]))
             offset += 4 + n
         }
-        return count
     }
 
     /// The number of answers of a batched response, and calls `body(index, ok, bytes)` for each
     /// in order; `nil` (and no call) when the payload is malformed.
     package static func answers(_ payload: UnsafeRawBufferPointer, _ body: (Int, Bool, UnsafeRawBufferPointer) -> Void) -> Int? {
-        guard let count = validate(payload, statusByte: true) else { return nil }
+        guard let count = answerCount(payload) else { return nil }
         var offset = 4
         for i in 0..<count {
             let ok = payload[offset] == 0

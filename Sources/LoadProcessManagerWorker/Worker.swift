@@ -282,7 +282,7 @@ public final class Worker {
 
     /// Calls the request handler for `request`; keeps it in flight if it is not answered by
     /// the end of the call, or keeps it for reuse if nobody else holds it.
-    private func handle(_ r: Request) {
+    private func handle(_ r: consuming Request) {
         var request = r
         request.inFlightIndex = Request.handling
         request.outer = handlingTop
@@ -308,16 +308,16 @@ public final class Worker {
     /// id and wire id as the batch), and their answers go back in one frame, in order.
     private func batch(_ h: FrameHeader, _ head: RequestHead, _ body: UnsafeRawBufferPointer) {
         if h.flags.announcesDescriptor { return violation("a batched request with a descriptor") }
-        var count = 0
-        guard Batch.items(body, { _, _ in count += 1 }) != nil, count > 0 else {
+        guard let count = Batch.itemCount(body), count > 0 else {
             return violation("malformed batched request")
         }
         let state = BatchAnswers(wireID: h.id, count: count)
-        _ = Batch.items(body) { i, item in
+        Batch.forEachItem(ofChecked: body, count: count) { i, item in
             let request = makeRequest(wireID: h.id, head: head, body: item)
             request.batch = state
             request.batchIndex = i
-            handle(request)
+            // Handed over, not shared: answered during the call, it goes back to the spares.
+            handle(consume request)
         }
     }
 
@@ -471,10 +471,10 @@ final class BatchAnswers {
             early[i] = (ok, data)
             return
         }
-        data.withUnsafeBytes { Batch.appendAnswer(ok: ok, $0, into: &out) }
+        Batch.appendAnswer(ok: ok, data, into: &out)
         next += 1
         while !early.isEmpty, let (ok, data) = early.removeValue(forKey: next) {
-            data.withUnsafeBytes { Batch.appendAnswer(ok: ok, $0, into: &out) }
+            Batch.appendAnswer(ok: ok, data, into: &out)
             next += 1
         }
     }

@@ -136,7 +136,7 @@ extension Supervisor {
             case .request(_, _, let completion): completion(.failure(SupervisorError(.shutDown, why)))
             case .ticket(let ticket): ticket.completion?(.failure(SupervisorError(.shutDown, why)))
             case .batch(_, let count, _, let completion):
-                completion(Array(repeating: .failure(SupervisorError(.shutDown, why)), count: count))
+                completion(BatchResults(failure: SupervisorError(.shutDown, why), count: count))
             case .cancel, .cancelTicket: break
             }
         }

@@ -55,27 +55,26 @@ extension Supervisor {
         guard !inputs.isEmpty else { return CallerTrampoline.run { completion([]) } }
         let chunks = stride(from: 0, to: inputs.count, by: options.chunkSize).map { $0..<min($0 + options.chunkSize, inputs.count) }
         let join = MapJoin(chunks: chunks.count, count: inputs.count, completion)
-        for (k, range) in chunks.enumerated() {
-            var packer = ChunkPacker()
+        for range in chunks {
+            var packer = ChunkPacker(capacity: options.chunkSize)
             for item in inputs[range] { packer.add(item) }
-            submitChunk(body: packer.body, count: packer.count, single: packer.single, options: options) {
-                join.set(k, at: range.lowerBound, $0)
-            }
+            submitChunk(packer, options: options) { join.set(at: range.lowerBound, $0) }
         }
     }
 
-    /// Sends one chunk (its items packed as a batch body, `count` of them; a chunk of one is
-    /// sent as a plain request); `completion` gets its results (on the reactor thread, or on this
-    /// thread if the pool is gone). Returns what cancels it.
+    /// Sends one chunk (its items packed as a batch body; a chunk of one is sent as a plain
+    /// request); `completion` gets its results (on the reactor thread, or on this thread if the
+    /// pool is gone). Returns what cancels it.
     @discardableResult
-    func submitChunk(body: [UInt8], count: Int, single: [UInt8]?, options: MapOptions,
+    func submitChunk(_ packer: consuming ChunkPacker, options: MapOptions,
                      _ completion: @escaping Pool.BatchCompletion) -> RequestHandle {
-        if let single {
-            return enqueue(single, options: options.request) { completion([$0]) }
+        let count = packer.count
+        if let single = packer.single {
+            return enqueue(single, options: options.request) { completion(BatchResults([$0])) }
         }
-        guard let submission = box.submit(.batch(body, count, options.request, completion)) else {
+        guard let submission = box.submit(.batch(packer.take(), count, options.request, completion)) else {
             let error = SupervisorError(.shutDown, "the pool is stopped")
-            CallerTrampoline.run { completion(Array(repeating: .failure(error), count: count)) }
+            CallerTrampoline.run { completion(BatchResults(failure: error, count: count)) }
             return RequestHandle(submission: 0, box: box)
         }
         return RequestHandle(submission: submission, box: box)
@@ -96,8 +95,13 @@ private final class MapJoin: @unchecked Sendable {
         self.completion = completion
     }
 
-    func set(_ chunk: Int, at start: Int, _ answers: [Result<WorkerResponse, SupervisorError>]) {
-        for (i, r) in answers.enumerated() { results[start + i] = r }
+    func set(at start: Int, _ answers: BatchResults) {
+        var reader = BatchReader(answers)
+        var i = start
+        while let r = reader.next() {
+            results[i] = r
+            i += 1
+        }
         left -= 1
         if left == 0 { completion(results) }
     }
@@ -165,14 +169,17 @@ final class MapCore {
     /// Chunks sent, and the next to hand out.
     var sent = 0
     var next = 0
-    var packer = ChunkPacker()
-    var ready: [Result<WorkerResponse, SupervisorError>] = []
-    var readyIndex = 0
+    @exclusivity(unchecked) var packer: ChunkPacker
+    /// The results of chunk `next - 1`, read as they are handed out.
+    @exclusivity(unchecked) var ready = BatchReader()
+    /// Whether the consumer was cancelled (seen once, then kept: no lock per input).
+    var cancelled = false
 
     @usableFromInline
     init(supervisor: Supervisor, options: MapOptions) {
         self.supervisor = supervisor
         self.options = options
+        packer = ChunkPacker(capacity: options.chunkSize)
         if options.chunkSize < 1 {
             invalid = SupervisorError(.invalidArgument, "chunkSize must be at least 1, got \(options.chunkSize)")
         } else if options.maxChunksInFlight < 1 {
@@ -188,9 +195,7 @@ final class MapCore {
             inputEnded = true
             return .failure(error)
         }
-        guard readyIndex < ready.count else { return nil }
-        readyIndex += 1
-        return ready[readyIndex - 1]
+        return ready.next()
     }
 
     /// Whether another input may be read now: the inputs have not ended, the window has room,
@@ -198,9 +203,12 @@ final class MapCore {
     @usableFromInline
     var wantsInputs: Bool {
         guard !inputEnded && sent - next < options.maxChunksInFlight else { return false }
-        if Task.isCancelled || state.isCancelled {
+        // The state's flag is set only by this iterator's cancellation handler; it is read when
+        // a chunk's results arrive (`awaitNext`), so here the task's own flag suffices.
+        if cancelled || Task.isCancelled {
+            cancelled = true
             inputEnded = true
-            packer = ChunkPacker()  // a partial chunk is not sent
+            packer = ChunkPacker(capacity: 0)  // a partial chunk is not sent
             return false
         }
         return true
@@ -222,10 +230,9 @@ final class MapCore {
         let chunk = sent
         let state = self.state
         sent += 1
-        let packed = packer
-        packer = ChunkPacker()
-        let handle = supervisor.submitChunk(body: packed.body, count: packed.count, single: packed.single,
-                                            options: options) { state.deliver(chunk, $0) }
+        var packed = ChunkPacker(capacity: options.chunkSize)
+        swap(&packed, &packer)
+        let handle = supervisor.submitChunk(packed, options: options) { state.deliver(chunk, $0) }
         state.sent(chunk, handle)
     }
 
@@ -237,13 +244,14 @@ final class MapCore {
         guard next < sent else { return nil }
         let chunk = next
         let state = self.state
-        ready = await withTaskCancellationHandler {
+        let results = await withTaskCancellationHandler {
             await withUnsafeContinuation { c in state.wait(for: chunk, c) }
         } onCancel: {
             state.cancelAll()
         }
+        ready = BatchReader(results)
         next += 1
-        readyIndex = 0
+        if !cancelled && state.isCancelled { cancelled = true }
         return nextReady()
     }
 }
@@ -251,24 +259,48 @@ final class MapCore {
 /// Inputs packed as a batch body as they come (no array of inputs kept); a chunk of one input
 /// keeps it as is, to go as a plain request.
 struct ChunkPacker {
-    private(set) var body: [UInt8] = [0, 0, 0, 0]
+    /// The items so far, after 4 bytes that ``take()`` fills with the count.
+    private var body: [UInt8] = []
     private(set) var count = 0
     private(set) var single: [UInt8]?
+    /// The inputs a chunk holds at most: the body is reserved once, from its first two inputs.
+    private let capacity: Int
+
+    init(capacity: Int) {
+        self.capacity = capacity
+    }
 
     mutating func add(_ input: [UInt8]) {
         if count == 0 {
             single = input
-        } else if count == 1, let first = single {
-            single = nil
-            append(first)
+        } else {
+            if count == 1, let first = single {
+                single = nil
+                // Room for the chunk if its inputs are about the size of its first two (the
+                // common case of same-sized inputs: no growth), within a bound.
+                let guess = 4 + min(capacity, Batch.maxCount) * (4 + max(first.count, input.count))
+                body.reserveCapacity(min(guess, 1 << 22))
+                body.appendLittleEndian(UInt32(0))
+                append(first)
+            }
+            append(input)
         }
-        if count >= 1 { append(input) }
         count += 1
+    }
+
+    /// The batch body: count, then items (for a chunk of two or more).
+    mutating func take() -> [UInt8] {
         body.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(count).littleEndian, toByteOffset: 0, as: UInt32.self) }
+        return body
     }
 
     private mutating func append(_ input: [UInt8]) {
-        body.appendLittleEndian(UInt32(input.count))
+        // The length byte by byte: cheaper than copying a buffer of four.
+        let n = UInt32(input.count)
+        body.append(UInt8(truncatingIfNeeded: n))
+        body.append(UInt8(truncatingIfNeeded: n >> 8))
+        body.append(UInt8(truncatingIfNeeded: n >> 16))
+        body.append(UInt8(truncatingIfNeeded: n >> 24))
         body.append(contentsOf: input)
     }
 }
@@ -279,8 +311,8 @@ extension MapResults: Sendable where Inputs: Sendable {}
 /// is guarded by `lock`.
 final class MapState: @unchecked Sendable {
     private let lock = ThreadLock()
-    private var done: [Int: [Result<WorkerResponse, SupervisorError>]] = [:]
-    private var waiter: (chunk: Int, continuation: UnsafeContinuation<[Result<WorkerResponse, SupervisorError>], Never>)?
+    private var done: [Int: BatchResults] = [:]
+    private var waiter: (chunk: Int, continuation: UnsafeContinuation<BatchResults, Never>)?
     private var outstanding: [Int: RequestHandle] = [:]
     private var cancelled = false
 
@@ -296,8 +328,8 @@ final class MapState: @unchecked Sendable {
         if cancelNow { handle.cancel() }
     }
 
-    func deliver(_ chunk: Int, _ results: [Result<WorkerResponse, SupervisorError>]) {
-        let resume: UnsafeContinuation<[Result<WorkerResponse, SupervisorError>], Never>? = lock.withLock {
+    func deliver(_ chunk: Int, _ results: BatchResults) {
+        let resume: UnsafeContinuation<BatchResults, Never>? = lock.withLock {
             outstanding[chunk] = nil
             if let w = waiter, w.chunk == chunk {
                 waiter = nil
@@ -309,8 +341,8 @@ final class MapState: @unchecked Sendable {
         resume?.resume(returning: results)
     }
 
-    func wait(for chunk: Int, _ c: UnsafeContinuation<[Result<WorkerResponse, SupervisorError>], Never>) {
-        let ready: [Result<WorkerResponse, SupervisorError>]? = lock.withLock {
+    func wait(for chunk: Int, _ c: UnsafeContinuation<BatchResults, Never>) {
+        let ready: BatchResults? = lock.withLock {
             if let r = done.removeValue(forKey: chunk) { return r }
             waiter = (chunk, c)
             return nil

@@ -3,7 +3,7 @@ import LPMWire
 
 extension Pool {
     /// The answers of a batch, one per item, in the items' order.
-    typealias BatchCompletion = @Sendable ([Result<WorkerResponse, SupervisorError>]) -> Void
+    typealias BatchCompletion = @Sendable (BatchResults) -> Void
 
     /// Whether some worker takes batched requests now, or may once it is ready (one is starting).
     var batchesCanBeServed: Bool {
@@ -24,36 +24,8 @@ extension Pool {
             if submission != 0 { enqueueAsRefused(submission) }
             return fanOut(body, count: count, options, completion)
         }
-        enqueue(body, options, .handler { result in completion(Self.unbatch(result, count: count)) },
+        enqueue(body, options, .handler { result in completion(BatchResults(result, count: count)) },
                 isBatch: true, submission: submission)
-    }
-
-    /// The answers of a batch from the pool's answer to it: the worker's answers, or the batch's
-    /// error for each item.
-    private static func unbatch(_ result: Result<WorkerResponse, SupervisorError>, count: Int) -> [Result<WorkerResponse, SupervisorError>] {
-        switch result {
-        case .failure(let error):
-            return Array(repeating: .failure(error), count: count)
-        case .success(let r):
-            var out: [Result<WorkerResponse, SupervisorError>] = []
-            out.reserveCapacity(count)
-            let parsed = r.data.withUnsafeBytes { payload in
-                Batch.answers(payload) { _, ok, bytes in
-                    if ok {
-                        out.append(.success(WorkerResponse(data: Array(bytes), id: r.id, createdAt: r.createdAt, stream: nil,
-                                                           workerPID: r.workerPID, attempts: r.attempts)))
-                    } else {
-                        out.append(.failure(SupervisorError(.workerError, String(decoding: bytes, as: UTF8.self), requestID: r.id,
-                                                            workerPID: r.workerPID, attempts: r.attempts)))
-                    }
-                }
-            }
-            // The pool checked the answer before accepting it; this is only a guard.
-            guard parsed == count else {
-                return Array(repeating: .failure(SupervisorError(.protocolViolation, "malformed batched answer from worker \(r.workerPID)")), count: count)
-            }
-            return out
-        }
     }
 
     /// A submission that became several requests: its number is recorded as refused (its own
@@ -69,7 +41,7 @@ extension Pool {
         let parsed = body.withUnsafeBytes { Batch.items($0) { _, bytes in items.append(Array(bytes)) } }
         guard parsed == count, count > 0 else {
             let error = SupervisorError(.invalidArgument, "malformed batch of \(count) requests")
-            outbox.push(.call { completion(Array(repeating: .failure(error), count: max(count, 0))) })
+            outbox.push(.call { completion(BatchResults(failure: error, count: max(count, 0))) })
             return deliver()
         }
         let join = BatchJoin(count: count, completion)
@@ -96,6 +68,117 @@ private final class BatchJoin: @unchecked Sendable {
         guard results[i] == nil else { return }
         results[i] = result
         left -= 1
-        if left == 0 { completion(results.map { $0! }) }
+        if left == 0 { completion(BatchResults(results.map { $0! })) }
+    }
+}
+
+/// The answers of a batch, one per item, in the items' order: the worker's batched response kept
+/// whole (each answer is decoded only when it is read, on the reader's thread), one error for
+/// every item, or results of their own (a batch sent as separate requests).
+struct BatchResults: Sendable {
+    fileprivate enum Storage: Sendable {
+        case answers(WorkerResponse)
+        case failure(SupervisorError)
+        case each([Result<WorkerResponse, SupervisorError>])
+    }
+
+    fileprivate let storage: Storage
+    /// The number of results, one per item.
+    let count: Int
+
+    /// The answers of a batch of `count` items from the pool's answer to it.
+    init(_ result: Result<WorkerResponse, SupervisorError>, count: Int) {
+        switch result {
+        case .failure(let error): storage = .failure(error)
+        case .success(let response): storage = .answers(response)
+        }
+        self.count = count
+    }
+
+    /// `error` for each of `count` items.
+    init(failure error: SupervisorError, count: Int) {
+        storage = .failure(error)
+        self.count = count
+    }
+
+    /// Results already made.
+    init(_ results: [Result<WorkerResponse, SupervisorError>]) {
+        storage = .each(results)
+        count = results.count
+    }
+
+    /// Every result, in order.
+    func all() -> [Result<WorkerResponse, SupervisorError>] {
+        var reader = BatchReader(self)
+        var out: [Result<WorkerResponse, SupervisorError>] = []
+        out.reserveCapacity(count)
+        while let r = reader.next() { out.append(r) }
+        return out
+    }
+}
+
+/// Reads the results of a ``BatchResults`` in order, decoding each answer as it is read.
+struct BatchReader {
+    private var response: WorkerResponse?
+    private var error: SupervisorError?
+    private var each: [Result<WorkerResponse, SupervisorError>]
+    private let count: Int
+    private var index = 0
+    /// Where the next answer starts in the response's payload (after the u32 count).
+    private var offset = 4
+
+    init(_ results: BatchResults) {
+        count = results.count
+        switch results.storage {
+        case .answers(let r): response = r; each = []
+        case .failure(let e): error = e; each = []
+        case .each(let a): each = a
+        }
+    }
+
+    /// No results.
+    init() {
+        count = 0
+        each = []
+    }
+
+    /// The results not yet read.
+    var remaining: Int { count - index }
+
+    /// The next result, `nil` after the last.
+    mutating func next() -> Result<WorkerResponse, SupervisorError>? {
+        guard index < count else { return nil }
+        let i = index
+        index = i + 1
+        if let r = response { return decode(r) }
+        if let error { return .failure(error) }
+        return each[i]
+    }
+
+    private mutating func decode(_ r: WorkerResponse) -> Result<WorkerResponse, SupervisorError> {
+        let start = offset
+        // The pool checked the whole answer before accepting it (one per item, each inside the
+        // payload); this is only a guard.
+        let decoded: (ok: Bool, bytes: [UInt8], end: Int)? = r.data.withUnsafeBytes { payload in
+            guard payload.count - start >= 5 else { return nil }
+            let n = Int(payload.readLittleEndian(at: start + 1, as: UInt32.self))
+            guard n <= payload.count - start - 5 else { return nil }
+            let bytes = Array(UnsafeRawBufferPointer(rebasing: payload[(start + 5)..<(start + 5 + n)]))
+            return (payload[start] == 0, bytes, start + 5 + n)
+        }
+        guard let decoded else {
+            // This item and the ones after it get the error.
+            let violation = SupervisorError(.protocolViolation, "malformed batched answer from worker \(r.workerPID)")
+            response = nil
+            error = violation
+            return .failure(violation)
+        }
+        offset = decoded.end
+        if decoded.ok {
+            return .success(WorkerResponse(data: decoded.bytes, id: r.id, createdAt: r.createdAt, stream: nil,
+                                           workerPID: r.workerPID, attempts: r.attempts))
+        }
+        return .failure(SupervisorError(.workerError, String(decoding: decoded.bytes, as: UTF8.self), requestID: r.id,
+                                        workerPID: r.workerPID, attempts: r.attempts))
     }
 }

@@ -103,7 +103,7 @@ extension Pool {
         if table[index].isBatch && h.type == .response {
             // One answer per item, in a well-formed batch, or the worker broke the protocol.
             let expected = table[index].payload.withUnsafeBytes { $0.readLittleEndian(at: 0, as: UInt32.self) }
-            guard h.flags.contains(.batch), let n = Batch.answers(payload, { _, _, _ in }), n == Int(expected) else {
+            guard h.flags.contains(.batch), let n = Batch.answerCount(payload), n == Int(expected) else {
                 return violation(w, "malformed answer to batched request \(h.id) (\(expected) items)")
             }
         }
