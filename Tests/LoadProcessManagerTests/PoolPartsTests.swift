@@ -298,3 +298,48 @@ struct SubmissionIndexTests {
         }
     }
 }
+
+@Suite("BatchReader: a batch's answers, decoded as they are read")
+struct BatchReaderTests {
+    private func response(_ data: [UInt8]) -> WorkerResponse {
+        WorkerResponse(data: data, id: .zero, createdAt: 0, stream: nil, workerPID: 42, attempts: 1)
+    }
+
+    private func answers(_ items: [(Bool, String)], count: UInt32? = nil) -> [UInt8] {
+        var out: [UInt8] = []
+        out.appendLittleEndian(count ?? UInt32(items.count))
+        for (ok, text) in items { Array(text.utf8).withUnsafeBytes { Batch.appendAnswer(ok: ok, $0, into: &out) } }
+        return out
+    }
+
+    @Test("responses and errors come out in order, one per item, then nil")
+    func inOrder() {
+        var reader = BatchReader(BatchResults(.success(response(answers([(true, "a"), (false, "no"), (true, "")]))), count: 3))
+        #expect(reader.remaining == 3)
+        #expect((try? reader.next()?.get())?.text == "a")
+        let failed = reader.next()
+        #expect(failed?.error?.code == .workerError && failed?.error?.message == "no" && failed?.error?.workerPID == 42)
+        #expect((try? reader.next()?.get())?.data == [])
+        #expect(reader.next() == nil && reader.remaining == 0)
+    }
+
+    @Test("an answer cut short: that item and every one after it get protocolViolation, still one each")
+    func malformed() {
+        var bytes = answers([(true, "a"), (true, "bcdef")])
+        bytes.removeLast(3)  // the second answer runs past the payload
+        var reader = BatchReader(BatchResults(.success(response(bytes)), count: 3))
+        #expect((try? reader.next()?.get())?.text == "a")
+        #expect(reader.next()?.error?.code == .protocolViolation)
+        #expect(reader.next()?.error?.code == .protocolViolation)
+        #expect(reader.next() == nil)
+    }
+
+    @Test("a failed batch gives its error to every item; results of their own come back as they are")
+    func failureAndEach() {
+        let error = SupervisorError(.timedOut, "timed out")
+        #expect(BatchResults(.failure(error), count: 4).all().map { $0.error } == Array(repeating: error, count: 4))
+        let each: [Result<WorkerResponse, SupervisorError>] = [.success(response([1])), .failure(error)]
+        let back = BatchResults(each).all()
+        #expect(back.count == 2 && (try? back[0].get())?.data == [1] && back[1].error == error)
+    }
+}
