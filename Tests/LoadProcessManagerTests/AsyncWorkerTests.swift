@@ -22,11 +22,12 @@ struct AsyncWorkerTests {
     /// awaits lets the second finish first.
     private func interleave(_ mode: String) async throws {
         let (s, log) = try await startOnline(testConfig(mode, count: 1))
-        let long = Task { try await s.enqueue("400").text }
+        // Long enough that the short one overtakes it even on a loaded machine.
+        let long = Task { try await s.enqueue("3000").text }
         #expect(await eventually { await s.status().pending == 1 })
         let short = try await s.enqueue("20").text
         #expect(short == "20:1:main", "the short request finished first, on the worker's (main) thread")
-        #expect(try await long.value == "400:2:main")
+        #expect(try await long.value == "3000:2:main")
         // Many at once on one worker: every one answered, each once.
         let answers = try await withThrowingTaskGroup(of: String.self) { group in
             for i in 0..<40 { group.addTask { try await s.enqueue(String(i % 5 * 10)).text } }
