@@ -37,7 +37,9 @@ struct TemplateTests {
     @Test("forked workers: the supervisor's children, preloaded once, each a worker as if spawned")
     func forkedWorkersAreOrdinary() async throws {
         // A worker started with exec, for comparison.
-        let (plain, _) = try await startOnline(testConfig("template-info", count: 1))
+        var exec = testConfig("template-info", count: 1)
+        exec.template = nil  // with exec even under LPM_TEST_TEMPLATE
+        let (plain, _) = try await startOnline(exec)
         let spawned = try #require(Info(try await plain.enqueue("x").text))
         await plain.softKill()
         #expect(!spawned.forked && spawned.preloadPID == spawned.pid)
