@@ -53,13 +53,13 @@ have() { command -v "$1" >/dev/null 2>&1; }
 if [ "$SMOKE" = 1 ]; then
     REPS=1
     RT_N=300; C_RT_N=2000; BURST_N=3000; ECHO_N=20000; C_ECHO_N=20000; SPAWN_N=3; CRASH_N=2
-    QUEUED_N=3000; MANY_N=8; TIMER_N=10000; HOP_N=1000; XBURST_N=20000
+    QUEUED_N=3000; MANY_N=8; RECYCLE_N=1000; TIMER_N=10000; HOP_N=1000; XBURST_N=20000
     STRACE_N1=500; STRACE_N2=1500; PEER_ARGS=(--quick --rt 50 --burst 500); NODE_ARGS=(--quick --rt 50 --burst 500)
     ALLOC_N=300
     TIMEOUT=120
 else
     RT_N=50000; C_RT_N=100000; BURST_N=1000000; ECHO_N=10000000; C_ECHO_N=10000000; SPAWN_N=30; CRASH_N=30
-    QUEUED_N=1000000; MANY_N=256; TIMER_N=1000000; HOP_N=50000; XBURST_N=1000000
+    QUEUED_N=1000000; MANY_N=256; RECYCLE_N=200000; TIMER_N=1000000; HOP_N=50000; XBURST_N=1000000
     STRACE_N1=20000; STRACE_N2=60000; PEER_ARGS=(); NODE_ARGS=()
     ALLOC_N=20000
     TIMEOUT=900
@@ -191,6 +191,13 @@ for rep in $(seq 1 "$REPS"); do
     step "  queue before start, many workers, reactor"
     run auto "$LPM" queued "$QUEUED_N"
     run auto "$LPM" many-workers "$MANY_N"
+    step "  worker template: crash, many workers, resize, recycling (exec'd rows in the same run)"
+    run auto "$LPM" crash-template "$CRASH_N"
+    run auto "$LPM" many-workers-template "$MANY_N"
+    run auto "$LPM" resize "$MANY_N"
+    run auto "$LPM" resize-template "$MANY_N"
+    run auto "$LPM" recycle-burst "$RECYCLE_N"
+    run auto "$LPM" recycle-burst-template "$RECYCLE_N"
     run auto "$LPM" timer-churn "$TIMER_N"
     run auto "$LPM" execute-hop "$HOP_N"
     run auto "$LPM" execute-burst "$XBURST_N"
@@ -307,6 +314,7 @@ fi
 # package root (the Benchmarks package cannot build it). 100% is 4 over the median latency of
 # lone requests, measured by each job before its run.
 STEP_ROWS=0
+PSS_N=$([ "$SMOKE" = 1 ] && echo 2 || echo 16)
 STEP_N=$([ "$SMOKE" = 1 ] && echo 1000 || echo 4000)
 if [ "$BUILD" = 1 ]; then
     echo "building lpm-test-worker (debug, in the package root) for the step load" >&2
@@ -322,8 +330,11 @@ if [ -x "$STEP_WORKER" ]; then
             run step "$LPM" "$j" "$STEP_N"
         done
     done
+    # The worker template's memory: 16 workers whose preload maps 64 MiB, exec'd vs forked.
+    step "worker template: PSS of $PSS_N workers with a 64 MiB preload, exec'd and forked"
+    LPM_PSS_WORKER=$STEP_WORKER run auto "$LPM" template-pss "$PSS_N"
 else
-    note "lpm-test-worker missing (swift build --product lpm-test-worker in the package root): no step-load rows"
+    note "lpm-test-worker missing (swift build --product lpm-test-worker in the package root): no step-load rows, no template PSS row"
 fi
 
 # ---------------------------------------------------------------- the table
@@ -456,6 +467,15 @@ prow "$MANY_N workers: soft kill until all reaped" auto "lpm_${MANY_N}_workers_s
 prow "reactor timer schedule+cancel (1000 pending)" auto reactor_timer_schedule_cancel "time:ns"
 prow "reactor Handle.execute there and back" auto reactor_execute_hop_rt "time:ns"
 prow "reactor Handle.execute burst" auto reactor_execute_burst "rate:jobs/s"
+
+header "Worker template (forked workers) against exec'd workers, same run"
+trow "template: SIGKILL -> .online (replacement forked)" auto lpm_template_crash_to_online us "exec" auto lpm_crash_to_online us
+trow "template: SIGKILL -> .online, vs C spawn of a C child" auto lpm_template_crash_to_online us "C child" c.self c_spawn_to_first_byte us 1.0
+trow "template: SIGKILL -> first answer" auto lpm_template_crash_to_first_answer us "exec" auto lpm_crash_to_first_answer us
+trow "template: $MANY_N workers start -> .online" auto "lpm_template_${MANY_N}_workers_online" ms "exec" auto "lpm_${MANY_N}_workers_online" ms
+trow "template: resize(1 -> $MANY_N) -> all ready" auto "lpm_template_resize_1_to_${MANY_N}_online" ms "exec" auto "lpm_resize_1_to_${MANY_N}_online" ms
+rrow "template: burst, recycled every 100 requests" auto lpm_template_recycle_every_100_burst "req/s" "exec" auto lpm_recycle_every_100_burst
+crow "template: PSS per worker, 64 MiB preload (MiB)" auto lpm_pss_per_worker_forked_64mib_preload "" "exec" auto lpm_pss_per_worker_exec_64mib_preload
 # (CPU time per round trip is not shown: on this VM the kernel's accounting of many short runs
 # per second exceeds the wall time, so it cannot be read as cost.)
 for b in "${BACKENDS[@]}"; do

@@ -9,8 +9,9 @@ import LPMReactor
 /// It announces itself with a hello, then, for each fork order: checks that it is still
 /// single-threaded (refuses the order otherwise: a fork copies only the calling thread, so a
 /// lock held by another thread would stay held in the child), forks with
-/// `clone(CLONE_PARENT)` (the child is the supervisor's own child), replies with the child's
-/// pid, and closes its copy of the child's channel. It never handles requests, and exits at the
+/// `clone(CLONE_PARENT)` (the child is the supervisor's own child), and closes its copy of the
+/// child's channel. The child's first message, on its own channel, is its pid: the supervisor
+/// hears of every child it has, even if the template dies right after the fork. It never handles requests, and exits at the
 /// end of file of its channel (the supervisor is gone) or with the supervisor
 /// (`PR_SET_PDEATHSIG`, set at its spawn).
 ///
@@ -40,6 +41,9 @@ enum Template {
         do { try Sys.setBlocking(fd) } catch { die("template: \(error)", 71) }
         let threads = Int32(Sys.threadCount() ?? 0)
         guard TemplateMessage(.hello, getpid(), threads).send(on: fd) else { _exit(0) }
+        // A test hook: what the template does right after each fork ("die": SIGKILL itself;
+        // "stall": stop answering), to prove that the supervisor learns the worker's pid anyway.
+        let afterFork = getenv("LPM_TEMPLATE_TEST_AFTER_FORK").map { String(cString: $0) }
         let control = ControlBuffer()
         var received: [CInt] = []
         while true {
@@ -69,13 +73,22 @@ enum Template {
                 continue
             }
             if pid == 0 { return becomeWorker(channel: channel, slot: Int(order.a)) }
+            switch afterFork {
+            case "die"?: kill(getpid(), SIGKILL)
+            case "stall"?: while true { pause() }
+            default: break
+            }
+            // The worker announces itself on its own channel; the template's order is done.
             FileDescriptor.closeRaw(channel)
-            guard TemplateMessage(.forked, pid).send(on: fd) else { _exit(0) }
         }
     }
 
     /// In the child: the state a spawned worker starts with.
     private static func becomeWorker(channel: CInt, slot: Int) {
+        // First of all, its pid to the supervisor (its parent): from then on, it is watched and
+        // reaped whatever becomes of the template. Not heard: the supervisor gave up on this
+        // fork, and nothing would ever read this worker's channel.
+        guard TemplateMessage(.forked, getpid()).send(on: channel) else { _exit(0) }
         forked = true
         if let saved = savedDispositions { Sys.restoreSignalDispositions(saved) }
         do {

@@ -132,7 +132,7 @@ struct AdaptivePoolTests {
         }
     }
 
-    @Test("a retired worker gets nothing new; a worker that does not finish draining is killed after softKillTimeout, its request answered once")
+    @Test("a retired worker gets nothing new; a worker that does not finish draining is killed after softKillTimeout, its request answered once", readsSlotBeforeFork)
     func drainDeadline() async throws {
         await #expect(processExitsWith: .success) {
             try await leavesNothingBehind {

@@ -19,8 +19,19 @@ func testConfig(_ mode: String = "echo", count: Int = 2, env: [String: String] =
     var c = SupervisorConfiguration(executable: .init(path: sibling("lpm-test-worker"), environment: environment))
     c.count = count
     c.shutdownSignals = []
+    if runsWithTemplate { c.template = WorkerTemplate() }
     return c
 }
+
+/// Whether the suites run with a worker template (`LPM_TEST_TEMPLATE=1` in the test process's
+/// environment): every pool of ``testConfig(_:count:env:)`` then forks its workers from one.
+let runsWithTemplate = getenv("LPM_TEST_TEMPLATE").map { String(cString: $0) == "1" } ?? false
+
+/// For a test whose workers read `LPM_TEST_ONLY_SLOT` at start: the test worker reads it (with
+/// `LPM_WORKER_SLOT`) before its preload, so a template reads it once for every worker it forks,
+/// and they all echo. Such a test runs only with exec.
+let readsSlotBeforeFork = Testing.ConditionTrait.disabled(
+    if: runsWithTemplate, "the test worker picks its mode by slot before the template forks it")
 
 /// True when this process has no child at all, live or zombie.
 func hasNoChildren() -> Bool {

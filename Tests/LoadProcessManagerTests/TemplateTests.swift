@@ -37,7 +37,9 @@ struct TemplateTests {
     @Test("forked workers: the supervisor's children, preloaded once, each a worker as if spawned")
     func forkedWorkersAreOrdinary() async throws {
         // A worker started with exec, for comparison.
-        let (plain, _) = try await startOnline(testConfig("template-info", count: 1))
+        var exec = testConfig("template-info", count: 1)
+        exec.template = nil  // with exec even under LPM_TEST_TEMPLATE
+        let (plain, _) = try await startOnline(exec)
         let spawned = try #require(Info(try await plain.enqueue("x").text))
         await plain.softKill()
         #expect(!spawned.forked && spawned.preloadPID == spawned.pid)
@@ -171,6 +173,52 @@ struct TemplateTests {
         #expect(await log.wait(for: 2, isTemplateReady), "\(log.all)")
         #expect(kill(first, 0) == -1, "the old template is gone")
         await s.softKill()
+    }
+
+    @Test("the template dies right after a fork: the worker says its own pid, is kept and reaped; no zombie")
+    func templateDiesAfterFork() async throws {
+        await #expect(processExitsWith: .success) {
+            try await leavesNothingBehind {
+                var c = templateConfig(count: 1, env: ["LPM_TEMPLATE_TEST_AFTER_FORK": "die"])
+                c.restarts = 10
+                c.template?.restartDelay = .milliseconds(20)
+                let (s, log) = try await startOnline(c)
+                #expect(await log.wait(isTemplateUnavailable), "\(log.all)")
+                // The worker forked by the template that died serves: its pid came from itself.
+                let info = try #require(Info(try await s.enqueue("x").text))
+                #expect(info.forked && info.ppid == getpid(), "\(info)")
+                #expect(await s.health().map(\.pid) == [info.pid])
+                // Its crash is seen and it is replaced (by a new template's fork, or by exec).
+                kill(info.pid, SIGKILL)
+                #expect(await log.wait { if case .workerExited(_, let p, .signaled(SIGKILL), false) = $0 { return p == info.pid }; return false })
+                var next = try #require(Info(try await s.enqueue("x").text))
+                while next.pid == info.pid { next = try #require(Info(try await s.enqueue("x").text)) }
+                await s.softKill()
+            }
+        }
+    }
+
+    @Test("the template stalls after a fork: that worker is kept at once; the next order times out and uses exec; no zombie")
+    func templateStallsAfterFork() async throws {
+        await #expect(processExitsWith: .success) {
+            try await leavesNothingBehind {
+                var c = templateConfig(count: 2, env: ["LPM_TEMPLATE_TEST_AFTER_FORK": "stall"])
+                c.template?.forkTimeout = .milliseconds(300)
+                c.template?.restartDelay = .seconds(60)  // no second template in this test
+                let (s, log) = try await startOnline(c)
+                let reason = log.all.compactMap { e -> String? in if case .templateUnavailable(_, let r) = e { return r }; return nil }.first
+                #expect(reason?.contains("no answer") == true, "\(log.all)")
+                var forked = 0, spawned = 0
+                var seen = Set<pid_t>()
+                while seen.count < 2 {
+                    let info = try #require(Info(try await s.enqueue("x").text))
+                    #expect(info.ppid == getpid())
+                    if seen.insert(info.pid).inserted { if info.forked { forked += 1 } else { spawned += 1 } }
+                }
+                #expect(forked == 1 && spawned == 1, "one forked before the stall, one started with exec")
+                await s.softKill()
+            }
+        }
     }
 
     @Test("hard kill with the template on: nothing pending, no child left, descriptors back")

@@ -77,3 +77,37 @@ public func meanWorkerPSS(workerPath: String, count: Int, template: Bool, enviro
     guard !sizes.isEmpty else { throw BenchError("no PSS could be read") }
     return Double(sizes.reduce(0, +)) / Double(sizes.count)
 }
+
+/// Starts one worker (forked from a template, or with exec), then times `resize(count)` until
+/// `count` workers are ready (polling ``Supervisor/status()``); returns milliseconds.
+public func resizeToOnline(workerPath: String, count: Int, template: Bool) async throws -> Double {
+    let config = template ? Pool.templateConfiguration(workerPath: workerPath, count: 1)
+                          : Pool.configuration(workerPath: workerPath, count: 1)
+    let pool = try Pool(config)
+    try pool.startAndWait(seconds: 120)
+    let t0 = monotonicNanoseconds()
+    try await pool.supervisor.resize(count)
+    let deadline = t0 + 120_000_000_000
+    while await pool.supervisor.status().ready < count {
+        guard monotonicNanoseconds() < deadline else { pool.stop(); throw BenchError("resize(\(count)) not online within 120 s") }
+        try await Task.sleep(for: .microseconds(200))
+    }
+    let t1 = monotonicNanoseconds()
+    pool.stop()
+    return Double(t1 - t0) / 1e6
+}
+
+/// A burst of `n` requests (handler API) on 2 workers recycled every `every` requests, forked
+/// from a template or started with exec; returns requests per second.
+public func recyclingBurst(workerPath: String, n: Int, every: Int, template: Bool) throws -> Double {
+    var config = template ? Pool.templateConfiguration(workerPath: workerPath, count: 2, maxInFlight: 256)
+                          : Pool.configuration(workerPath: workerPath, count: 2, maxInFlight: 256)
+    config.recycleAfterRequests = every
+    let pool = try Pool(config)
+    try pool.startAndWait(seconds: 120)
+    let t0 = monotonicNanoseconds()
+    try pool.burstHandler(n)
+    let t1 = monotonicNanoseconds()
+    pool.stop()
+    return Double(n) / (Double(t1 - t0) / 1e9)
+}

@@ -33,6 +33,10 @@
 //                            LPM_STEP_QUEUE_WAIT_MS change the adaptive pool's settings
 //   crash-template N         crash, with workers forked from a template (20)
 //   many-workers-template N  many-workers, forked from a template (256)
+//   resize[-template] N      one worker, then resize(N): ms until N are ready, exec'd or
+//                            forked from a template (256)
+//   recycle-burst[-template] N  burst of N on 2 workers recycled every 100 requests, exec'd
+//                            or forked from a template: req/s (2e5)
 //   template-pss N           mean PSS of N workers whose preload maps and writes 64 MiB, exec'd
 //                            vs forked from a template (16); the worker is LPM_PSS_WORKER, by
 //                            default the test worker of the main package's debug build
@@ -42,6 +46,7 @@ import Glibc
 import LPMBenchJobs
 import LoadProcessManager
 import LPMReactor
+import Synchronization
 
 func usage() -> Never {
     fputs("usage: lpm-compare JOB [N] [--backend epoll|uring]\n(see the comment at the top of main.swift for the jobs)\n", stderr)
@@ -366,6 +371,22 @@ do {
         emit("lpm_template_\(n)_workers_one_request_each_\(tag)", f.requestsMs, "ms")
         emit("lpm_template_\(n)_workers_distinct_answering", Double(f.distinctWorkers), "workers")
         emit("lpm_template_\(n)_workers_softkill_\(tag)", f.stopMs, "ms")
+
+    case "resize", "resize-template":
+        let tag = try supervisorTag()
+        let n = countArg ?? 256
+        let template = job == "resize-template"
+        let path = try benchWorkerPath()
+        let ms = Mutex<Double>(0)
+        try blocking { let v = try await resizeToOnline(workerPath: path, count: n, template: template); ms.withLock { $0 = v } }
+        emit("lpm_\(template ? "template_" : "")resize_1_to_\(n)_online_\(tag)", ms.withLock { $0 }, "ms")
+
+    case "recycle-burst", "recycle-burst-template":
+        let tag = try supervisorTag()
+        let n = countArg ?? 200_000
+        let template = job == "recycle-burst-template"
+        let rate = try recyclingBurst(workerPath: try benchWorkerPath(), n: n, every: 100, template: template)
+        emit("lpm_\(template ? "template_" : "")recycle_every_100_burst_\(tag)", rate, "req/s")
 
     case "template-pss":
         let n = countArg ?? 16

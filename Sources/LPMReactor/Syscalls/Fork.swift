@@ -96,6 +96,32 @@ extension Sys {
         _ = try syscallValue("fcntl") { cloop_fcntl_int(fd, F_SETFL, flags & ~O_NONBLOCK) }
     }
 
+    /// `poll(2)` of two descriptors for `POLLIN`, retrying `EINTR` with the time left.
+    /// - Returns: whether each became readable (or hung up); `nil` when neither did before
+    ///   `milliseconds` passed.
+    package static func waitReadable(_ first: CInt, _ second: CInt, milliseconds: Int) -> (first: Bool, second: Bool)? {
+        let deadline = monotonicNanoseconds() + Int64(milliseconds) * 1_000_000
+        while true {
+            var p = (pollfd(fd: first, events: Int16(POLLIN), revents: 0), pollfd(fd: second, events: Int16(POLLIN), revents: 0))
+            let left = max(0, (deadline - monotonicNanoseconds() + 999_999) / 1_000_000)
+            let r = withUnsafeMutableBytes(of: &p) { poll($0.baseAddress!.assumingMemoryBound(to: pollfd.self), 2, CInt(left)) }
+            if r > 0 { return (p.0.revents != 0, p.1.revents != 0) }
+            if r == 0 || cloop_errno() != EINTR { return nil }
+        }
+    }
+
+    /// Whether `pid` is a child of this process (live or not yet reaped): `waitid(P_PID, pid,
+    /// WEXITED | WNOHANG | WNOWAIT)`, which fails with `ECHILD` for any other process and
+    /// reaps nothing.
+    package static func isChild(_ pid: pid_t) -> Bool {
+        guard pid > 0 else { return false }
+        var info = siginfo_t()
+        while true {
+            if waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 { return true }
+            if cloop_errno() != EINTR { return false }
+        }
+    }
+
     /// `poll(2)` of one descriptor for `POLLIN`, retrying `EINTR` with the time left.
     /// - Returns: whether it became readable (or hung up) before `milliseconds` passed.
     package static func waitReadable(_ fd: CInt, milliseconds: Int) -> Bool {
@@ -126,7 +152,10 @@ package struct TemplateMessage: Equatable, Sendable {
         case hello = 1
         /// Supervisor to template: fork a worker for slot `a`; its channel end is attached.
         case fork = 2
-        /// Template to supervisor: forked, `a` the worker's pid.
+        /// Forked worker to supervisor, on the worker's own channel before anything else: `a`
+        /// its pid. The supervisor learns every forked worker's pid from the worker itself, so
+        /// that it can watch and reap it even when the template dies (or stalls) right after
+        /// the fork; the template sends nothing when a fork succeeds.
         case forked = 3
         /// Template to supervisor: refused, `a` threads run in the template (it forks only
         /// when it has one).

@@ -78,17 +78,25 @@ extension Pool {
             return nil
         }
         let (seconds, attoseconds) = settings.forkTimeout.components
-        let milliseconds = Int(seconds) * 1000 + Int(attoseconds / 1_000_000_000_000_000)
+        let milliseconds = max(1, Int(seconds) * 1000 + Int(attoseconds / 1_000_000_000_000_000))
+        // The child says its pid on its own channel; the template speaks only when no child
+        // was forked (a refusal, a failed fork). End of file on the child's channel: no child
+        // (the template closed its copy of it), and the template says why.
         var answer: TemplateMessage?
-        if Sys.waitReadable(r.channel, milliseconds: max(1, milliseconds)) {
-            answer = withUnsafeTemporaryAllocation(byteCount: TemplateMessage.size, alignment: 4) { buffer in
-                guard case .processed(TemplateMessage.size)? = try? Sys.read(r.channel, buffer) else { return nil }
-                return TemplateMessage.decode(UnsafeRawBufferPointer(buffer))
+        var childEnded = false
+        if let readable = Sys.waitReadable(parentEnd.rawValue, r.channel, milliseconds: milliseconds) {
+            if readable.first {
+                if let pid = announcedChild(parentEnd.rawValue) { return (pid, parentEnd.release()) }
+                childEnded = true
+            }
+            if readable.second || Sys.waitReadable(r.channel, milliseconds: milliseconds) {
+                answer = withUnsafeTemporaryAllocation(byteCount: TemplateMessage.size, alignment: 4) { buffer in
+                    guard case .processed(TemplateMessage.size)? = try? Sys.read(r.channel, buffer) else { return nil }
+                    return TemplateMessage.decode(UnsafeRawBufferPointer(buffer))
+                }
             }
         }
         switch answer?.kind {
-        case .forked? where answer!.a > 0:
-            return (answer!.a, parentEnd.release())
         case .refusedThreads?:
             parentEnd.close()
             abandonTemplate("it runs \(answer!.a) threads (its preload started them): a template forks only while single-threaded",
@@ -99,10 +107,30 @@ extension Pool {
             config.logger.warning("worker template could not fork: worker started with exec", metadata: [
                 "slot": "\(slot)", "reason": "\(Errno(rawValue: answer!.a))"])
         default:
-            parentEnd.close()
+            // Dead, stalled or confused: the template is killed. A child it forked before is
+            // ours all the same: its pid arrives on its channel (or the channel ends once the
+            // template's copy is closed: no child), and it serves as this slot's worker.
             abandonTemplate(answer == nil ? "no answer to a fork order within \(settings.forkTimeout)" : "a malformed answer to a fork order")
+            if !childEnded, Sys.waitReadable(parentEnd.rawValue, milliseconds: milliseconds),
+               let pid = announcedChild(parentEnd.rawValue) {
+                config.logger.info("worker forked before its template was abandoned: kept", metadata: [
+                    "slot": "\(slot)", "pid": "\(pid)"])
+                return (pid, parentEnd.release())
+            }
+            parentEnd.close()
         }
         return nil
+    }
+
+    /// Reads a forked worker's first message on its channel `fd` (readable): its pid, if it is
+    /// a child of this process; `nil` at end of file, or for anything else.
+    private func announcedChild(_ fd: CInt) -> pid_t? {
+        let message = withUnsafeTemporaryAllocation(byteCount: TemplateMessage.size, alignment: 4) { buffer -> TemplateMessage? in
+            guard case .processed(TemplateMessage.size)? = try? Sys.read(fd, buffer) else { return nil }
+            return TemplateMessage.decode(UnsafeRawBufferPointer(buffer))
+        }
+        guard let message, message.kind == .forked, Sys.isChild(message.a) else { return nil }
+        return message.a
     }
 
     // MARK: The template's life
