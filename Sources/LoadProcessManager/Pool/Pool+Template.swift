@@ -210,27 +210,28 @@ extension Pool {
                                        refuse: true)
             }
         }
+        settleTemplate(&r, as: .ready)
+        template.deathsInRow = 0
+        emit(.templateReady(pid: r.pid))
+        spawnDeferredWorkers()
+    }
+
+    /// Ends the template's start-up watch (its channel's registration and its start timer) and
+    /// records it in `state`.
+    private func settleTemplate(_ r: inout TemplateSupervision.Running, as state: TemplateSupervision.State) {
         if let registration = r.registration { try? reactor.deregister(registration) }  // current: cannot fail
         if let t = r.startTimer { reactor.cancel(t) }
         r.registration = nil
         r.startTimer = nil
-        r.state = .ready
+        r.state = state
         template.running = r
-        template.deathsInRow = 0
-        emit(.templateReady(pid: r.pid))
-        spawnDeferredWorkers()
     }
 
     /// Gives up on the running template: it is killed (its exit is reported by its pidfd, and
     /// it is restarted then unless `refuse`), and workers are started with exec meanwhile.
     func abandonTemplate(_ reason: String, refuse: Bool = false) {
         guard var r = template.running, r.state != .dying else { return }
-        if let registration = r.registration { try? reactor.deregister(registration) }  // current: cannot fail
-        if let t = r.startTimer { reactor.cancel(t) }
-        r.registration = nil
-        r.startTimer = nil
-        r.state = .dying
-        template.running = r
+        settleTemplate(&r, as: .dying)
         if let watch = r.watch { try? reactor.signalChild(watch, SIGKILL) }  // already reaped: nothing to kill
         if refuse { template.refusedGeneration = r.generation }
         templateUnavailable(pid: r.pid, reason)
