@@ -99,6 +99,9 @@ public final class Worker {
         channel.onEnd = { [unowned self] end in
             switch end {
             case .endOfFile: self.exit(code: 0)  // the supervisor is gone
+            // A supervisor that closed its end with frames of ours unread resets the connection
+            // (ECONNRESET, EPIPE on a write): it is gone all the same.
+            case .failed(let e) where e.errnoCode == ECONNRESET || e.errnoCode == EPIPE: self.exit(code: 0)
             case .violation(let v): self.violation(v.reason)
             case .failed, .registrationFailed: self.exit(code: 74)  // EX_IOERR
             }

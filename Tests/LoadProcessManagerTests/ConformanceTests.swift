@@ -554,6 +554,22 @@ struct ConformanceTests {
         #expect(await waitForExit(worker.pid) == .exited(0))
     }
 
+    @Test("the Swift worker runtime too: closed with its frames unread (ECONNRESET), it exits 0")
+    func swiftRuntimeConnectionReset() async throws {
+        var pair: [CInt] = [-1, -1]
+        try #require(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0, &pair) == 0)
+        let env = environment(["LPM_CHANNEL_FD": "3", "LPM_PARENT_PID": String(getpid()), "LPM_WORKER_SLOT": "0",
+                               "LPM_TEST_MODE": "echo"])
+        let pid = spawn([sibling("lpm-test-worker")], env: env, channel: pair[1])
+        close(pair[1])
+        try #require(pid > 0)
+        // Its `ready` and the answer to this request stay unread when the channel is closed.
+        #expect(writeAll(pair[0], Self.documentedRequest))
+        try await Task.sleep(for: .milliseconds(200))
+        close(pair[0])
+        #expect(await waitForExit(pid) == .exited(0))
+    }
+
     enum Breach: String, CaseIterable, Sendable {
         case badMagic, otherVersion, unknownType, workerOnlyType, oversizedFrame, shortRequest, descriptorNobodyAnnounced
     }
