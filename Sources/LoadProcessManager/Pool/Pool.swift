@@ -237,7 +237,12 @@ final class Pool {
     /// replaces a worker that died (``SupervisorEvent/workerRestarted(slot:pid:)`` follows
     /// its start).
     func spawn(slot i: Int, restart: Bool = false, fork: Bool = true) throws(SupervisorError) {
-        if fork, config.template != nil, orderFork(slot: i, .start(restart: restart)) { return }
+        if fork, config.template != nil, orderFork(slot: i, .start(restart: restart)) {
+            // Part of the pool from now, as a spawned worker's slot (a comeback brings a slot
+            // down back this way).
+            slots[i].membership = .active
+            return
+        }
         let spawned = try execWorker(slot: i)
         try install(slot: i, spawned)
         if restart { emit(.workerRestarted(slot: i, pid: spawned.pid)) }
