@@ -63,13 +63,13 @@ enum Template {
             let channel = received[0]
             if let count = Sys.threadCount(), count > 1 {
                 FileDescriptor.closeRaw(channel)
-                guard TemplateMessage(.refusedThreads, Int32(count)).send(on: fd) else { _exit(0) }
+                guard TemplateMessage(.refusedThreads, Int32(count), order.a).send(on: fd) else { _exit(0) }
                 continue
             }
             let pid: pid_t
             do { pid = try Sys.forkSibling() } catch {
                 FileDescriptor.closeRaw(channel)
-                guard TemplateMessage(.failed, error.errno.rawValue).send(on: fd) else { _exit(0) }
+                guard TemplateMessage(.failed, error.errno.rawValue, order.a).send(on: fd) else { _exit(0) }
                 continue
             }
             if pid == 0 { return becomeWorker(channel: channel, slot: Int(order.a)) }

@@ -75,8 +75,10 @@ struct CoreBehaviourTests {
                 try await s.resize(2)
                 status = await s.status()
                 #expect(status.workers == 2)
-                let started = log.count { if case .workerStarted = $0 { return true }; return false }
-                #expect(started == startedBefore + 2, "two workers spawned by the resize")
+                // Spawned by the resize, or (with a template) forked once their orders are answered.
+                let isStarted: (SupervisorEvent) -> Bool = { if case .workerStarted = $0 { return true }; return false }
+                #expect(await log.wait(for: startedBefore + 2, isStarted), "two workers spawned by the resize")
+                #expect(log.count(isStarted) == startedBefore + 2, "two workers spawned by the resize")
                 #expect(await log.wait(for: 2, isOnline), "online again")
                 await s.hardKill()
             }

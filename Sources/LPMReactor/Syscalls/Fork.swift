@@ -158,9 +158,10 @@ package struct TemplateMessage: Equatable, Sendable {
         /// the fork; the template sends nothing when a fork succeeds.
         case forked = 3
         /// Template to supervisor: refused, `a` threads run in the template (it forks only
-        /// when it has one).
+        /// when it has one), `b` the order's slot. The order's channel is closed first.
         case refusedThreads = 4
-        /// Template to supervisor: the fork failed, `a` the error number.
+        /// Template to supervisor: the fork failed, `a` the error number, `b` the order's slot.
+        /// The order's channel is closed first.
         case failed = 5
     }
 

@@ -80,16 +80,12 @@ extension Pool {
 
     private func respawn(slot i: Int) {
         slots[i].restarts += 1
-        if spawnOrMarkDown(slot: i) == nil, let pid = slots[i].process?.pid {
-            emit(.workerRestarted(slot: i, pid: pid))
-        } else {
-            scheduleComeback(slot: i)
-        }
+        if spawnOrMarkDown(slot: i, restart: true) != nil { scheduleComeback(slot: i) }
     }
 
     /// Arms the timer that brings down slot `i` back: `initial`, doubled with each refusal in a
     /// row, at most `maximum`.
-    private func scheduleComeback(slot i: Int) {
+    func scheduleComeback(slot i: Int) {
         guard case .backoff(let initial, let maximum) = config.afterBudgetSpent, slots[i].comeback == nil else { return }
         let delay = min(maximum, initial * (1 << min(slots[i].refusals, 30)))
         slots[i].refusals += 1

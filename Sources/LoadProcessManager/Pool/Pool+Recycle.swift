@@ -6,13 +6,27 @@ extension Pool {
     /// Replaces the worker in slot `i` without losing capacity or a request: a fresh worker
     /// starts in the slot first; the old one moves to a retired slot, gets nothing new, finishes
     /// what it holds and exits. Not charged to the restart budget.
+    /// With a template and `fork`, the replacement is ordered from it and the swap happens
+    /// when it announces itself (the old worker serves meanwhile).
     /// - Returns: whether the replacement started (if it could not be spawned, the old worker
     ///   stays, and the failure is reported as an event and returned).
     @discardableResult
-    func recycle(slot i: Int, reason: String) -> SupervisorError? {
+    func recycle(slot i: Int, reason: String, fork: Bool = true) -> SupervisorError? {
         guard phase == .running, slots[i].membership == .active, let old = slots[i].process, old.lifecycle.isServing else {
             return nil
         }
+        if fork, config.template != nil, orderFork(slot: i, .recycle(oldPID: old.pid, reason: reason)) { return nil }
+        let spawned: (pid: pid_t, channel: CInt)
+        do { spawned = try execWorker(slot: i) } catch {
+            emit(.workerSpawnFailed(slot: i, reason: "recycling worker \(old.pid) (\(reason)): \(error.message)"))
+            return error
+        }
+        return replace(old, slot: i, with: spawned, reason: reason)
+    }
+
+    /// Puts the started process `spawned` in slot `i` in place of `old`, which drains.
+    @discardableResult
+    func replace(_ old: WorkerProcess, slot i: Int, with spawned: (pid: pid_t, channel: CInt), reason: String) -> SupervisorError? {
         // The old worker moves to a retired slot (a free one, or a new one), with its requests.
         let j = slots.indices.first { slots[$0].membership == .retired && slots[$0].process == nil } ?? {
             slots.append(WorkerSlot(membership: .retired))
@@ -24,7 +38,7 @@ extension Pool {
         old.slot = j
         table.moveInFlight(from: i, to: j)
         do {
-            try spawn(slot: i)
+            try install(slot: i, spawned)
         } catch {
             // Undo: the old worker keeps the slot.
             slots[i].process = old
@@ -86,7 +100,8 @@ extension Pool {
     func advanceReload() {
         guard var r = reload else { return }
         if let slot = r.waiting {
-            guard let w = slots[slot].process, w.lifecycle.hasBeenReady || slots[slot].membership != .active else { return }
+            guard template.pending[slot] == nil, let w = slots[slot].process,
+                  w.lifecycle.hasBeenReady || slots[slot].membership != .active else { return }
             r.waiting = nil
         }
         while let next = r.remaining.first {

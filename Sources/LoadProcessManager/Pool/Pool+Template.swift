@@ -32,94 +32,231 @@ final class TemplateSupervision {
     /// At start, the first workers wait for the template, to be forked from it; they are
     /// started once it is ready, or with exec as soon as it fails.
     var deferringStart = false
+    /// Forks ordered (or queued to be), by slot, and how many orders are outstanding.
+    var pending: [Int: PendingFork] = [:]
+    var queued: [Int] = []
+    var outstanding = 0
+    /// Orders sent and not yet answered, at most: more wait in `queued`. The template forks
+    /// one at a time; the bound keeps the descriptors in flight few.
+    static let maxOutstanding = 32
+}
+
+/// A worker ordered from the template for a slot, until it announces itself.
+struct PendingFork {
+    enum Purpose {
+        /// A worker for an empty slot; `restart`: it replaces one that died.
+        case start(restart: Bool)
+        /// The replacement of the slot's worker `oldPID` (``Pool/recycle(slot:reason:fork:)``).
+        case recycle(oldPID: pid_t, reason: String)
+    }
+    var purpose: Purpose
+    /// The spawner's generation when ordered: a worker of an older executable is not kept.
+    let generation: Int
+    /// The supervisor's end of the new worker's channel once the order is sent (-1: queued).
+    var channel: CInt = -1
+    var registration: Reactor.Registration?
+    var timer: Reactor.Timer?
+    /// The order went unanswered for `forkTimeout` once (the template was abandoned then).
+    var expired = false
 }
 
 extension Pool {
-    // MARK: Spawning through the template
+    // MARK: Forking through the template
 
-    /// Starts a worker for `slot`: forked from the template when one is ready, else with exec.
-    func spawnProcess(cpu: Int?, slot: Int) throws(SyscallError) -> (pid: pid_t, channel: CInt) {
-        if config.template != nil, let forked = forkFromTemplate(slot: slot) {
-            if let cpu {
-                // Best effort, as for a spawned worker.
-                try? Sys.pin(forked.pid, toCPU: cpu)
-            }
-            return forked
+    /// Orders a worker for slot `i` from the template, when one is ready: the order is sent
+    /// (or queued behind ``TemplateSupervision/maxOutstanding`` others) and the reactor goes on;
+    /// the worker is installed when it announces its pid on its channel (``forkAnswered(slot:)``),
+    /// or started with exec if no child comes of the order. Returns whether the fork is pending
+    /// (`false`: no template is ready, or the order could not be sent: use exec now).
+    func orderFork(slot i: Int, _ purpose: PendingFork.Purpose) -> Bool {
+        if var p = template.pending[i] {
+            // Already on its way (a slot retired and taken back, a recycle whose worker died):
+            // the coming worker serves; a start supersedes a recycle.
+            if case .start = purpose { p.purpose = purpose; template.pending[i] = p }
+            return true
         }
-        return try spawner.spawn(cpu: cpu, slot: slot)
-    }
-
-    /// Orders the template to fork a worker for `slot`, and waits for its answer (as the
-    /// thread waits for an exec: a fork of the template takes a fraction of that). `nil`: use
-    /// exec (no template ready, or it failed; the pool has said why).
-    private func forkFromTemplate(slot: Int) -> (pid: pid_t, channel: CInt)? {
-        guard let settings = config.template else { return nil }
+        guard config.template != nil else { return false }
         guard let r = template.running else {
             // None runs and none is due: the first spawn after a reload, say.
             if template.restartTimer == nil, template.refusedGeneration != spawner.generation { startTemplate() }
-            return nil
+            return false
         }
         if r.generation != spawner.generation {
             abandonTemplate("the executable was reloaded: a new template starts")
-            return nil
+            return false
         }
-        guard r.state == .ready else { return nil }
+        guard r.state == .ready else { return false }
+        template.pending[i] = PendingFork(purpose: purpose, generation: r.generation)
+        guard template.outstanding < TemplateSupervision.maxOutstanding else {
+            template.queued.append(i)
+            return true
+        }
+        if sendForkOrder(slot: i) { return true }
+        template.pending[i] = nil
+        return false
+    }
+
+    /// Sends the fork order of pending slot `i` and watches the new worker's channel.
+    /// `false`: not sent (the template is abandoned).
+    private func sendForkOrder(slot i: Int) -> Bool {
+        guard let settings = config.template, let r = template.running, r.state == .ready, var p = template.pending[i] else {
+            return false
+        }
         let pair: DescriptorPair
         do { pair = try Sys.socketpair(flags: CInt(SOCK_NONBLOCK.rawValue)) } catch {
             // Out of descriptors, say: exec fails the same way and reports it.
-            return nil
+            return false
         }
         let parentEnd = pair.first, childEnd = pair.second
-        let sent = TemplateMessage(.fork, Int32(truncatingIfNeeded: slot)).send(on: r.channel, passing: childEnd.rawValue)
+        let sent = TemplateMessage(.fork, Int32(truncatingIfNeeded: i)).send(on: r.channel, passing: childEnd.rawValue)
         childEnd.close()
         guard sent else {
             parentEnd.close()
             abandonTemplate("a fork order could not be sent")
-            return nil
+            return false
         }
-        let (seconds, attoseconds) = settings.forkTimeout.components
+        let fd = parentEnd.release()
+        do {
+            p.registration = try reactor.register(fd, interest: .readable) { [unowned self] _ in
+                self.forkAnswered(slot: i)
+                self.deliver()
+            }
+            p.timer = try reactor.schedule(after: settings.forkTimeout) { [unowned self] in
+                self.forkTimedOut(slot: i)
+                self.deliver()
+            }
+        } catch {
+            // Cannot watch the order (a closed reactor): its child, if any, is reaped here.
+            if let registration = p.registration { try? reactor.deregister(registration) }  // current: cannot fail
+            resolveBlocking(fd, milliseconds: settings.forkTimeout)
+            return false
+        }
+        p.channel = fd
+        template.pending[i] = p
+        template.outstanding += 1
+        return true
+    }
+
+    /// Sends queued orders while fewer than the bound are outstanding.
+    private func sendQueuedForkOrders() {
+        while template.outstanding < TemplateSupervision.maxOutstanding, !template.queued.isEmpty {
+            let i = template.queued.removeFirst()
+            if template.pending[i] != nil, !sendForkOrder(slot: i), let p = template.pending.removeValue(forKey: i) {
+                forkFellThrough(slot: i, p)
+            }
+        }
+    }
+
+    /// Ends the watch of slot `i`'s outstanding order; returns it (its channel still open).
+    private func takeOrder(slot i: Int) -> PendingFork? {
+        guard let p = template.pending.removeValue(forKey: i) else { return nil }
+        if let registration = p.registration { try? reactor.deregister(registration) }  // current: cannot fail
+        if let t = p.timer { reactor.cancel(t) }
+        if p.channel >= 0 { template.outstanding -= 1 }
+        return p
+    }
+
+    /// The channel of slot `i`'s order is readable: the new worker's pid, or its end of file
+    /// (no child: the template closed its copy, and says why on its own channel).
+    private func forkAnswered(slot i: Int) {
+        guard let fd = template.pending[i]?.channel, fd >= 0 else { return }
+        var message: TemplateMessage?
+        let result = withUnsafeTemporaryAllocation(byteCount: TemplateMessage.size, alignment: 4) { buffer -> IOResult<Int>? in
+            let result = try? Sys.read(fd, buffer)
+            if case .processed(TemplateMessage.size)? = result { message = TemplateMessage.decode(UnsafeRawBufferPointer(buffer)) }
+            return result
+        }
+        if case .wouldBlock? = result { return }  // spurious readiness
+        guard let p = takeOrder(slot: i) else { return }
+        defer { sendQueuedForkOrders() }
+        guard let message, message.kind == .forked, Sys.isChild(message.a) else {
+            FileDescriptor.closeRaw(fd)
+            return forkFellThrough(slot: i, p)
+        }
+        adopt(pid: message.a, channel: fd, slot: i, p)
+    }
+
+    /// Slot `i`'s order got no answer within `forkTimeout`: the template is abandoned (killed:
+    /// its copy of the channel closes, and a child it forked announces itself all the same);
+    /// after another `forkTimeout`, the order is given up and the slot uses exec.
+    private func forkTimedOut(slot i: Int) {
+        guard var p = template.pending[i], p.channel >= 0, let settings = config.template else { return }
+        p.timer = nil
+        template.pending[i] = p
+        if !p.expired, let r = template.running, r.generation == p.generation, r.state != .dying {
+            p.expired = true
+            p.timer = try? reactor.schedule(after: settings.forkTimeout) { [unowned self] in
+                self.forkTimedOut(slot: i)
+                self.deliver()
+            }
+            template.pending[i] = p
+            abandonTemplate("no answer to a fork order within \(settings.forkTimeout)")
+            if p.timer != nil { return }
+        }
+        guard let p = takeOrder(slot: i) else { return }
+        FileDescriptor.closeRaw(p.channel)
+        forkFellThrough(slot: i, p)
+        sendQueuedForkOrders()
+    }
+
+    /// A forked worker announced itself for slot `i`: it takes the slot if the slot still wants
+    /// it, else it is killed and reaped.
+    private func adopt(pid: pid_t, channel: CInt, slot i: Int, _ p: PendingFork) {
+        let wanted = phase == .running && slots[i].membership == .active && p.generation == spawner.generation
+        if wanted, case .recycle(let oldPID, let reason) = p.purpose, let old = slots[i].process {
+            if old.pid == oldPID, old.lifecycle.isServing {
+                pinForked(pid, slot: i)
+                replace(old, slot: i, with: (pid, channel), reason: reason)
+                return
+            }
+        } else if wanted, slots[i].process == nil {
+            pinForked(pid, slot: i)
+            do {
+                try install(slot: i, (pid, channel))
+            } catch {
+                slots[i].membership = .down
+                emit(.workerSpawnFailed(slot: i, reason: error.message))
+                if !hasLiveWorker { noWorkersLeft() }
+                return
+            }
+            if case .start(restart: true) = p.purpose { emit(.workerRestarted(slot: i, pid: pid)) }
+            return
+        }
+        Sys.killAndReap(pid)
+        FileDescriptor.closeRaw(channel)
+        if phase == .running, p.generation != spawner.generation { forkFellThrough(slot: i, p) }
+    }
+
+    private func pinForked(_ pid: pid_t, slot i: Int) {
+        // Best effort, as for a spawned worker.
+        if let cpu = cpu(forSlot: i) { try? Sys.pin(pid, toCPU: cpu) }
+    }
+
+    /// No worker came of slot `i`'s order: the slot gets one with exec, if it still wants one.
+    private func forkFellThrough(slot i: Int, _ p: PendingFork) {
+        guard phase == .running, slots[i].membership == .active else { return }
+        switch p.purpose {
+        case .recycle(let oldPID, let reason):
+            if let old = slots[i].process {
+                if old.pid == oldPID { recycle(slot: i, reason: reason, fork: false) }
+                return
+            }
+            _ = spawnOrMarkDown(slot: i, fork: false)
+        case .start(let restart):
+            guard slots[i].process == nil else { return }
+            if spawnOrMarkDown(slot: i, restart: restart, fork: false) != nil, restart { scheduleComeback(slot: i) }
+        }
+        if !hasLiveWorker { noWorkersLeft() }
+        pump()
+    }
+
+    /// Waits (blocking, at most `milliseconds`) for an order's answer on `fd`: a child that
+    /// announces itself is killed and reaped. Closes `fd`. For the pool's stop only.
+    private func resolveBlocking(_ fd: CInt, milliseconds timeout: Duration) {
+        let (seconds, attoseconds) = timeout.components
         let milliseconds = max(1, Int(seconds) * 1000 + Int(attoseconds / 1_000_000_000_000_000))
-        // The child says its pid on its own channel; the template speaks only when no child
-        // was forked (a refusal, a failed fork). End of file on the child's channel: no child
-        // (the template closed its copy of it), and the template says why.
-        var answer: TemplateMessage?
-        var childEnded = false
-        if let readable = Sys.waitReadable(parentEnd.rawValue, r.channel, milliseconds: milliseconds) {
-            if readable.first {
-                if let pid = announcedChild(parentEnd.rawValue) { return (pid, parentEnd.release()) }
-                childEnded = true
-            }
-            if readable.second || Sys.waitReadable(r.channel, milliseconds: milliseconds) {
-                answer = withUnsafeTemporaryAllocation(byteCount: TemplateMessage.size, alignment: 4) { buffer in
-                    guard case .processed(TemplateMessage.size)? = try? Sys.read(r.channel, buffer) else { return nil }
-                    return TemplateMessage.decode(UnsafeRawBufferPointer(buffer))
-                }
-            }
-        }
-        switch answer?.kind {
-        case .refusedThreads?:
-            parentEnd.close()
-            abandonTemplate("it runs \(answer!.a) threads (its preload started them): a template forks only while single-threaded",
-                            refuse: true)
-        case .failed?:
-            parentEnd.close()
-            // A fork the kernel refused (EAGAIN, ENOMEM): this spawn uses exec, the template stays.
-            config.logger.warning("worker template could not fork: worker started with exec", metadata: [
-                "slot": "\(slot)", "reason": "\(Errno(rawValue: answer!.a))"])
-        default:
-            // Dead, stalled or confused: the template is killed. A child it forked before is
-            // ours all the same: its pid arrives on its channel (or the channel ends once the
-            // template's copy is closed: no child), and it serves as this slot's worker.
-            abandonTemplate(answer == nil ? "no answer to a fork order within \(settings.forkTimeout)" : "a malformed answer to a fork order")
-            if !childEnded, Sys.waitReadable(parentEnd.rawValue, milliseconds: milliseconds),
-               let pid = announcedChild(parentEnd.rawValue) {
-                config.logger.info("worker forked before its template was abandoned: kept", metadata: [
-                    "slot": "\(slot)", "pid": "\(pid)"])
-                return (pid, parentEnd.release())
-            }
-            parentEnd.close()
-        }
-        return nil
+        if Sys.waitReadable(fd, milliseconds: milliseconds), let pid = announcedChild(fd) { Sys.killAndReap(pid) }
+        FileDescriptor.closeRaw(fd)
     }
 
     /// Reads a forked worker's first message on its channel `fd` (readable): its pid, if it is
@@ -131,6 +268,38 @@ extension Pool {
         }
         guard let message, message.kind == .forked, Sys.isChild(message.a) else { return nil }
         return message.a
+    }
+
+    /// Whether a fork for an active slot is on its way (the pool then has a worker coming).
+    var hasPendingFork: Bool { template.pending.keys.contains { slots[$0].membership == .active } }
+
+    /// The template's channel is readable once it is ready: a refusal or a failed fork (it says
+    /// nothing when a fork succeeds), or its end.
+    private func templateAnswers() {
+        while let r = template.running, r.state == .ready {
+            var answer: TemplateMessage?
+            let result = withUnsafeTemporaryAllocation(byteCount: TemplateMessage.size, alignment: 4) { buffer -> IOResult<Int>? in
+                let result = try? Sys.read(r.channel, buffer)
+                if case .processed(TemplateMessage.size)? = result { answer = TemplateMessage.decode(UnsafeRawBufferPointer(buffer)) }
+                return result
+            }
+            switch result {
+            case .wouldBlock?: return
+            case .processed(0)?, nil: return abandonTemplate("it closed its channel")
+            case .processed?: break
+            }
+            switch answer?.kind {
+            case .refusedThreads?:
+                return abandonTemplate("it runs \(answer!.a) threads (its preload started them): a template forks only while single-threaded",
+                                       refuse: true)
+            case .failed?:
+                // A fork the kernel refused (EAGAIN, ENOMEM): this slot uses exec, the template stays.
+                config.logger.warning("worker template could not fork: worker started with exec", metadata: [
+                    "slot": "\(answer!.b)", "reason": "\(Errno(rawValue: answer!.a))"])
+            default:
+                return abandonTemplate("a malformed answer to a fork order")
+            }
+        }
     }
 
     // MARK: The template's life
@@ -162,7 +331,7 @@ extension Pool {
                 self.deliver()
             }
             r.registration = try reactor.register(spawned.channel, interest: .readable) { [unowned self] _ in
-                self.templateHello()
+                if self.template.running?.state == .starting { self.templateHello() } else { self.templateAnswers() }
                 self.deliver()
             }
             r.startTimer = try reactor.schedule(after: settings.startTimeout) { [unowned self] in
@@ -210,7 +379,11 @@ extension Pool {
                                        refuse: true)
             }
         }
-        settleTemplate(&r, as: .ready)
+        // Its channel stays watched: refusals and failed forks arrive on it.
+        if let t = r.startTimer { reactor.cancel(t) }
+        r.startTimer = nil
+        r.state = .ready
+        template.running = r
         template.deathsInRow = 0
         emit(.templateReady(pid: r.pid))
         spawnDeferredWorkers()
@@ -235,6 +408,13 @@ extension Pool {
         if let watch = r.watch { try? reactor.signalChild(watch, SIGKILL) }  // already reaped: nothing to kill
         if refuse { template.refusedGeneration = r.generation }
         templateUnavailable(pid: r.pid, reason)
+        // Orders not sent yet use exec; those sent end when the template's copies of their
+        // channels close (no child), or with the child's pid.
+        let queued = template.queued
+        template.queued = []
+        for i in queued {
+            if let p = template.pending.removeValue(forKey: i) { forkFellThrough(slot: i, p) }
+        }
     }
 
     /// The template was reaped.
@@ -279,7 +459,8 @@ extension Pool {
         guard template.deferringStart else { return }
         template.deferringStart = false
         guard phase == .running else { return }
-        for i in slots.indices where slots[i].membership == .active && slots[i].process == nil && slots[i].comeback == nil {
+        for i in slots.indices where slots[i].membership == .active && slots[i].process == nil && slots[i].comeback == nil
+            && template.pending[i] == nil {
             _ = spawnOrMarkDown(slot: i)
         }
         if !hasLiveWorker { noWorkersLeft() }
@@ -287,16 +468,24 @@ extension Pool {
     }
 
     /// When the pool stops: the template is killed and reaped, and no restart is due.
+    /// Orders still outstanding are settled here: a child that announces itself is killed and
+    /// reaped (the template, dead, holds no copy of their channels any more).
     func stopTemplate() {
         template.deferringStart = false
         if let t = template.restartTimer { reactor.cancel(t); template.restartTimer = nil }
-        guard let r = template.running else { return }
-        template.running = nil
-        if let registration = r.registration { try? reactor.deregister(registration) }  // current: cannot fail
-        if let t = r.startTimer { reactor.cancel(t) }
-        if let watch = r.watch { try? reactor.unwatchChild(watch) }  // current: cannot fail
-        Sys.killAndReap(r.pid)
-        FileDescriptor.closeRaw(r.channel)
+        if let r = template.running {
+            template.running = nil
+            if let registration = r.registration { try? reactor.deregister(registration) }  // current: cannot fail
+            if let t = r.startTimer { reactor.cancel(t) }
+            if let watch = r.watch { try? reactor.unwatchChild(watch) }  // current: cannot fail
+            Sys.killAndReap(r.pid)
+            FileDescriptor.closeRaw(r.channel)
+        }
+        template.queued = []
+        for i in Array(template.pending.keys) {
+            guard let p = takeOrder(slot: i), p.channel >= 0 else { continue }
+            resolveBlocking(p.channel, milliseconds: config.template?.forkTimeout ?? .seconds(1))
+        }
     }
 
     /// The template's pid while it runs and is ready to fork (tests and benchmarks).

@@ -218,11 +218,11 @@ final class Pool {
         }
     }
 
-    /// Spawns a process into slot `i`. On failure the slot goes down and the failure is reported
-    /// (an event), and returned.
-    func spawnOrMarkDown(slot i: Int) -> SupervisorError? {
+    /// Spawns a process into slot `i` (see ``spawn(slot:restart:fork:)``). On failure the slot
+    /// goes down and the failure is reported (an event), and returned.
+    func spawnOrMarkDown(slot i: Int, restart: Bool = false, fork: Bool = true) -> SupervisorError? {
         do {
-            try spawn(slot: i)
+            try spawn(slot: i, restart: restart, fork: fork)
             return nil
         } catch {
             slots[i].membership = .down
@@ -231,13 +231,39 @@ final class Pool {
         }
     }
 
-    func spawn(slot i: Int) throws(SupervisorError) {
-        let cpu = config.cpuAffinity.isEmpty ? nil : config.cpuAffinity[i % config.cpuAffinity.count]
-        let spawned: (pid: pid_t, channel: CInt)
-        do { spawned = try spawnProcess(cpu: cpu, slot: i) } catch {
+    /// Starts a worker in slot `i`: ordered from the template when one is ready and `fork`
+    /// (the slot then has no process until the forked worker announces itself, and gets one
+    /// with exec if none does: `Pool+Template.swift`), else now with exec. `restart`: it
+    /// replaces a worker that died (``SupervisorEvent/workerRestarted(slot:pid:)`` follows
+    /// its start).
+    func spawn(slot i: Int, restart: Bool = false, fork: Bool = true) throws(SupervisorError) {
+        if fork, config.template != nil, orderFork(slot: i, .start(restart: restart)) {
+            // Part of the pool from now, as a spawned worker's slot (a comeback brings a slot
+            // down back this way).
+            slots[i].membership = .active
+            return
+        }
+        let spawned = try execWorker(slot: i)
+        try install(slot: i, spawned)
+        if restart { emit(.workerRestarted(slot: i, pid: spawned.pid)) }
+    }
+
+    /// The CPU slot `i`'s worker is pinned to, if any.
+    func cpu(forSlot i: Int) -> Int? {
+        config.cpuAffinity.isEmpty ? nil : config.cpuAffinity[i % config.cpuAffinity.count]
+    }
+
+    /// Starts the executable for slot `i`; returns its pid and the supervisor's end of its channel.
+    func execWorker(slot i: Int) throws(SupervisorError) -> (pid: pid_t, channel: CInt) {
+        do { return try spawner.spawn(cpu: cpu(forSlot: i), slot: i) } catch {
             throw SupervisorError(.spawnFailed, "could not start the worker \(config.executable.path): \(error)",
                                   underlying: .init(error))
         }
+    }
+
+    /// Makes the started process `spawned` slot `i`'s worker: its channel, its watch. On failure
+    /// it is killed and reaped.
+    func install(slot i: Int, _ spawned: (pid: pid_t, channel: CInt)) throws(SupervisorError) {
         let channel = Channel(fd: spawned.channel, reactor: reactor, flusher: flusher, maxPayload: config.maxPayload,
                               outgoingLimit: config.maxQueuedBytesPerWorker)
         let w = WorkerProcess(slot: i, pid: spawned.pid, channel: channel, statm: StatmReader(pid: spawned.pid))
@@ -276,8 +302,11 @@ final class Pool {
     // MARK: The pool's shape
 
     /// Whether some slot of the pool has a process.
-    /// Counts the first workers while they wait for the template to preload.
-    var hasLiveWorker: Bool { slots.contains { $0.membership == .active && $0.process != nil } || template.deferringStart }
+    /// Counts the first workers while they wait for the template to preload, and workers
+    /// ordered from it.
+    var hasLiveWorker: Bool {
+        slots.contains { $0.membership == .active && $0.process != nil } || template.deferringStart || hasPendingFork
+    }
 
     /// Slots that are part of the pool.
     var activeCount: Int { slots.reduce(0) { $0 + ($1.membership == .active ? 1 : 0) } }
