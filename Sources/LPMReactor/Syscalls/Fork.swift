@@ -96,20 +96,6 @@ extension Sys {
         _ = try syscallValue("fcntl") { cloop_fcntl_int(fd, F_SETFL, flags & ~O_NONBLOCK) }
     }
 
-    /// `poll(2)` of two descriptors for `POLLIN`, retrying `EINTR` with the time left.
-    /// - Returns: whether each became readable (or hung up); `nil` when neither did before
-    ///   `milliseconds` passed.
-    package static func waitReadable(_ first: CInt, _ second: CInt, milliseconds: Int) -> (first: Bool, second: Bool)? {
-        let deadline = monotonicNanoseconds() + Int64(milliseconds) * 1_000_000
-        while true {
-            var p = (pollfd(fd: first, events: Int16(POLLIN), revents: 0), pollfd(fd: second, events: Int16(POLLIN), revents: 0))
-            let left = max(0, (deadline - monotonicNanoseconds() + 999_999) / 1_000_000)
-            let r = withUnsafeMutableBytes(of: &p) { poll($0.baseAddress!.assumingMemoryBound(to: pollfd.self), 2, CInt(left)) }
-            if r > 0 { return (p.0.revents != 0, p.1.revents != 0) }
-            if r == 0 || cloop_errno() != EINTR { return nil }
-        }
-    }
-
     /// Whether `pid` is a child of this process (live or not yet reaped): `waitid(P_PID, pid,
     /// WEXITED | WNOHANG | WNOWAIT)`, which fails with `ECHILD` for any other process and
     /// reaps nothing.
