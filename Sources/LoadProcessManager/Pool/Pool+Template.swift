@@ -277,12 +277,7 @@ extension Pool {
     /// nothing when a fork succeeds), or its end.
     private func templateAnswers() {
         while let r = template.running, r.state == .ready {
-            var answer: TemplateMessage?
-            let result = withUnsafeTemporaryAllocation(byteCount: TemplateMessage.size, alignment: 4) { buffer -> IOResult<Int>? in
-                let result = try? Sys.read(r.channel, buffer)
-                if case .processed(TemplateMessage.size)? = result { answer = TemplateMessage.decode(UnsafeRawBufferPointer(buffer)) }
-                return result
-            }
+            let (result, answer) = readTemplateMessage(r.channel)
             switch result {
             case .wouldBlock?: return
             case .processed(0)?, nil: return abandonTemplate("it closed its channel")
@@ -353,15 +348,22 @@ extension Pool {
         return true
     }
 
+    /// One read of a message from the template's channel: the read's result (`nil`: it failed),
+    /// and the message when a whole one came.
+    private func readTemplateMessage(_ channel: CInt) -> (IOResult<Int>?, TemplateMessage?) {
+        var message: TemplateMessage?
+        let result = withUnsafeTemporaryAllocation(byteCount: TemplateMessage.size, alignment: 4) { buffer -> IOResult<Int>? in
+            let result = try? Sys.read(channel, buffer)
+            if case .processed(TemplateMessage.size)? = result { message = TemplateMessage.decode(UnsafeRawBufferPointer(buffer)) }
+            return result
+        }
+        return (result, message)
+    }
+
     /// The template's channel is readable while it starts: its hello, or the end of its channel.
     private func templateHello() {
         guard var r = template.running, r.state == .starting else { return }
-        var hello: TemplateMessage?
-        let result = withUnsafeTemporaryAllocation(byteCount: TemplateMessage.size, alignment: 4) { buffer -> IOResult<Int>? in
-            let result = try? Sys.read(r.channel, buffer)
-            if case .processed(TemplateMessage.size)? = result { hello = TemplateMessage.decode(UnsafeRawBufferPointer(buffer)) }
-            return result
-        }
+        let (result, hello) = readTemplateMessage(r.channel)
         switch result {
         case .wouldBlock?:
             return  // spurious readiness
