@@ -157,7 +157,7 @@ struct RequestTable<Completion>: ~Copyable {
 
     /// Admits a request at the back of the queue.
     @discardableResult
-    mutating func admit(_ a: Admission, completion: consuming Completion) -> UInt32 {
+    mutating func admit(_ a: consuming Admission, completion: consuming Completion) -> UInt32 {
         let index: UInt32
         if let reused = free.popLast() { index = reused } else {
             index = UInt32(entries.count)
@@ -229,8 +229,12 @@ struct RequestTable<Completion>: ~Copyable {
     /// pending (already finished): the caller then has nothing to answer.
     mutating func finish(_ index: UInt32) -> Finished? {
         let i = Int(index)
-        // Moved out (no retain and release of the caller's closure).
-        guard let completion = entries[i].completion.take() else { return nil }
+        // Moved out through the entry's address (no retain and release of the caller's closure;
+        // `Optional.take()` on the entry copies it).
+        let slot = entries.address(i).pointer(to: \.completion)!
+        guard slot.pointee != nil else { return nil }
+        let completion = slot.move()!
+        slot.initialize(to: nil)
         if entries[i].worker < 0 { queuedCount -= 1 }  // its id stays in the ring, stale
         // Field by field: copying the whole entry would retain and release its payload for nothing.
         let done = Finished(completion: completion, id: entries[i].id, createdAt: entries[i].createdAt,
