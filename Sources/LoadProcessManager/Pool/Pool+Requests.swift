@@ -11,7 +11,7 @@ extension Pool {
     ///   for a later cancellation.
     ///   `submission` is its number if it came through the inbox (0: it did not).
     @discardableResult
-    func enqueue(_ payload: [UInt8], _ options: RequestOptions, _ completion: consuming Completion,
+    func enqueue(_ payload: consuming [UInt8], _ options: RequestOptions, _ completion: consuming Completion,
                  descriptor: CInt = -1, isStream: Bool = false, isBatch: Bool = false,
                  submission: UInt64 = 0) -> (index: UInt32, id: RequestID) {
         defer { deliver() }
