@@ -33,6 +33,14 @@ extension Supervisor {
             case cancel(UInt64)
             /// Cancels a ticket's request, wherever it is (or before it arrives).
             case cancelTicket(RequestTicket)
+
+            /// Whether it gets a submission number.
+            var isNumbered: Bool {
+                switch self {
+                case .request, .batch: return true
+                case .ticket, .cancel, .cancelTicket: return false
+                }
+            }
         }
 
         let reactor: Reactor.Handle
@@ -57,11 +65,7 @@ extension Supervisor {
         /// and the caller answers it. Once taken, an item is the inbox's to answer, whatever
         /// happens to the reactor.
         func submit(_ item: consuming Item) -> UInt64? {
-            let counted: Bool
-            switch item {
-            case .request, .batch: counted = true
-            case .ticket, .cancel, .cancelTicket: counted = false
-            }
+            let counted = item.isNumbered
             // Moved into the batch (no copy of its payload and completion).
             var held: Item? = consume item
             let taken: (submission: UInt64, schedule: Bool)? = lock.withLock {

@@ -233,10 +233,10 @@ struct RequestTable<Completion>: ~Copyable {
         let i = Int(index)
         // Moved out through the entry's address (no retain and release of the caller's closure;
         // `Optional.take()` on the entry copies it).
+        guard entries[i].isPending else { return nil }
         let slot = entries.address(i).pointer(to: \.completion)!
-        let taken = slot.move()
+        let completion = slot.move()!
         slot.initialize(to: nil)
-        guard let completion = taken else { return nil }
         if entries[i].worker < 0 { queuedCount -= 1 }  // its id stays in the ring, stale
         // Field by field: copying the whole entry would retain and release its payload for nothing.
         let done = Finished(completion: completion, id: entries[i].id, createdAt: entries[i].createdAt,
