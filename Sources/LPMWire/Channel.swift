@@ -158,6 +158,21 @@ package final class Channel {
         markDirty()
     }
 
+    /// Queues a request frame: its header and `head` in one copy, then `payload` (the request
+    /// path: two appends to the buffer where the general `send(_:id:flags:length:_:)` makes four).
+    package func send(_ type: FrameType, id: UInt64, flags: FrameFlags = [], head: RequestHead, payload: [UInt8]) {
+        guard !isClosed, admit() else { return }
+        let length = RequestHead.size + payload.count
+        precondition(length <= Int(UInt32.max), "frame payload too long")
+        let first = UInt64(Wire.magic) | UInt64(Wire.version) << 8 | UInt64(type.rawValue) << 16
+            | UInt64(flags.rawValue) << 24 | UInt64(length) << 32
+        // 40 bytes, no padding: the frame header's two words, the id's 16 bytes, createdAt.
+        let words = (first.littleEndian, id.littleEndian, head.id.bytes, head.createdAt.littleEndian)
+        Swift.withUnsafeBytes(of: words) { out.append(contentsOf: $0) }
+        out.append(contentsOf: payload)
+        markDirty()
+    }
+
     /// Queues a frame that carries `descriptor` (SCM_RIGHTS). The channel owns the descriptor
     /// from now on and closes it once sent (or when the channel closes).
     package func send(_ type: FrameType, id: UInt64, flags: FrameFlags = [], passing descriptor: CInt, payload: [UInt8]) {

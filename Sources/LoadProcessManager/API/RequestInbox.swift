@@ -33,19 +33,30 @@ extension Supervisor {
             case cancel(UInt64)
             /// Cancels a ticket's request, wherever it is (or before it arrives).
             case cancelTicket(RequestTicket)
+
+            /// Whether it gets a submission number.
+            var isNumbered: Bool {
+                switch self {
+                case .request, .batch: return true
+                case .ticket, .cancel, .cancelTicket: return false
+                }
+            }
         }
 
         let reactor: Reactor.Handle
         var pool: Pool?
 
+        // `@exclusivity(unchecked)`: each is touched for every request, and the dynamic checks
+        // cost more than the rest of the hand-over. Sound: the lock, or the reactor thread, makes
+        // every access to them exclusive already (see above).
         private let lock = ThreadLock()
-        private var items: [Item] = []
-        private var scheduled = false
-        private var closed = false
-        private var lastSubmission: UInt64 = 0
+        @exclusivity(unchecked) private var items: [Item] = []
+        @exclusivity(unchecked) private var scheduled = false
+        @exclusivity(unchecked) private var closed = false
+        @exclusivity(unchecked) private var lastSubmission: UInt64 = 0
 
-        private var draining: [Item] = []
-        private var drainedSubmissions: UInt64 = 0
+        @exclusivity(unchecked) private var draining: [Item] = []
+        @exclusivity(unchecked) private var drainedSubmissions: UInt64 = 0
 
         init(reactor: Reactor.Handle) { self.reactor = reactor }
 
@@ -53,18 +64,18 @@ extension Supervisor {
         /// are not `.request`), or `nil` when the pool's reactor is gone: the item was not taken,
         /// and the caller answers it. Once taken, an item is the inbox's to answer, whatever
         /// happens to the reactor.
-        func submit(_ item: Item) -> UInt64? {
+        func submit(_ item: consuming Item) -> UInt64? {
+            let counted = item.isNumbered
+            // Moved into the batch (no copy of its payload and completion).
+            var held: Item? = consume item
             let taken: (submission: UInt64, schedule: Bool)? = lock.withLock {
                 if closed { return nil }
                 var submission: UInt64 = 0
-                switch item {
-                case .request, .batch:
+                if counted {
                     lastSubmission &+= 1
                     submission = lastSubmission
-                case .ticket, .cancel, .cancelTicket:
-                    break
                 }
-                items.append(item)
+                items.append(held.take()!)
                 if scheduled { return (submission, false) }
                 scheduled = true
                 return (submission, true)

@@ -29,9 +29,12 @@ struct DispatchPolicy: Sendable {
         guard n > 0 else { return nil }
         var best = -1
         var b = Candidate.ineligible
+        // From the cursor round, wrapping without a division per candidate.
+        var next = cursor < n ? cursor : cursor % n
         var k = 0
         while k < n {
-            let i = (cursor + k) % n
+            let i = next
+            next = next + 1 == n ? 0 : next + 1
             k += 1
             let c = candidate(i)
             guard c.eligible, c.load < capacity else { continue }
@@ -47,7 +50,7 @@ struct DispatchPolicy: Sendable {
             }
         }
         guard best >= 0 else { return nil }
-        cursor = (best + 1) % n
+        cursor = best + 1 == n ? 0 : best + 1
         return best
     }
 }

@@ -6,8 +6,9 @@ enum Completion {
     case handler(@Sendable (Result<WorkerResponse, SupervisorError>) -> Void)
     case continuation(UnsafeContinuation<Result<WorkerResponse, SupervisorError>, Never>)
 
-    func callAsFunction(_ result: Result<WorkerResponse, SupervisorError>) {
-        switch self {
+    /// Calls the caller back. Consuming: the handler or continuation is moved out, not retained.
+    consuming func callAsFunction(_ result: consuming Result<WorkerResponse, SupervisorError>) {
+        switch consume self {
         case .handler(let h): h(result)
         case .continuation(let c): c.resume(returning: result)
         }

@@ -115,12 +115,14 @@ extension Pool {
         metrics?.answered(index, f, error: h.type == .error, self)
         // The pool is consistent here (the request is finished, its worker's counts updated):
         // the answer may go out at once. Dispatching more comes after.
+        // The finished request consumed: its completion moves to the caller, with no copy.
+        let id = f.id, createdAt = f.createdAt, attempts = f.attempts
         if h.type == .error {
-            answerNow(f.completion, .failure(SupervisorError(.workerError, String(decoding: payload, as: UTF8.self),
-                                                             requestID: f.id, workerPID: w.pid, attempts: f.attempts)))
+            answerNow((consume f).completion, .failure(SupervisorError(.workerError, String(decoding: payload, as: UTF8.self),
+                                                                       requestID: id, workerPID: w.pid, attempts: attempts)))
         } else {
-            answerNow(f.completion, .success(WorkerResponse(data: Array(payload), id: f.id, createdAt: f.createdAt, stream: stream,
-                                                            workerPID: w.pid, attempts: f.attempts)))
+            answerNow((consume f).completion, .success(WorkerResponse(data: Array(payload), id: id, createdAt: createdAt,
+                                                                      stream: stream, workerPID: w.pid, attempts: attempts)))
         }
         pump()
     }

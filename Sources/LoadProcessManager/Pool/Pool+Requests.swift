@@ -11,7 +11,7 @@ extension Pool {
     ///   for a later cancellation.
     ///   `submission` is its number if it came through the inbox (0: it did not).
     @discardableResult
-    func enqueue(_ payload: [UInt8], _ options: RequestOptions, _ completion: consuming Completion,
+    func enqueue(_ payload: consuming [UInt8], _ options: RequestOptions, _ completion: consuming Completion,
                  descriptor: CInt = -1, isStream: Bool = false, isBatch: Bool = false,
                  submission: UInt64 = 0) -> (index: UInt32, id: RequestID) {
         defer { deliver() }
@@ -58,7 +58,7 @@ extension Pool {
         if payloadCount + RequestHead.size > config.maxPayload {
             return SupervisorError(.payloadTooLarge, "payload of \(payloadCount) bytes exceeds maxPayload (\(config.maxPayload), less the \(RequestHead.size)-byte request head)")
         }
-        if phase == .running && !hasLiveWorker {
+        if phase == .running && !hasActiveProcess && !hasLiveWorker {
             return SupervisorError(.noWorkers, activeCount == 0 && !slots.contains { $0.membership == .down }
                                    ? "the pool was resized to 0 workers" : "no worker is left: the restart budget is spent")
         }
@@ -69,6 +69,14 @@ extension Pool {
             return SupervisorError(.queueFull, "the queue holds \(table.queuedCount) requests, its limit")
         }
         return nil
+    }
+
+    /// Whether an active slot has a process: the common case of ``hasLiveWorker``, checked for
+    /// every request with no copy of a slot (and so no retain of its process).
+    private var hasActiveProcess: Bool {
+        slots.withUnsafeBufferPointer { s in
+            s.indices.contains { s[$0].membership == .active && (s.baseAddress! + $0).pointee.process != nil }
+        }
     }
 
     // MARK: Dispatch
@@ -95,10 +103,19 @@ extension Pool {
 
     /// The slot the dispatch policy picks among the ready workers of the pool.
     func pickWorker(forSocket: Bool = false, forBatch: Bool = false) -> Int? {
-        policy.pick(count: slots.count, forSocket: forSocket) { i in
-            guard let w = slots[i].process, w.lifecycle.acceptsWork, slots[i].membership == .active,
-                  !forBatch || w.capabilities.contains(.batches) else { return .ineligible }
-            return .init(eligible: true, load: w.load, rss: w.rss, sockets: w.sockets)
+        slots.withUnsafeBufferPointer { s in
+            policy.pick(count: s.count, forSocket: forSocket) { i in
+                let slot = s.baseAddress! + i
+                guard slot.pointee.membership == .active,
+                      let process = UnsafeRawPointer(slot.pointer(to: \.process)!).load(as: Unmanaged<WorkerProcess>?.self)
+                else { return .ineligible }
+                // The process borrowed from its slot, not retained (twice per request, per slot,
+                // in a burst): the slots do not change during the pick.
+                return process._withUnsafeGuaranteedRef { w in
+                    guard w.lifecycle.acceptsWork, !forBatch || w.capabilities.contains(.batches) else { return .ineligible }
+                    return .init(eligible: true, load: w.load, rss: w.rss, sockets: w.sockets)
+                }
+            }
         }
     }
 
@@ -119,12 +136,8 @@ extension Pool {
             table.descriptorSent(index)
             if !isStream { w.sockets += 1 }
         } else {
-            let payload = table[index].payload
-            w.channel.send(.request, id: wireID, flags: table[index].isBatch ? .batch : [],
-                           length: RequestHead.size + payload.count) { out in
-                head.encode(into: &out)
-                out.append(contentsOf: payload)
-            }
+            w.channel.send(.request, id: wireID, flags: table[index].isBatch ? .batch : [], head: head,
+                           payload: table[index].payload)
         }
         if let timeout = table[index].timeout {
             let generation = UInt32(truncatingIfNeeded: wireID >> 32), attempt = Int(table[index].attempts)

@@ -115,14 +115,14 @@ final class Pool {
         outbox.push(.event(e))
     }
 
-    func answer(_ completion: Completion, _ result: Result<WorkerResponse, SupervisorError>) {
+    func answer(_ completion: consuming Completion, _ result: consuming Result<WorkerResponse, SupervisorError>) {
         outbox.push(.answer(completion, result))
     }
 
     /// Answers a request now, where the pool's state is consistent and nothing is owed before
     /// this answer (the common case: a response frame), else queues it. The hot path: it spares
     /// the answer a trip through the outbox's storage.
-    func answerNow(_ completion: Completion, _ result: Result<WorkerResponse, SupervisorError>) {
+    func answerNow(_ completion: consuming Completion, _ result: consuming Result<WorkerResponse, SupervisorError>) {
         guard outbox.beginDirect() else { return answer(completion, result) }
         completion(result)
         outbox.endDirect()
@@ -134,7 +134,7 @@ final class Pool {
     func deliver() {
         guard outbox.beginDrain() else { return }
         while let d = outbox.next() {
-            switch d {
+            switch consume d {
             case .answer(let completion, let result): completion(result)
             case .event(let e):
                 for handler in eventHandlers { handler(e) }

@@ -157,30 +157,32 @@ struct RequestTable<Completion>: ~Copyable {
 
     /// Admits a request at the back of the queue.
     @discardableResult
-    mutating func admit(_ a: Admission, completion: consuming Completion) -> UInt32 {
+    mutating func admit(_ a: consuming Admission, completion: consuming Completion) -> UInt32 {
         let index: UInt32
         if let reused = free.popLast() { index = reused } else {
             index = UInt32(entries.count)
             var fresh = Entry()
             fresh.generation = generationFloor
-            entries.append(fresh)
+            entries.append(consume fresh)
             highWater = max(highWater, entries.count)
         }
-        let i = Int(index)
-        entries[i].payload = a.payload
-        entries[i].completion = consume completion
-        entries[i].id = a.id
-        entries[i].createdAt = a.createdAt
-        entries[i].submission = a.submission
-        entries[i].attempts = 0
-        entries[i].maxAttempts = UInt16(clamping: max(1, a.maxAttempts))
-        entries[i].timeout = a.timeout
-        entries[i].timer = nil
-        entries[i].worker = -1
-        entries[i].descriptor = a.descriptor
-        entries[i].isStream = a.isStream
-        entries[i].isBatch = a.isBatch
-        entries[i].deaths = 0
+        // Through the entry's address: written in place (a field set through the subscript
+        // copied the whole entry, its payload and completion retained and released).
+        let e = entries.address(Int(index))
+        swap(&e.pointee.payload, &a.payload)  // moved in (the entry's was empty)
+        e.pointee.completion = consume completion
+        e.pointee.id = a.id
+        e.pointee.createdAt = a.createdAt
+        e.pointee.submission = a.submission
+        e.pointee.attempts = 0
+        e.pointee.maxAttempts = UInt16(clamping: max(1, a.maxAttempts))
+        e.pointee.timeout = a.timeout
+        e.pointee.timer = nil
+        e.pointee.worker = -1
+        e.pointee.descriptor = a.descriptor
+        e.pointee.isStream = a.isStream
+        e.pointee.isBatch = a.isBatch
+        e.pointee.deaths = 0
         pendingCount += 1
         queuedCount += 1
         queue.pushBack(wireID(index))
@@ -229,8 +231,12 @@ struct RequestTable<Completion>: ~Copyable {
     /// pending (already finished): the caller then has nothing to answer.
     mutating func finish(_ index: UInt32) -> Finished? {
         let i = Int(index)
-        // Moved out (no retain and release of the caller's closure).
-        guard let completion = entries[i].completion.take() else { return nil }
+        // Moved out through the entry's address (no retain and release of the caller's closure;
+        // `Optional.take()` on the entry copies it).
+        guard entries[i].isPending else { return nil }
+        let slot = entries.address(i).pointer(to: \.completion)!
+        let completion = slot.move()!
+        slot.initialize(to: nil)
         if entries[i].worker < 0 { queuedCount -= 1 }  // its id stays in the ring, stale
         // Field by field: copying the whole entry would retain and release its payload for nothing.
         let done = Finished(completion: completion, id: entries[i].id, createdAt: entries[i].createdAt,
