@@ -26,10 +26,10 @@ struct HostileWorkerTests {
             let (s, log) = try await startOnline(c)
             let health = await s.health()
             let hostile = try #require(health.first { $0.slot == 0 }?.pid)
-            // Two at once: dispatch by load gives one to each worker, which sets slot 0 off.
-            async let first = outcome(s, "first")
-            async let second = outcome(s, "second")
-            _ = await (first, second)
+            // Many at once, in one hand-over: dispatch by load spreads them over both workers,
+            // which sets slot 0 off. (One at a time, every request could go to the worker with
+            // the lower RSS, and slot 0 would never turn hostile.)
+            await withCompletions(s, (0..<16).map { "first \($0)" })
             var ids: [Int] = []
             for i in 0..<200 {
                 // Until the hostile worker is stopped, requests to the other one keep completing.
@@ -103,6 +103,16 @@ struct FaultInjectionTests {
             // started its cooperative threads (one per CPU) meanwhile, and keeps them.
             let cooperative = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
             #expect(threadCount() <= threads + cooperative, "threads: \(threadCount()) after, \(threads) before")
+        }
+    }
+}
+
+/// Enqueues every payload in one `enqueue(contentsOf:)` hand-over and waits for every answer.
+private func withCompletions(_ s: Supervisor, _ payloads: [String]) async {
+    await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+        let left = Mutex(payloads.count)
+        s.enqueue(contentsOf: payloads.map { Array($0.utf8) }) { _, _ in
+            if left.withLock({ $0 -= 1; return $0 }) == 0 { done.resume() }
         }
     }
 }
