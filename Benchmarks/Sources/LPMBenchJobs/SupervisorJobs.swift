@@ -367,9 +367,11 @@ public struct ManyWorkersFigures: Sendable {
     public var stopMs: Double
 }
 
-/// Starts `count` workers, sends one request per worker at once, then soft-kills the pool.
-public func manyWorkers(workerPath: String, count: Int) throws -> ManyWorkersFigures {
-    let pool = try Pool(Pool.configuration(workerPath: workerPath, count: count, maxInFlight: 64))
+/// Starts `count` workers (exec'd, or forked from a template), sends one request per worker at
+/// once, then soft-kills the pool.
+public func manyWorkers(workerPath: String, count: Int, template: Bool = false) throws -> ManyWorkersFigures {
+    let pool = try Pool(template ? Pool.templateConfiguration(workerPath: workerPath, count: count)
+                                 : Pool.configuration(workerPath: workerPath, count: count, maxInFlight: 64))
     let t0 = monotonicNanoseconds()
     try pool.startAndWait(seconds: 120)
     let t1 = monotonicNanoseconds()

@@ -15,30 +15,6 @@ extension Pool {
     }
 }
 
-/// Starts `count` workers forked from a template (or with exec), one request each, soft kill.
-public func manyWorkers(workerPath: String, count: Int, template: Bool) throws -> ManyWorkersFigures {
-    guard template else { return try manyWorkers(workerPath: workerPath, count: count) }
-    let pool = try Pool(Pool.templateConfiguration(workerPath: workerPath, count: count))
-    let t0 = monotonicNanoseconds()
-    try pool.startAndWait(seconds: 120)
-    let t1 = monotonicNanoseconds()
-    let pids = Mutex<Set<pid_t>>([])
-    let done = Semaphore()
-    let counter = Counter(count)
-    for _ in 0..<count {
-        pool.supervisor.enqueue(pool.payload) { result in
-            if case .success(let r) = result { pids.withLock { _ = $0.insert(r.workerPID) } }
-            if counter.decrement() { done.signal() }
-        }
-    }
-    guard done.wait(seconds: 120) else { throw BenchError("requests to \(count) workers not answered") }
-    let t2 = monotonicNanoseconds()
-    pool.stop()
-    let t3 = monotonicNanoseconds()
-    return ManyWorkersFigures(onlineMs: Double(t1 - t0) / 1e6, requestsMs: Double(t2 - t1) / 1e6,
-                              distinctWorkers: pids.withLock { $0.count }, stopMs: Double(t3 - t2) / 1e6)
-}
-
 /// The proportional set size of `pid` in bytes (`Pss:` of `/proc/PID/smaps_rollup`, kernel 4.14+).
 public func proportionalSetSize(_ pid: pid_t) -> Int? {
     guard let f = fopen("/proc/\(pid)/smaps_rollup", "r") else { return nil }

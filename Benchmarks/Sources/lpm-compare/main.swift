@@ -272,10 +272,14 @@ do {
         emit("lpm_allocs_supervisor_rt_executor", onExecutor, "allocs/req")
         emit("lpm_allocs_worker_rt", Double(wAfter - wBefore - query) / Double(4 * n), "allocs/req")
 
-    case "crash":
+    case "crash", "crash-template":
         let tag = try supervisorTag()
         let n = countArg ?? 20
-        let pool = try Pool(workerPath: try benchWorkerPath(), count: 1)
+        let template = job == "crash-template"
+        let config = template ? Pool.templateConfiguration(workerPath: try benchWorkerPath(), count: 1)
+                              : Pool.configuration(workerPath: try benchWorkerPath(), count: 1)
+        let pool = try Pool(config)
+        try pool.startAndWait()
         _ = try pool.crashAndReplace()  // warm-up
         var restarted: [UInt64] = [], online: [UInt64] = [], answered: [UInt64] = []
         for _ in 0..<n {
@@ -287,10 +291,12 @@ do {
         pool.stop()
         func mean(_ v: [UInt64]) -> Double { Double(v.reduce(0, +)) / Double(v.count) / 1000 }
         func median(_ v: [UInt64]) -> Double { let s = v.sorted(); return Double(s[s.count / 2]) / 1000 }
-        emit("lpm_crash_to_restarted_\(tag)", mean(restarted), "us")
-        emit("lpm_crash_to_online_\(tag)", mean(online), "us")
-        emit("lpm_crash_to_first_answer_\(tag)", mean(answered), "us")
-        emit("lpm_crash_to_first_answer_median_\(tag)", median(answered), "us")
+        let prefix = template ? "lpm_template_crash" : "lpm_crash"
+        emit("\(prefix)_to_restarted_\(tag)", mean(restarted), "us")
+        emit("\(prefix)_to_online_\(tag)", mean(online), "us")
+        emit("\(prefix)_to_online_median_\(tag)", median(online), "us")
+        emit("\(prefix)_to_first_answer_\(tag)", mean(answered), "us")
+        emit("\(prefix)_to_first_answer_median_\(tag)", median(answered), "us")
 
     case "queued":
         let tag = try supervisorTag()
@@ -341,28 +347,6 @@ do {
         if let v = f.timeToMaxMs { emit("\(name)_time_to_max", v, "ms") }
         if let v = f.returnToMinMs { emit("\(name)_return_to_min", v, "ms") }
         if kind == .adaptive { emit("\(name)_idle_timeout", plan.idleTimeout * 1000, "ms") }
-    case "crash-template":
-        let tag = try supervisorTag()
-        let n = countArg ?? 20
-        let pool = try Pool(Pool.templateConfiguration(workerPath: try benchWorkerPath(), count: 1))
-        try pool.startAndWait()
-        _ = try pool.crashAndReplace()  // warm-up
-        var restarted: [UInt64] = [], online: [UInt64] = [], answered: [UInt64] = []
-        for _ in 0..<n {
-            let t = try pool.crashAndReplace()
-            restarted.append(t.restartedNs)
-            online.append(t.onlineNs)
-            answered.append(t.answeredNs)
-        }
-        pool.stop()
-        func mean(_ v: [UInt64]) -> Double { Double(v.reduce(0, +)) / Double(v.count) / 1000 }
-        func median(_ v: [UInt64]) -> Double { let s = v.sorted(); return Double(s[s.count / 2]) / 1000 }
-        emit("lpm_template_crash_to_restarted_\(tag)", mean(restarted), "us")
-        emit("lpm_template_crash_to_online_\(tag)", mean(online), "us")
-        emit("lpm_template_crash_to_online_median_\(tag)", median(online), "us")
-        emit("lpm_template_crash_to_first_answer_\(tag)", mean(answered), "us")
-        emit("lpm_template_crash_to_first_answer_median_\(tag)", median(answered), "us")
-
     case "many-workers-template":
         let tag = try supervisorTag()
         let n = countArg ?? 256
