@@ -4,15 +4,6 @@ import LPMTestSupport
 import Synchronization
 import Testing
 
-/// Waits (polling, with a generous hang guard) until `condition` holds.
-private func eventually(seconds: Double = 60, _ condition: () async -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
-    while ContinuousClock.now < deadline {
-        if await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(5))
-    }
-    return false
-}
 
 /// Async request handlers in the worker runtime, against real worker processes
 /// (`lpm-test-worker`'s `async-*` and `task-trap` modes).

@@ -3,15 +3,6 @@ import LoadProcessManager
 import Synchronization
 import Testing
 
-/// Waits (polling, with a generous hang guard) until `condition` holds.
-private func eventually(seconds: Double = 60, _ condition: () async -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
-    while ContinuousClock.now < deadline {
-        if await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(5))
-    }
-    return false
-}
 
 @Suite("Cancellation", .serialized, .timeLimit(.minutes(2)))
 struct CancellationTests {

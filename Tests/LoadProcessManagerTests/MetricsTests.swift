@@ -46,15 +46,6 @@ private func answer(_ body: () async throws -> WorkerResponse) async -> Result<W
     }
 }
 
-/// Waits (polling, with a generous hang guard) until `condition` holds.
-private func eventually(seconds: Double = 20, _ condition: () -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
-    while ContinuousClock.now < deadline {
-        if condition() { return true }
-        try? await Task.sleep(for: .milliseconds(5))
-    }
-    return condition()
-}
 
 @Suite("Metrics (swift-metrics)", .serialized, .timeLimit(.minutes(2)))
 struct MetricsTests {
@@ -114,11 +105,7 @@ struct MetricsTests {
         #expect(m.total("pool_scaling_total", [("direction", "grow")]) >= 1, "a queue of 40 slow requests grew the pool")
         #expect(m.gauge("pool_target_workers").contains(2))
         // Idle: back down to the minimum.
-        let deadline = ContinuousClock.now + .seconds(30)
-        while m.total("pool_scaling_total", [("direction", "shrink")]) < 1 && ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        #expect(m.total("pool_scaling_total", [("direction", "shrink")]) >= 1)
+        #expect(await eventually { m.total("pool_scaling_total", [("direction", "shrink")]) >= 1 })
         #expect(m.gauge("pool_target_workers").last == 1)
         await s.softKill()
     }

@@ -54,8 +54,7 @@ struct ReactorExecutorTests {
     func cancelOnExecutor() async throws {
         let (s, _) = try await startOnline(testConfig("never", count: 1))
         let task = Task(executorPreference: s.executor) { await outcome(s, "in flight") }
-        let deadline = ContinuousClock.now + .seconds(60)
-        while await s.status().pending != 1 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(await eventually { await s.status().pending == 1 })
         task.cancel()
         #expect((await task.value).error?.code == .cancelled)
         #expect(await s.status().pending == 0)

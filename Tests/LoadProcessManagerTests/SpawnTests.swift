@@ -40,12 +40,6 @@ private func spawnShell(_ script: String, slot: Int?, inherit: SupervisorConfigu
     return text
 }
 
-/// Polls `condition` every 5 ms for up to 10 s; returns its last value.
-private func eventually(_ condition: () -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now + .seconds(10)
-    while !condition() && ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(5)) }
-    return condition()
-}
 
 @Suite("Spawning: death signal, exec errors, identity and environment", .serialized, .timeLimit(.minutes(1)))
 struct SpawnTests {

@@ -93,3 +93,14 @@ func leavesNothingBehind(_ body: () async throws -> Void) async throws {
     try await Task.sleep(for: .milliseconds(50))  // the reactor thread closes its descriptors as it ends
     #expect(openFDCount() == fds, "\(fdList())")
 }
+
+/// Polls `condition` every 5 ms until it holds; `seconds` is only a guard against hanging.
+/// Returns its last value.
+func eventually(seconds: Double = 60, _ condition: () async -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+    while ContinuousClock.now < deadline {
+        if await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(5))
+    }
+    return await condition()
+}
