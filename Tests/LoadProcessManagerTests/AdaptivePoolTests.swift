@@ -64,28 +64,6 @@ private final class AnswerBook: Sendable {
     }
 }
 
-/// Keeps every record logged through it.
-private final class LogRecords: Sendable {
-    struct Record: Sendable { let level: Logger.Level; let message: String; let metadata: [String: String] }
-    let all = Mutex<[Record]>([])
-
-    struct Handler: LogHandler {
-        let records: LogRecords
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .trace
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
-        }
-        func log(event: LogEvent) {
-            let fields = (event.metadata ?? [:]).mapValues { "\($0)" }
-            records.all.withLock { $0.append(Record(level: event.level, message: "\(event.message)", metadata: fields)) }
-        }
-    }
-
-    var logger: Logger { Logger(label: "adaptive-test", factory: { _ in Handler(records: self) }) }
-}
-
 @Suite("Adaptive pool", .serialized, .timeLimit(.minutes(3)))
 struct AdaptivePoolTests {
     @Test("grows under load to the maximum, shrinks back to the minimum when idle: nothing lost, nothing answered twice, no zombie")
@@ -121,7 +99,7 @@ struct AdaptivePoolTests {
                 #expect(log.count { if case .idleWorkerRetired = $0 { return true }; return false } == 2)
 
                 // Every decision is logged at info with its reason.
-                let logged = records.all.withLock { $0 }.filter { $0.message == "pool grew" || $0.message == "pool shrank" }
+                let logged = records.snapshot.filter { $0.message == "pool grew" || $0.message == "pool shrank" }
                 #expect(logged.count == log.count(isScaled))
                 #expect(logged.allSatisfy { $0.level == .info && $0.metadata["reason"] != nil && $0.metadata["maximum"] == "3" })
                 let grew = logged.first { $0.message == "pool grew" }

@@ -4,36 +4,13 @@ import Logging
 import Synchronization
 import Testing
 
-/// Keeps every record logged through it.
-private struct RecordingHandler: LogHandler {
-    struct Record: Sendable { let level: Logger.Level; let message: String; let metadata: [String: String] }
-    let records: Records
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .trace
-
-    final class Records: Sendable {
-        let all = Mutex<[Record]>([])
-        var snapshot: [Record] { all.withLock { $0 } }
-    }
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        let fields = (event.metadata ?? [:]).mapValues { "\($0)" }
-        records.all.withLock { $0.append(Record(level: event.level, message: "\(event.message)", metadata: fields)) }
-    }
-}
-
 @Suite("Logging and events", .serialized, .timeLimit(.minutes(2)))
 struct ObservabilityTests {
     @Test("worker exits and restarts are logged with slot, pid and status; nothing per request above debug")
     func logging() async throws {
-        let records = RecordingHandler.Records()
+        let records = LogRecords()
         var c = testConfig("echo", count: 2)
-        c.logger = Logger(label: "test-pool", factory: { _ in RecordingHandler(records: records) })
+        c.logger = records.logger
         let (s, log) = try await startOnline(c)
         let before = records.snapshot.count
         for i in 0..<100 { _ = try await s.enqueue("r\(i)") }

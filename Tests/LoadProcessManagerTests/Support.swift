@@ -2,6 +2,7 @@ import Glibc
 import LoadProcessManager
 import LPMReactor
 import LPMTestSupport
+import Logging
 import Synchronization
 import Testing
 
@@ -103,4 +104,27 @@ func eventually(seconds: Double = 60, _ condition: () async -> Bool) async -> Bo
         try? await Task.sleep(for: .milliseconds(5))
     }
     return await condition()
+}
+
+/// Keeps every record logged through its ``logger``.
+final class LogRecords: Sendable {
+    struct Record: Sendable { let level: Logger.Level; let message: String; let metadata: [String: String] }
+    let all = Mutex<[Record]>([])
+    var snapshot: [Record] { all.withLock { $0 } }
+
+    struct Handler: LogHandler {
+        let records: LogRecords
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+        func log(event: LogEvent) {
+            let fields = (event.metadata ?? [:]).mapValues { "\($0)" }
+            records.all.withLock { $0.append(Record(level: event.level, message: "\(event.message)", metadata: fields)) }
+        }
+    }
+
+    var logger: Logger { Logger(label: "test-pool", factory: { _ in Handler(records: self) }) }
 }
