@@ -108,12 +108,20 @@ package enum Batch {
         guard let count = answerCount(payload) else { return nil }
         var offset = 4
         for i in 0..<count {
-            let ok = payload[offset] == 0
-            let n = Int(payload.readLittleEndian(at: offset + 1, as: UInt32.self))
-            body(i, ok, UnsafeRawBufferPointer(rebasing: payload[(offset + 5)..<(offset + 5 + n)]))
-            offset += 5 + n
+            guard let a = answer(in: payload, at: offset) else { return nil }  // checked above
+            body(i, a.ok, a.bytes)
+            offset = a.next
         }
         return count
+    }
+
+    /// The answer that starts at `offset` in a batched response's payload (the first at 4): its
+    /// status, its bytes and where the next one starts; `nil` when it does not fit the payload.
+    package static func answer(in payload: UnsafeRawBufferPointer, at offset: Int) -> (ok: Bool, bytes: UnsafeRawBufferPointer, next: Int)? {
+        guard offset >= 0, payload.count - offset >= 5 else { return nil }
+        let n = Int(payload.readLittleEndian(at: offset + 1, as: UInt32.self))
+        guard n <= payload.count - offset - 5 else { return nil }
+        return (payload[offset] == 0, UnsafeRawBufferPointer(rebasing: payload[(offset + 5)..<(offset + 5 + n)]), offset + 5 + n)
     }
 
     /// The count, if every item (or answer) lies inside the payload and the payload ends with the

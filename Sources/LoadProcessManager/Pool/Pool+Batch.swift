@@ -160,11 +160,7 @@ struct BatchReader {
         // The pool checked the whole answer before accepting it (one per item, each inside the
         // payload); this is only a guard.
         let decoded: (ok: Bool, bytes: [UInt8], end: Int)? = r.data.withUnsafeBytes { payload in
-            guard payload.count - start >= 5 else { return nil }
-            let n = Int(payload.readLittleEndian(at: start + 1, as: UInt32.self))
-            guard n <= payload.count - start - 5 else { return nil }
-            let bytes = Array(UnsafeRawBufferPointer(rebasing: payload[(start + 5)..<(start + 5 + n)]))
-            return (payload[start] == 0, bytes, start + 5 + n)
+            Batch.answer(in: payload, at: start).map { ($0.ok, Array($0.bytes), $0.next) }
         }
         guard let decoded else {
             // This item and the ones after it get the error.
