@@ -76,7 +76,9 @@ package final class Channel {
     private let reactor: Reactor
     private let flusher: ChannelFlusher
     private var registration: Reactor.Registration?
-    @exclusivity(unchecked) private var out: [UInt8] = []
+    @exclusivity(unchecked) private var out = OutputBuffer(capacity: Channel.outgoingCapacity)
+    /// Where `send(_:id:flags:length:_:)` has its payload written, then copied to `out`.
+    @exclusivity(unchecked) private var scratch: [UInt8] = []
     @exclusivity(unchecked) private var outStart = 0
     @exclusivity(unchecked) private var isDirty = false
     /// Descriptors to send, each with the offset in `out` of the frame it travels with.
@@ -119,7 +121,6 @@ package final class Channel {
         self.flusher = flusher
         decoder = FrameDecoder(maxPayload: maxPayload)
         self.outgoingLimit = max(outgoingLimit, Wire.headerSize + maxPayload)
-        out.reserveCapacity(Self.outgoingCapacity)
     }
 
     /// The decoding buffer's size in bytes (for tests: it comes back down after a large frame).
@@ -152,9 +153,10 @@ package final class Channel {
     package func send(_ type: FrameType, id: UInt64, flags: FrameFlags = [], length: Int, _ write: (inout [UInt8]) -> Void) {
         guard !isClosed, admit() else { return }
         out.appendFrameHeader(type, flags: flags, length: length, id: id)
-        let before = out.count
-        write(&out)
-        precondition(out.count - before == length, "frame payload length mismatch")
+        scratch.removeAll(keepingCapacity: scratch.capacity <= Wire.retainedBufferCapacity)
+        write(&scratch)
+        precondition(scratch.count == length, "frame payload length mismatch")
+        out.append(scratch)
         markDirty()
     }
 
@@ -164,12 +166,10 @@ package final class Channel {
         guard !isClosed, admit() else { return }
         let length = RequestHead.size + payload.count
         precondition(length <= Int(UInt32.max), "frame payload too long")
-        let first = UInt64(Wire.magic) | UInt64(Wire.version) << 8 | UInt64(type.rawValue) << 16
-            | UInt64(flags.rawValue) << 24 | UInt64(length) << 32
+        let first = FrameHeader.firstWord(type, flags: flags, length: length)
         // 40 bytes, no padding: the frame header's two words, the id's 16 bytes, createdAt.
-        let words = (first.littleEndian, id.littleEndian, head.id.bytes, head.createdAt.littleEndian)
-        Swift.withUnsafeBytes(of: words) { out.append(contentsOf: $0) }
-        out.append(contentsOf: payload)
+        out.append(bytesOf: (first.littleEndian, id.littleEndian, head.id.bytes, head.createdAt.littleEndian))
+        out.append(payload)
         markDirty()
     }
 
@@ -178,7 +178,8 @@ package final class Channel {
     package func send(_ type: FrameType, id: UInt64, flags: FrameFlags = [], passing descriptor: CInt, payload: [UInt8]) {
         guard !isClosed, admit() else { FileDescriptor.closeRaw(descriptor); return }
         outgoingFDs.append((out.count, descriptor))
-        out.appendFrame(type, flags: flags.union(.descriptor), id: id, payload: payload)
+        out.appendFrameHeader(type, flags: flags.union(.descriptor), length: payload.count, id: id)
+        out.append(payload)
         markDirty()
     }
 
@@ -213,7 +214,8 @@ package final class Channel {
     /// Queues a frame whose payload is `payload`.
     package func send(_ type: FrameType, id: UInt64, payload: [UInt8]) {
         guard !isClosed, admit() else { return }
-        out.appendFrame(type, id: id, payload: payload)
+        out.appendFrameHeader(type, length: payload.count, id: id)
+        out.append(payload)
         markDirty()
     }
 
@@ -243,11 +245,9 @@ package final class Channel {
                     if outgoingFDs.count > 1 { stop = outgoingFDs[1].offset }
                 }
             }
-            let result = out.withUnsafeBytes { raw in
-                Result { () throws(SyscallError) in
-                    let chunk = UnsafeRawBufferPointer(rebasing: raw[start..<stop])
-                    return passing >= 0 ? try Sys.sendmsg(fd, chunk, passing: passing) : try Sys.send(fd, chunk)
-                }
+            let chunk = out.bytes(from: start, to: stop)
+            let result = Result { () throws(SyscallError) in
+                passing >= 0 ? try Sys.sendmsg(fd, chunk, passing: passing) : try Sys.send(fd, chunk)
             }
             switch result {
             case .failure(let error):
@@ -267,13 +267,8 @@ package final class Channel {
             break
         }
         if outStart == out.count {
-            if out.capacity > Wire.retainedBufferCapacity {
-                // A burst or a large frame is out: give its memory back.
-                out = []
-                out.reserveCapacity(Self.outgoingCapacity)
-            } else {
-                out.removeAll(keepingCapacity: true)
-            }
+            // After a burst or a large frame, its memory goes back.
+            out.removeAll(shrinkingAbove: Wire.retainedBufferCapacity, to: Self.outgoingCapacity)
             outStart = 0
             outgoingFDs.removeAll(keepingCapacity: true)
             if waitingForWritable {
@@ -383,7 +378,7 @@ package final class Channel {
         if outStart < out.count && outgoingFDs.isEmpty {
             // Best effort: whatever the socket takes without blocking. A failure changes nothing
             // (the socket is closed next), so it is not reported.
-            _ = out.withUnsafeBytes { raw in try? Sys.send(fd, UnsafeRawBufferPointer(rebasing: raw[outStart...])) }
+            _ = try? Sys.send(fd, out.bytes(from: outStart, to: out.count))
         }
         for (_, d) in outgoingFDs { FileDescriptor.closeRaw(d) }
         outgoingFDs = []
@@ -396,6 +391,7 @@ package final class Channel {
         if let r = registration { reactor.deregisterInternal(r) }
         registration = nil
         FileDescriptor.closeRaw(fd)
-        out = []
+        out.removeAll(shrinkingAbove: 0, to: 0)
+        outStart = 0
     }
 }

@@ -115,6 +115,14 @@ package struct FrameHeader: Sendable, Hashable {
         self.length = length
         self.id = id
     }
+
+    /// The header's first 8 bytes as one word (to be stored little-endian): magic, version,
+    /// type, flags, then the u32 payload length.
+    @inline(__always)
+    package static func firstWord(_ type: FrameType, flags: FrameFlags, length: Int) -> UInt64 {
+        UInt64(Wire.magic) | UInt64(Wire.version) << 8 | UInt64(type.rawValue) << 16
+            | UInt64(flags.rawValue) << 24 | UInt64(length) << 32
+    }
 }
 
 /// Why a byte sequence is not a valid frame stream.

@@ -97,4 +97,10 @@ package struct IDGenerator: RandomNumberGenerator {
         s.3 = IDGenerator.rotl(s.3, 45)
         return result
     }
+
+    /// A new random version 4 UUID: ``RequestID/random(using:)`` with this generator, as one
+    /// direct call (the generic one is not specialized across modules).
+    package mutating func nextID() -> RequestID {
+        RequestID.random(using: &self)
+    }
 }

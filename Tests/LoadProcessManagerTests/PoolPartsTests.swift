@@ -93,8 +93,15 @@ struct RequestTableTests {
             wires.append(t.wireID(i))
         }
         #expect(t.entryCount == n)
-        for w in wires { _ = t.finish(UInt32(truncatingIfNeeded: w)) }
-        #expect(t.pendingCount == 0 && t.entryCount == 0, "given back")
+        for w in wires.dropLast() { _ = t.finish(UInt32(truncatingIfNeeded: w)) }
+        let whilePending = t.shrinkIfIdle()
+        #expect(!whilePending && t.entryCount == n, "kept while a request is pending")
+        _ = t.finish(UInt32(truncatingIfNeeded: wires.last!))
+        #expect(t.pendingCount == 0 && t.entryCount == n, "kept when it empties: the next batch of a burst reuses it")
+        let idle = t.shrinkIfIdle()
+        #expect(idle && t.entryCount == 0, "given back when asked, idle")
+        let again = t.shrinkIfIdle()
+        #expect(!again, "nothing more to give back")
         #expect(wires.allSatisfy { t.lookup(wireID: $0, from: 0) == .late })
         let fresh = t.admit(admission(), completion: -1)
         _ = t.dispatchFirst(to: 0)

@@ -13,6 +13,8 @@ struct DispatchPolicy: Sendable {
         var load: Int
         var rss: Int
         var sockets: Int
+        /// Announced that it takes batched requests (only those may get one).
+        var takesBatches = true
 
         static let ineligible = Candidate(eligible: false, load: 0, rss: 0, sockets: 0)
     }

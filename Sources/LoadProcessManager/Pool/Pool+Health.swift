@@ -15,6 +15,8 @@ extension Pool {
             w.channel.send(.healthRequest, id: healthSequence)
         }
         metrics?.sampled(self)
+        // Memory a burst's requests needed goes back once the pool is idle at a sample.
+        table.shrinkIfIdle()
         enforceDrainDeadlines(now: Sys.monotonicNanoseconds())
         if let limit = config.recycleAboveRSS {
             for i in slots.indices where slots[i].membership == .active {

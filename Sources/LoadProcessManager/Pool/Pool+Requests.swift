@@ -22,7 +22,7 @@ extension Pool {
             answer(completion, .failure(refusal))
             return (.max, .zero)
         }
-        let id = RequestID.random(using: &ids)
+        let id = ids.nextID()
         let index = table.admit(.init(payload: payload, id: id, createdAt: UInt64(reactor.iterationNanoseconds),
                                       maxAttempts: 1 + max(0, options.retries ?? config.retries),
                                       timeout: options.timeout ?? config.requestTimeout, descriptor: descriptor,
@@ -83,38 +83,81 @@ extension Pool {
 
     /// Hands queued requests to workers while some worker can take one.
     func pump() {
-        while let next = table.firstQueued {
-            let isBatch = table.isBatch(next)
-            guard let slot = pickWorker(forSocket: table.carriesSocket(next), forBatch: isBatch), let w = slots[slot].process,
-                  let index = table.dispatchFirst(to: slot) else {
-                if isBatch && !batchesCanBeServed {
-                    // Only after a reload to an executable that takes no batches: fail it, do not
-                    // let it block the queue.
-                    fail(next, .noWorkers, "no worker takes batched requests (their ready frames announce no batch capability)")
-                    continue
-                }
-                if idleRetired > 0 { growBackForLoad() }
-                break
-            }
-            send(index, to: w)
-        }
+        if table.queuedCount > 0 { dispatchQueued() }
         if phase == .softKilling { advanceSoftKill() }
+    }
+
+    /// The dispatch loop. What the policy weighs is read from the slots once, into a small
+    /// array on the stack, and kept up to date as requests go out (a dispatch changes only the
+    /// load, and the sockets, of the worker it chose): each pick then reads plain values, with no
+    /// reference counted object touched, and the pick that ends the loop costs as little.
+    private func dispatchQueued() {
+        let live = slots  // one retain for the whole loop; nothing in it changes the slots
+        let n = live.count
+        guard n > 0 else {
+            failUnservableBatches()
+            if idleRetired > 0 { growBackForLoad() }
+            return
+        }
+        live.withUnsafeBufferPointer { s in
+            withUnsafeTemporaryAllocation(of: DispatchPolicy.Candidate.self, capacity: n) { c in
+                for i in 0..<n { c.initializeElement(at: i, to: candidate(s, i)) }
+                defer { _ = c.deinitialize() }
+                while let next = table.firstQueued {
+                    let isBatch = table.isBatch(next), forSocket = table.carriesSocket(next)
+                    guard let slot = policy.pick(count: n, forSocket: forSocket, { i in
+                              isBatch && !c[i].takesBatches ? .ineligible : c[i]
+                          }),
+                          let index = table.dispatchFirst(to: slot) else {
+                        if isBatch && !batchesCanBeServed {
+                            // Only after a reload to an executable that takes no batches: fail it,
+                            // do not let it block the queue.
+                            fail(next, .noWorkers, "no worker takes batched requests (their ready frames announce no batch capability)")
+                            continue
+                        }
+                        if idleRetired > 0 { growBackForLoad() }
+                        return
+                    }
+                    c[slot].load += 1
+                    if forSocket { c[slot].sockets += 1 }
+                    process(s, slot)!._withUnsafeGuaranteedRef { send(index, to: $0) }
+                }
+            }
+        }
+    }
+
+    /// Batches queued while the pool has no slot at all cannot wait for a worker that takes them.
+    private func failUnservableBatches() {
+        while let next = table.firstQueued, table.isBatch(next), !batchesCanBeServed {
+            fail(next, .noWorkers, "no worker takes batched requests (their ready frames announce no batch capability)")
+        }
+    }
+
+    /// The process of slot `i`, not retained: valid while the slots array `s` is held.
+    @inline(__always)
+    private func process(_ s: UnsafeBufferPointer<WorkerSlot>, _ i: Int) -> Unmanaged<WorkerProcess>? {
+        UnsafeRawPointer((s.baseAddress! + i).pointer(to: \.process)!).load(as: Unmanaged<WorkerProcess>?.self)
+    }
+
+    /// What the dispatch policy weighs of slot `i`.
+    @inline(__always)
+    private func candidate(_ s: UnsafeBufferPointer<WorkerSlot>, _ i: Int) -> DispatchPolicy.Candidate {
+        guard s[i].membership == .active, let process = process(s, i) else { return .ineligible }
+        return process._withUnsafeGuaranteedRef { w in
+            guard w.lifecycle.acceptsWork else { return .ineligible }
+            return .init(eligible: true, load: w.load, rss: w.rss, sockets: w.sockets,
+                         takesBatches: w.capabilities.contains(.batches))
+        }
     }
 
     /// The slot the dispatch policy picks among the ready workers of the pool.
     func pickWorker(forSocket: Bool = false, forBatch: Bool = false) -> Int? {
         slots.withUnsafeBufferPointer { s in
             policy.pick(count: s.count, forSocket: forSocket) { i in
-                let slot = s.baseAddress! + i
-                guard slot.pointee.membership == .active,
-                      let process = UnsafeRawPointer(slot.pointer(to: \.process)!).load(as: Unmanaged<WorkerProcess>?.self)
-                else { return .ineligible }
-                // The process borrowed from its slot, not retained (twice per request, per slot,
-                // in a burst): the slots do not change during the pick.
-                return process._withUnsafeGuaranteedRef { w in
-                    guard w.lifecycle.acceptsWork, !forBatch || w.capabilities.contains(.batches) else { return .ineligible }
-                    return .init(eligible: true, load: w.load, rss: w.rss, sockets: w.sockets)
-                }
+                // The process borrowed from its slot, not retained: the slots do not change
+                // during the pick.
+                let c = candidate(s, i)
+                return forBatch && !c.takesBatches ? .ineligible : c
             }
         }
     }

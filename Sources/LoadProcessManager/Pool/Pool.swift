@@ -74,7 +74,9 @@ final class Pool {
     var pendingReplies: [UInt64: (pid: pid_t, handler: ReplyHandler)] = [:]
     var nextEventID: UInt64 = 0
     /// The pool's bounds, its scaling policy and the timer that checks it (Pool+Scaling.swift).
-    var scaling = PoolScaling()
+    /// `@exclusivity(unchecked)`: dispatch reads it for every request that finds no worker free;
+    /// a plain value, no access to it overlaps another (its methods call nothing outside it).
+    @exclusivity(unchecked) var scaling = PoolScaling()
     /// A rolling reload in progress: the slots still to replace, and who waits for the end.
     var reload: (remaining: [Int], waiting: Int?, completions: [@Sendable (SupervisorError?) -> Void])?
     /// Response streams the pool still reads for their callers (a soft kill waits for them).
@@ -131,8 +133,12 @@ final class Pool {
 
     /// Delivers what the pool owes user code. Every entry into the pool ends with it; a nested
     /// entry (a handler calling the API) returns at once and the outer loop delivers.
+    @inline(__always)
     func deliver() {
-        guard outbox.beginDrain() else { return }
+        if outbox.beginDrain() { drainOutbox() }
+    }
+
+    private func drainOutbox() {
         while let d = outbox.next() {
             switch consume d {
             case .answer(let completion, let result): completion(result)
@@ -271,11 +277,19 @@ final class Pool {
             // Jitter (up to a tenth more), so that workers started together do not all recycle at once.
             w.recycleAfter = n + Int.random(in: 0...(n / 10))
         }
-        // `unowned(unsafe)` for the pool on the per-frame path (a checked `unowned` costs an atomic
-        // retain and release per frame): the pool outlives its channels, which it closes before
-        // it is released (a dropped supervisor hard-kills, holding the pool until every worker
-        // is reaped).
-        channel.onFrame = { [unowned(unsafe) self, unowned w] h, p in self.frame(w, h, p); self.deliver() }
+        // The pool and the worker unretained on the per-frame path (a checked `unowned` costs an
+        // atomic retain and release per frame, an `unowned(unsafe)` one still a retain per use):
+        // the pool outlives its channels, which it
+        // closes before it is released (a dropped supervisor hard-kills, holding the pool until
+        // every worker is reaped); the worker is held by its pidfd watch until it is reaped, and
+        // `exited` closes its channel first (a closed channel delivers no frame).
+        let pool = Unmanaged.passUnretained(self), worker = Unmanaged.passUnretained(w)
+        channel.onFrame = { h, p in
+            pool._withUnsafeGuaranteedRef { pool in
+                worker._withUnsafeGuaranteedRef { pool.frame($0, h, p) }
+                pool.deliver()
+            }
+        }
         channel.onEnd = { [unowned self, unowned w] end in self.channelEnded(w, end); self.deliver() }
         do {
             let pidfd = try Sys.pidfdOpen(spawned.pid).release()

@@ -250,14 +250,24 @@ struct RequestTable<Completion>: ~Copyable {
         entries[i].generation &+= 1
         free.append(index)
         pendingCount -= 1
-        if pendingCount == 0 && entries.count > Self.keptWhenIdle { shrink() }
         return done
     }
 
     /// Entries kept when the table empties; past that it gives its memory back.
     static var keptWhenIdle: Int { 4096 }
 
-    /// Nothing is pending: after a burst, the table gives back what it grew to.
+    /// Gives back what the table grew to, if nothing is pending and it holds more than
+    /// ``keptWhenIdle`` entries. The pool calls it on a timer, not whenever the table empties: in
+    /// a burst the table empties between two batches of requests, and giving its segments back
+    /// each time (to map and fill them again a moment later) cost more than the requests.
+    /// - Returns: whether it shrank.
+    @discardableResult
+    mutating func shrinkIfIdle() -> Bool {
+        guard pendingCount == 0 && entries.count > Self.keptWhenIdle else { return false }
+        shrink()
+        return true
+    }
+
     private mutating func shrink() {
         var top = generationFloor
         for i in 0..<entries.count where entries[i].generation &- generationFloor > top &- generationFloor {
