@@ -109,6 +109,53 @@ struct RequestTableTests {
         #expect(t.lookup(wireID: UInt64(n + 10), from: 0) == .unknown, "past the high-water mark: never sent")
     }
 
+    @Test("the queue keeps its order through cancellations, retries to the front and take-outs (against a plain array)")
+    func queueOrderAgainstModel() {
+        var t = RequestTable<Int>()
+        var rng = SystemRandomNumberGenerator()
+        var model: [UInt32] = []       // the queue, front first
+        var inFlight: [UInt32] = []
+        var detached: [UInt32] = []    // taken out by takeQueued, still pending
+        for step in 0..<20_000 {
+            switch Int.random(in: 0..<10, using: &rng) {
+            case 0, 1, 2:
+                model.append(t.admit(admission(3), completion: step))
+            case 3, 4:
+                let i = t.dispatchFirst(to: 0)
+                #expect(i == model.first)
+                if let i { model.removeFirst(); inFlight.append(i) }
+            case 5:
+                // Cancel a queued request anywhere in the queue: front, middle or back.
+                guard !model.isEmpty else { continue }
+                let k = Int.random(in: 0..<model.count, using: &rng)
+                #expect(t.finish(model.remove(at: k)) != nil)
+            case 6:
+                guard !inFlight.isEmpty else { continue }
+                let i = inFlight.remove(at: Int.random(in: 0..<inFlight.count, using: &rng))
+                switch t.attemptFailed(i, retryAllowed: true) {
+                case .retried?: model.insert(i, at: 0)
+                case .finished?: break
+                case nil: Issue.record("an in-flight request was not pending")
+                }
+            case 7:
+                guard !inFlight.isEmpty else { continue }
+                #expect(t.finish(inFlight.removeLast()) != nil)
+            case 8:
+                if Int.random(in: 0..<50, using: &rng) == 0 {
+                    let taken = t.takeQueued()
+                    #expect(taken == model)
+                    detached += taken
+                    model = []
+                }
+            default:
+                if let i = detached.popLast() { #expect(t.finish(i) != nil) }
+            }
+            #expect(t.listedInOrder == model)
+            #expect(t.queuedCount == model.count + detached.count)
+            #expect(t.pendingCount == model.count + inFlight.count + detached.count)
+        }
+    }
+
     @Test("exactly once under every path: 10,000 random operations answer each request once")
     func exactlyOnce() {
         var t = RequestTable<Int>()

@@ -40,6 +40,11 @@ struct RequestTable<Completion>: ~Copyable {
         var isStream = false
         /// A batch of requests in one frame (`Batch`): its payload is the batch body.
         var isBatch = false
+        /// In the queue's list (a request taken out by ``takeQueued()`` is queued, not listed).
+        fileprivate var isListed = false
+        /// The entries before and after it in the queue, or the next free entry; `none`: no entry.
+        fileprivate var previous = RequestTable.none
+        fileprivate var next = RequestTable.none
 
         var isPending: Bool { completion != nil }
         /// The worker slot it is in flight on; -1 while queued.
@@ -100,40 +105,85 @@ struct RequestTable<Completion>: ~Copyable {
         case elsewhere
     }
 
+    /// No entry (the end of a list).
+    fileprivate static var none: UInt32 { .max }
+
     /// The entries, in segments that never move (see ``Segments``).
     private var entries = Segments()
-    private var free: [UInt32] = []
+    /// Free entries, as a list through their `next` links (the last freed first).
+    private var freeHead = RequestTable.none
     /// The most entries the table has had: an answer naming an entry at or above the current
     /// count, but below this, is late (its request finished before the table shrank).
     private var highWater = 0
     /// Generations of entries made after a shrink start here, above any the old entries had, so
     /// that a late answer cannot match a new request.
     private var generationFloor: UInt32 = 0
-    /// Wire ids of queued requests, in order. A request finished while queued (cancelled)
-    /// leaves its id behind, stale (its generation moved on): skipped when it comes up.
-    private var queue = Ring<UInt64>(filler: 0)
+    /// The queue, in order: a list through the entries' `previous` and `next` links, so that
+    /// queueing, dispatching and cancelling a queued request each touch a few fields of the
+    /// entries concerned and nothing else (no ring of ids, no stale ids to skip).
+    private var queueHead = RequestTable.none
+    private var queueTail = RequestTable.none
     /// Requests admitted and not finished (queued plus in flight).
     private(set) var pendingCount = 0
-    /// Requests queued (the ring may also hold stale ids).
+    /// Requests queued, listed or taken out by ``takeQueued()`` and not finished yet.
     private(set) var queuedCount = 0
 
-    /// The first queued request, stale ids dropped on the way.
-    var firstQueued: UInt32? {
-        mutating get {
-            while let wire = queue.first {
-                if let index = queuedIndex(wire) { return index }
-                _ = queue.popFront()
-            }
-            return nil
+    /// The first queued request.
+    var firstQueued: UInt32? { queueHead == Self.none ? nil : queueHead }
+
+    /// The queue's list, front first (for tests and diagnostics: it walks the list).
+    var listedInOrder: [UInt32] {
+        var out: [UInt32] = []
+        var i = queueHead
+        while i != Self.none {
+            out.append(i)
+            i = entries[Int(i)].next
         }
+        return out
     }
 
-    /// The entry a queued wire id names, if it is still that request, queued.
-    private func queuedIndex(_ wire: UInt64) -> UInt32? {
-        let i = Int(UInt32(truncatingIfNeeded: wire))
-        guard entries[i].generation == UInt32(truncatingIfNeeded: wire >> 32), entries[i].isPending,
-              entries[i].worker < 0 else { return nil }
-        return UInt32(i)
+    private mutating func linkAtBack(_ index: UInt32) {
+        let e = entries.address(Int(index))
+        e.pointee.previous = queueTail
+        e.pointee.next = Self.none
+        e.pointee.isListed = true
+        if queueTail != Self.none { entries.address(Int(queueTail)).pointee.next = index } else { queueHead = index }
+        queueTail = index
+    }
+
+    private mutating func linkAtFront(_ index: UInt32) {
+        let e = entries.address(Int(index))
+        e.pointee.previous = Self.none
+        e.pointee.next = queueHead
+        e.pointee.isListed = true
+        if queueHead != Self.none { entries.address(Int(queueHead)).pointee.previous = index } else { queueTail = index }
+        queueHead = index
+    }
+
+    /// Takes a listed entry out of the queue's list.
+    private mutating func unlink(_ index: UInt32) {
+        let e = entries.address(Int(index))
+        let before = e.pointee.previous, after = e.pointee.next
+        if before != Self.none { entries.address(Int(before)).pointee.next = after } else { queueHead = after }
+        if after != Self.none { entries.address(Int(after)).pointee.previous = before } else { queueTail = before }
+        e.pointee.previous = Self.none
+        e.pointee.next = Self.none
+        e.pointee.isListed = false
+    }
+
+    /// Empties the queue's list; its requests stay queued (pending, on no worker).
+    private mutating func unlistAll(into out: inout [UInt32]) {
+        var i = queueHead
+        while i != Self.none {
+            let e = entries.address(Int(i))
+            out.append(i)
+            i = e.pointee.next
+            e.pointee.previous = Self.none
+            e.pointee.next = Self.none
+            e.pointee.isListed = false
+        }
+        queueHead = Self.none
+        queueTail = Self.none
     }
 
     /// Borrows an entry (reading one field copies nothing else, retains nothing).
@@ -159,7 +209,10 @@ struct RequestTable<Completion>: ~Copyable {
     @discardableResult
     mutating func admit(_ a: consuming Admission, completion: consuming Completion) -> UInt32 {
         let index: UInt32
-        if let reused = free.popLast() { index = reused } else {
+        if freeHead != Self.none {
+            index = freeHead
+            freeHead = entries.address(Int(index)).pointee.next
+        } else {
             index = UInt32(entries.count)
             var fresh = Entry()
             fresh.generation = generationFloor
@@ -185,20 +238,21 @@ struct RequestTable<Completion>: ~Copyable {
         e.pointee.deaths = 0
         pendingCount += 1
         queuedCount += 1
-        queue.pushBack(wireID(index))
+        linkAtBack(index)
         return index
     }
 
     /// Takes the first queued request for `worker`: one more attempt, now in flight there.
     /// A request with a descriptor gets no further attempt: the descriptor goes with this one.
     mutating func dispatchFirst(to worker: Int) -> UInt32? {
-        guard let index = firstQueued else { return nil }
-        _ = queue.popFront()
+        guard queueHead != Self.none else { return nil }
+        let index = queueHead
+        unlink(index)
         queuedCount -= 1
-        let i = Int(index)
-        entries[i].attempts += 1
-        entries[i].worker = worker
-        if entries[i].descriptor >= 0 { entries[i].maxAttempts = entries[i].attempts }
+        let e = entries.address(Int(index))
+        e.pointee.attempts += 1
+        e.pointee.worker = worker
+        if e.pointee.descriptor >= 0 { e.pointee.maxAttempts = e.pointee.attempts }
         return index
     }
 
@@ -215,8 +269,9 @@ struct RequestTable<Completion>: ~Copyable {
     func lookup(wireID: UInt64, from worker: Int) -> Lookup {
         let i = Int(UInt32(truncatingIfNeeded: wireID))
         guard i < entries.count else { return i < highWater ? .late : .unknown }
-        guard entries[i].generation == UInt32(truncatingIfNeeded: wireID >> 32), entries[i].isPending else { return .late }
-        guard entries[i].worker == worker else { return entries[i].worker < 0 ? .late : .elsewhere }
+        let e = entries.address(i)
+        guard e.pointee.generation == UInt32(truncatingIfNeeded: wireID >> 32), e.pointee.isPending else { return .late }
+        guard e.pointee.worker == worker else { return e.pointee.worker < 0 ? .late : .elsewhere }
         return .pending(UInt32(i))
     }
 
@@ -230,25 +285,29 @@ struct RequestTable<Completion>: ~Copyable {
     /// Finishes a pending request: takes its completion and frees the entry. `nil` if it is not
     /// pending (already finished): the caller then has nothing to answer.
     mutating func finish(_ index: UInt32) -> Finished? {
-        let i = Int(index)
+        let e = entries.address(Int(index))
+        guard e.pointee.isPending else { return nil }
         // Moved out through the entry's address (no retain and release of the caller's closure;
         // `Optional.take()` on the entry copies it).
-        guard entries[i].isPending else { return nil }
-        let slot = entries.address(i).pointer(to: \.completion)!
+        let slot = e.pointer(to: \.completion)!
         let completion = slot.move()!
         slot.initialize(to: nil)
-        if entries[i].worker < 0 { queuedCount -= 1 }  // its id stays in the ring, stale
+        if e.pointee.worker < 0 {
+            queuedCount -= 1
+            if e.pointee.isListed { unlink(index) }
+        }
         // Field by field: copying the whole entry would retain and release its payload for nothing.
-        let done = Finished(completion: completion, id: entries[i].id, createdAt: entries[i].createdAt,
-                            attempts: Int(entries[i].attempts), maxAttempts: Int(entries[i].maxAttempts),
-                            timeout: entries[i].timeout, worker: entries[i].worker, timer: entries[i].timer,
-                            descriptor: entries[i].descriptor)
-        entries[i].payload = []
-        entries[i].timer = nil
-        entries[i].worker = -1
-        entries[i].descriptor = -1
-        entries[i].generation &+= 1
-        free.append(index)
+        let done = Finished(completion: completion, id: e.pointee.id, createdAt: e.pointee.createdAt,
+                            attempts: Int(e.pointee.attempts), maxAttempts: Int(e.pointee.maxAttempts),
+                            timeout: e.pointee.timeout, worker: e.pointee.worker, timer: e.pointee.timer,
+                            descriptor: e.pointee.descriptor)
+        e.pointee.payload = []
+        e.pointee.timer = nil
+        e.pointee.worker = -1
+        e.pointee.descriptor = -1
+        e.pointee.generation &+= 1
+        e.pointee.next = freeHead
+        freeHead = index
         pendingCount -= 1
         return done
     }
@@ -275,8 +334,9 @@ struct RequestTable<Completion>: ~Copyable {
         }
         generationFloor = top &+ 1
         entries.removeAll()
-        free = []
-        queue.removeAll()
+        freeHead = Self.none
+        queueHead = Self.none
+        queueTail = Self.none
     }
 
     /// An attempt in flight failed (its worker died, or it timed out). With an attempt left and
@@ -292,7 +352,7 @@ struct RequestTable<Completion>: ~Copyable {
             entries[i].generation &+= 1
             entries[i].worker = -1
             queuedCount += 1
-            queue.pushFront(wireID(index))
+            linkAtFront(index)
             return .retried(timer: timer)
         }
         return finish(index).map { .finished($0) }
@@ -319,15 +379,14 @@ struct RequestTable<Completion>: ~Copyable {
     mutating func takeQueued() -> [UInt32] {
         var out: [UInt32] = []
         out.reserveCapacity(queuedCount)
-        while let wire = queue.popFront() {
-            if let index = queuedIndex(wire) { out.append(index) }
-        }
+        unlistAll(into: &out)
         return out  // still counted as queued until finished
     }
 
     /// Every pending request, queued or in flight (the queue is emptied), for the caller to finish.
     mutating func takeAll() -> [UInt32] {
-        queue.removeAll()
+        var listed: [UInt32] = []
+        unlistAll(into: &listed)
         return (0..<entries.count).filter { entries[$0].isPending }.map { UInt32($0) }
     }
 
@@ -357,16 +416,22 @@ extension RequestTable {
             return (segmentSize * MemoryLayout<Entry>.stride + page - 1) / page * page
         }
 
-        private var segments: [UnsafeMutablePointer<Entry>] = []
+        /// The segments' addresses: a raw block (an `Array` here cost a bounds check, and the
+        /// load of its buffer, at every entry access).
+        private var directory: UnsafeMutablePointer<UnsafeMutablePointer<Entry>>?
+        private var directoryCapacity = 0
+        private var segmentCount = 0
         private(set) var count = 0
 
         init() {}
 
-        deinit { Self.release(segments, count: count) }
+        deinit { Self.release(directory, segments: segmentCount, count: count) }
 
+        /// The entry at `i`, which must be below ``count``.
         @inline(__always)
         func address(_ i: Int) -> UnsafeMutablePointer<Entry> {
-            segments[i &>> Self.segmentShift] + (i & (Self.segmentSize &- 1))
+            assert(i >= 0 && i < count, "request table entry \(i) out of 0..<\(count)")
+            return directory.unsafelyUnwrapped[i &>> Self.segmentShift] + (i & (Self.segmentSize &- 1))
         }
 
         subscript(i: Int) -> Entry {
@@ -375,29 +440,42 @@ extension RequestTable {
         }
 
         mutating func append(_ entry: consuming Entry) {
-            if count == segments.count &<< Self.segmentShift {
+            if count == segmentCount &<< Self.segmentShift {
                 guard let raw = mmap(nil, Self.segmentBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
                       raw != MAP_FAILED else {
                     fatalError("RequestTable: mmap of \(Self.segmentBytes) bytes failed (errno \(errno)): out of memory")
                 }
-                segments.append(raw.bindMemory(to: Entry.self, capacity: Self.segmentSize))
+                if segmentCount == directoryCapacity {
+                    let capacity = max(16, directoryCapacity * 2)
+                    guard let grown = realloc(directory, capacity * MemoryLayout<UnsafeMutablePointer<Entry>>.stride) else {
+                        fatalError("RequestTable: realloc of the segment directory failed: out of memory")
+                    }
+                    directory = grown.bindMemory(to: UnsafeMutablePointer<Entry>.self, capacity: capacity)
+                    directoryCapacity = capacity
+                }
+                directory.unsafelyUnwrapped[segmentCount] = raw.bindMemory(to: Entry.self, capacity: Self.segmentSize)
+                segmentCount += 1
             }
-            address(count).initialize(to: entry)
             count += 1
+            address(count - 1).initialize(to: entry)
         }
 
         /// Destroys every entry and unmaps every segment.
         mutating func removeAll() {
-            Self.release(segments, count: count)
-            segments = []
+            Self.release(directory, segments: segmentCount, count: count)
+            directory = nil
+            directoryCapacity = 0
+            segmentCount = 0
             count = 0
         }
 
-        private static func release(_ segments: [UnsafeMutablePointer<Entry>], count: Int) {
-            for (k, segment) in segments.enumerated() {
-                segment.deinitialize(count: min(segmentSize, count - k &<< segmentShift))
-                munmap(UnsafeMutableRawPointer(segment), segmentBytes)
+        private static func release(_ directory: UnsafeMutablePointer<UnsafeMutablePointer<Entry>>?, segments: Int, count: Int) {
+            guard let directory else { return }
+            for k in 0..<segments {
+                directory[k].deinitialize(count: min(segmentSize, count - k &<< segmentShift))
+                munmap(UnsafeMutableRawPointer(directory[k]), segmentBytes)
             }
+            free(directory)
         }
     }
 }
