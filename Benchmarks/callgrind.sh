@@ -15,7 +15,8 @@
 # workers, or the C children): start-up, warm-up and shutdown cancel out. Ir counts the
 # instructions run in user space only; the kernel's share of each system call is not in it.
 #
-# Jobs: `lpm-compare burst`, `rt-chained` and `rt-async` (Sources/lpm-compare), and the C
+# Jobs: `lpm-compare burst` (also by thread: `cg_lpm_burst_reactor` and `_caller`), `rt-chained`
+# and `rt-async` (Sources/lpm-compare), and the C
 # baselines `echo` (batched pipelined echo) and `pingpong` (Baselines/baselines.c). Then the
 # instructions a worker runs from exec to its first frame (start-up; python3 needed).
 # Output: `name=cg_<job>_<side> value=<Ir per request> unit=Ir/req` lines on stdout (the format
@@ -133,6 +134,32 @@ job() {
 }
 
 job lpm_burst burst "${BURST[@]}" "$LPM" burst
+# The burst's supervisor by thread: the reactor thread (the target of the hot path) and the
+# caller's thread (which hands requests over through the inbox). The supervisor alone, threads
+# counted apart (--separate-threads); its workers run untraced.
+threads() {
+    local n1=$1 n2=$2 d
+    echo "callgrind: lpm_burst by thread (N = $n1, then $n2)" >&2
+    for n in "$n1" "$n2"; do
+        local dir=$OUT/lpm_burst_threads.$n
+        rm -rf "$dir"; mkdir -p "$dir"
+        if ! timeout "$TIMEOUT" valgrind --tool=callgrind --separate-threads=yes \
+                --callgrind-out-file="$dir/callgrind.out" --log-file="$dir/valgrind.log" "$LPM" burst "$n" >>"$LOG" 2>&1; then
+            echo "  FAILED: $LPM burst $n, by thread (see $LOG)" >&2
+            FAILED=$((FAILED + 1))
+            return
+        fi
+    done
+    d=$(( $(requests burst "$n2") - $(requests burst "$n1") ))
+    # Thread 1 is the caller's (main) thread, thread 2 the reactor's (started first by Supervisor.init).
+    for t in 01:caller 02:reactor; do
+        local a b
+        a=$(sed -n 's/^summary: //p' "$OUT/lpm_burst_threads.$n1/callgrind.out-${t%%:*}" 2>/dev/null || echo 0)
+        b=$(sed -n 's/^summary: //p' "$OUT/lpm_burst_threads.$n2/callgrind.out-${t%%:*}" 2>/dev/null || echo 0)
+        awk -v t="${t#*:}" -v a="${a:-0}" -v b="${b:-0}" -v d="$d" 'BEGIN { printf "name=cg_lpm_burst_%s value=%.0f unit=Ir/req\n", t, (b - a) / d }'
+    done
+}
+threads "${BURST[@]}"
 job lpm_rt_chained rt "${RT[@]}" "$LPM" rt-chained
 job lpm_rt_async rt "${RT[@]}" "$LPM" rt-async
 job c_echo echo "${C_ECHO[@]}" "$BASELINES" echo
