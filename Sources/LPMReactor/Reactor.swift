@@ -28,23 +28,20 @@ public final class Reactor {
     /// The task executor of this reactor's thread (see ``ReactorTaskExecutor``).
     public let taskExecutor: ReactorTaskExecutor
 
-    // State, all of it confined to the reactor thread. Accesses are checked for exclusivity:
-    // no `@exclusivity(unchecked)`, since it showed no gain here. Each event, timer or job
-    // touches these once or twice. Measured (release, this 2-vCPU guest, 3 runs, medians;
-    // 1M zero-delay timers scheduled and fired, 64 level-readable pipes x 20k `runOnce(.zero)`,
-    // 1M local jobs), per item in ns, epoll / io_uring:
-    //   the old single-file reactor with 13 `@exclusivity(unchecked)` properties:
-    //     timer 325 / 318, event 97 / 250, job 86 / 85
-    //   this split, all checked:  timer 322 / 317, event 98 / 250, job 86 / 85
-    //   (the whole module built with -enforce-exclusivity=unchecked: timer 295 / 287,
-    //    event 96 / 207, job 74 / 73; the gain there lies outside these properties, in the
-    //    backends and the job queue, which never had the attribute.)
-    var registrations = RegistrationTable()
-    var timers = TimerHeap<() -> Void>()
+    // State, all of it confined to the reactor thread. The properties touched by every event,
+    // timer or job are `@exclusivity(unchecked)`: no access to them overlaps another (the
+    // values' methods call nothing outside themselves; handlers run after the value's method
+    // returns). On a plain thread the checks cost little (measured when this was split: timer
+    // 322 / 317 ns checked against 325 / 318 unchecked, epoll / io_uring), but on a thread that
+    // also runs Swift tasks (the reactor's executors) each check reaches the task's access set
+    // through `__tls_get_addr`: about 80 instructions a check, 790 per async round trip through
+    // the supervisor (callgrind, `lpm-compare rt-async`), before this attribute.
+    @exclusivity(unchecked) var registrations = RegistrationTable()
+    @exclusivity(unchecked) var timers = TimerHeap<() -> Void>()
     var signals = SignalWatchers()
     var children = ChildWatchers()
-    var loop = LoopState()
-    var isClosed = false
+    @exclusivity(unchecked) var loop = LoopState()
+    @exclusivity(unchecked) var isClosed = false
     var wakeRegistration: Registration?
 
     /// How long each iteration polls without blocking before it sleeps in the kernel; `nil` or

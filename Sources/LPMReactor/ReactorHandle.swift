@@ -22,10 +22,10 @@ final class ReactorShared: @unchecked Sendable {
     let owner: ThreadIdentity
     private let lock = ThreadLock()
     /// Guarded by `lock`.
-    private var state = State()
+    @exclusivity(unchecked) private var state = State()  // under `lock`
     /// Reads and writes: owner thread only. Set when a job is submitted from the owner thread
     /// itself, which needs no eventfd write: the loop checks this before it blocks.
-    var hasLocalJobs = false
+    @exclusivity(unchecked) var hasLocalJobs = false
 
     init(wakeFD: CInt) {
         self.wakeFD = wakeFD
@@ -40,7 +40,7 @@ final class ReactorShared: @unchecked Sendable {
     var isOwnerThread: Bool { owner.isCurrent }
 
     /// Jobs submitted on the owner thread itself: no lock, no eventfd write. Owner thread only.
-    private var localJobs: [Job] = []
+    @exclusivity(unchecked) private var localJobs: [Job] = []
 
     /// Queues a job; returns `false` when the reactor is closed.
     func submit(_ job: sending Job) -> Bool {
@@ -70,7 +70,7 @@ final class ReactorShared: @unchecked Sendable {
     }
 
     /// Owner thread only: set by `close()`.
-    private var localClosed = false
+    @exclusivity(unchecked) private var localClosed = false
 
     /// Moves every queued job into `jobs` (which the caller has emptied): those submitted on the
     /// owner thread first, then the others. Each thread's jobs keep their order. Owner thread only.

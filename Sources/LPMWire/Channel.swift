@@ -28,10 +28,11 @@ package enum ChannelEnd: Sendable, Hashable, CustomStringConvertible {
 /// iteration: every frame due for a peer in one iteration goes out in one `send`.
 package final class ChannelFlusher {
     private let reactor: Reactor
-    private var dirty: [Channel] = []
-    private var scheduled = false
+    // Reactor thread only, no overlapping access: unchecked (see `Reactor`'s state).
+    @exclusivity(unchecked) private var dirty: [Channel] = []
+    @exclusivity(unchecked) private var scheduled = false
     /// Made once, submitted once per iteration with output: no allocation per iteration.
-    private var flushJob: ((Reactor) -> Void)?
+    @exclusivity(unchecked) private var flushJob: ((Reactor) -> Void)?
 
     /// Creates a flusher for channels on `reactor`.
     package init(reactor: Reactor) { self.reactor = reactor }
@@ -75,7 +76,7 @@ package final class Channel {
     package let fd: CInt
     private let reactor: Reactor
     private let flusher: ChannelFlusher
-    private var registration: Reactor.Registration?
+    @exclusivity(unchecked) private var registration: Reactor.Registration?
     @exclusivity(unchecked) private var out = OutputBuffer(capacity: Channel.outgoingCapacity)
     /// Where `send(_:id:flags:length:_:)` has its payload written, then copied to `out`.
     @exclusivity(unchecked) private var scratch: [UInt8] = []
@@ -95,7 +96,7 @@ package final class Channel {
     /// Whether the channel has been closed or has failed.
     @exclusivity(unchecked) package private(set) var isClosed = false
     /// Called for each frame received; the payload is valid only during the call.
-    package var onFrame: (FrameHeader, UnsafeRawBufferPointer) -> Void = { _, _ in }
+    @exclusivity(unchecked) package var onFrame: (FrameHeader, UnsafeRawBufferPointer) -> Void = { _, _ in }
     /// Called once when the channel stops for any reason other than ``close()``.
     package var onEnd: (ChannelEnd) -> Void = { _ in }
 

@@ -215,7 +215,7 @@ package final class FrameDecoder {
     private static let readRoom = 16 * 1024
     private let control = ControlBuffer()
     /// Whether the last ``receive(from:descriptors:)`` lost descriptors (`MSG_CTRUNC`).
-    package private(set) var descriptorsTruncated = false
+    @exclusivity(unchecked) package private(set) var descriptorsTruncated = false
 
     /// A decoder refusing payloads over `maxPayload`, with `capacity` bytes of buffer to start.
     /// - Precondition: `maxPayload` is in ``Wire/maxPayloadRange`` and `capacity` is positive

@@ -7,16 +7,18 @@ import LPMWire
 ///
 /// `@unchecked Sendable`: `payload` and `options` are set in `init`, and `completion` before the
 /// ticket is submitted (the inbox's lock orders that write before the reactor thread reads it);
-/// `index`, `id` and `cancelled` are read and written only on the reactor thread.
+/// `index`, `id` and `cancelled` are read and written only on the reactor thread. So no access
+/// to them overlaps another, and they are `@exclusivity(unchecked)`: the dynamic checks cost
+/// more than the rest of the ticket's work on an async round trip.
 final class RequestTicket: @unchecked Sendable {
     let payload: [UInt8]
     let options: RequestOptions
-    var completion: Completion?
+    @exclusivity(unchecked) var completion: Completion?
     /// Where the pool admitted it (`UInt32.max`: not admitted, or refused).
-    var index = UInt32.max
-    var id = RequestID.zero
+    @exclusivity(unchecked) var index = UInt32.max
+    @exclusivity(unchecked) var id = RequestID.zero
     /// Cancelled before the pool saw it: refused with `cancelled` when it arrives.
-    var cancelled = false
+    @exclusivity(unchecked) var cancelled = false
 
     init(_ payload: [UInt8], _ options: RequestOptions) {
         self.payload = payload

@@ -6,7 +6,8 @@ extension Pool {
     /// its caller gave up before it arrived, else admitted like any other (the ticket learns
     /// where, for a later cancellation).
     func enqueue(_ ticket: RequestTicket) {
-        guard let completion = ticket.completion else { return }
+        // Taken from the ticket: the table holds it from here on (one owner, no retain).
+        guard let completion = ticket.completion.take() else { return }
         guard !ticket.cancelled else {
             metrics?.refused(.cancelled)
             answer(completion, .failure(SupervisorError(.cancelled, "the request was cancelled before it was queued")))

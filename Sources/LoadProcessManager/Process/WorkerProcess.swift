@@ -6,7 +6,7 @@ import LPMWire
 /// descriptor, its lifecycle and its counters. Confined to the reactor thread.
 final class WorkerProcess {
     /// Its slot; changes when it is recycled (it moves to a retired slot to drain).
-    var slot: Int
+    @exclusivity(unchecked) var slot: Int
     let pid: pid_t
     let channel: Channel
     var watch: Reactor.ChildWatch?
@@ -22,7 +22,7 @@ final class WorkerProcess {
     /// Since when it has had nothing in flight, as of the last health sample (`nil`: busy).
     var idleSince: Int64?
     /// Recycle it once it has answered this many requests (`nil`: never).
-    var recycleAfter: Int?
+    @exclusivity(unchecked) var recycleAfter: Int?
     /// The ping awaiting its pong (0: none), and when it was sent (monotonic nanoseconds).
     var pingOutstanding: UInt64 = 0
     var pingSentAt: Int64 = 0
@@ -33,7 +33,7 @@ final class WorkerProcess {
     @exclusivity(unchecked) var streams: [UInt64: ResponseStreamCore] = [:]
 
     /// What its last ready frame announced (batched requests...).
-    var capabilities: WorkerCapabilities = []
+    @exclusivity(unchecked) var capabilities: WorkerCapabilities = []
     /// Events (and event replies) received in the current one-second window, and its start.
     var eventsInWindow = 0
     var eventWindowStart: Int64 = 0
