@@ -180,3 +180,33 @@ package struct SharedRingMapping: ~Copyable {
         return p
     }
 }
+
+/// The doorbell of a ring's sleeping side: an eventfd (`Sys.eventfd()`, CLOEXEC and
+/// NONBLOCK) that the other side writes to when the flags say so. A reactor registers it for
+/// readability; a side without one blocks in ``wait(_:timeoutMilliseconds:)``.
+package enum SharedRingDoorbell {
+    /// Rings: `write(2)` of 1 to the eventfd, retrying `EINTR`. `EAGAIN` (the counter is full)
+    /// means the doorbell is already readable: nothing is lost.
+    package static func ring(_ fd: CInt) throws(SyscallError) {
+        var one: UInt64 = 1
+        _ = try withUnsafeBytes(of: &one) { (b) throws(SyscallError) in try Sys.write(fd, b) }
+    }
+
+    /// Waits until the doorbell rang, then drains it: `poll(2)` for `POLLIN` up to
+    /// `timeoutMilliseconds` (-1: no limit), then `read(2)` of the counter. Retries `EINTR`
+    /// (with the full timeout again). Returns false on timeout. Wake-ups can be spurious (a ring
+    /// for an announcement already withdrawn): check the ring again after each.
+    package static func wait(_ fd: CInt, timeoutMilliseconds: Int32) throws(SyscallError) -> Bool {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let n = try syscallValue("poll") { poll(&p, 1, timeoutMilliseconds) }
+        if n == 0 { return false }
+        drain(fd)
+        return true
+    }
+
+    /// Reads the eventfd's counter if it is set (non-blocking; nothing to do otherwise).
+    package static func drain(_ fd: CInt) {
+        var count: UInt64 = 0
+        _ = try? withUnsafeMutableBytes(of: &count) { (b) throws(SyscallError) in try Sys.read(fd, b) }
+    }
+}
