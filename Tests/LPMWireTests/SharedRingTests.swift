@@ -169,6 +169,46 @@ struct SharedRingMappingTests {
         }
     }
 
+    @Test("the object header and a record, byte for byte as in docs/PROTOCOL.md")
+    func layout() throws {
+        var fd: FileDescriptor? = nil
+        let m = try SharedRingMapping.create(requestCapacity: 8192, responseCapacity: 4096, descriptor: &fd)
+        let d = fd.take()!.release()
+        defer { FileDescriptor.closeRaw(d) }
+        var st = stat()
+        #expect(fstat(d, &st) == 0 && st.st_size == 4096 + 8192 + 4096)
+        let header = Array(UnsafeRawBufferPointer(start: m.base, count: 64))
+        #expect(header[0..<32] == [0x4C, 0x50, 0x4D, 0x52, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                   0x00, 0x40, 0, 0, 0, 0, 0, 0, 0x00, 0x20, 0, 0, 0x00, 0x10, 0, 0])
+        #expect(header[32...].allSatisfy { $0 == 0 })
+        #expect(m.data(.request) == m.base + 4096 && m.data(.response) == m.base + 4096 + 8192)
+        var p = try m.producer(.response)
+        // A record that does not fit before the end: a wrap marker, then the record at 0.
+        let tail = m.base + 512
+        let room = try #require(try p.reserve(payload: 2000))
+        room.copyBytes(from: [0xAB, 0xCD, 0xEF])
+        p.commit(length: 3, kind: response, flags: 4, id: 0x0102_0304_0506_0708)
+        p.publish()
+        #expect(tail.load(as: UInt64.self) == 24)
+        // Bytes 19..<24 are padding (any value).
+        let record = Array(UnsafeRawBufferPointer(start: m.data(.response), count: 19))
+        #expect(record == [3, 0, 0, 0, 4, 4, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1, 0xAB, 0xCD, 0xEF])
+        for _ in 0..<169 {
+            _ = try p.reserve(payload: 0)
+            p.commit(length: 0, kind: response, flags: 0, id: 0)
+        }
+        p.publish()
+        // 24 + 169 * 16 = 2728; a record of 16 + 2000 bytes does not fit in the 1368 left.
+        m.base.storeBytes(of: UInt64(2728), toByteOffset: 512 + 128, as: UInt64.self)
+        _ = try #require(try p.reserve(payload: 2000))
+        p.commit(length: 2000, kind: response, flags: 0, id: 7)
+        p.publish()
+        #expect(tail.load(as: UInt64.self) == 4096 + 2016)
+        #expect(m.data(.response).load(fromByteOffset: 2728, as: UInt32.self) == 0xFFFF_FFFF)
+        #expect(m.data(.response).load(as: UInt32.self) == 2000)
+        m.unmap()
+    }
+
     @Test("commit may shorten the reservation; abandon leaves nothing")
     func shortCommitAndAbandon() throws {
         try withMapping { m in
