@@ -127,7 +127,7 @@ package struct SharedRingGeometry: Sendable, Hashable {
     /// The bytes a record with `payload` bytes occupies: header, payload, padding to 8.
     @inlinable
     package static func recordSize(payload: Int) -> Int {
-        SharedRingLayout.recordHeaderSize + (payload + 7) & ~7
+        SharedRingLayout.recordHeaderSize &+ (payload &+ 7) & ~7
     }
 
     /// The offset in the data area of byte index `index`.
@@ -138,12 +138,14 @@ package struct SharedRingGeometry: Sendable, Hashable {
     /// consumer has released up to `head`: `skip` bytes of wrap padding (0, or everything up to
     /// the end of the data area) then the record at `offset`; nil if there is not room for both.
     /// - Precondition: `payload <= maxPayload` and `head <= tail <= head + capacity`.
+    @inline(__always)
     package func place(payload: Int, tail: UInt64, head: UInt64) -> (offset: Int, skip: Int)? {
+        // Wrapping arithmetic: every operand is at most the capacity (2^30) by the precondition.
         let size = Self.recordSize(payload: payload)
         let pos = position(tail)
-        let skip = capacity - pos < size ? capacity - pos : 0
-        let free = capacity - Int(tail &- head)
-        guard skip + size <= free else { return nil }
+        let skip = capacity &- pos < size ? capacity &- pos : 0
+        let free = capacity &- Int(truncatingIfNeeded: tail &- head)
+        guard skip &+ size <= free else { return nil }
         return (skip == 0 ? pos : 0, skip)
     }
 
@@ -157,6 +159,7 @@ package struct SharedRingGeometry: Sendable, Hashable {
 
     /// Checks a newly loaded producer index: not behind the last one seen, a multiple of 8, and
     /// at most `capacity` bytes ahead of what the consumer has released.
+    @inline(__always)
     package func checkTail(_ tail: UInt64, lastTail: UInt64, head: UInt64, ring: SharedRingDirection) throws(SharedRingError) {
         guard tail >= lastTail else { throw .indexWentBackwards(ring, index: "producer index", from: lastTail, to: tail) }
         guard tail % 8 == 0, tail &- head <= UInt64(capacity) else {
@@ -166,6 +169,7 @@ package struct SharedRingGeometry: Sendable, Hashable {
 
     /// Checks a newly loaded consumer index: not behind the last one seen, a multiple of 8, and
     /// not past what the producer has published.
+    @inline(__always)
     package func checkHead(_ head: UInt64, lastHead: UInt64, published: UInt64, ring: SharedRingDirection) throws(SharedRingError) {
         guard head >= lastHead else { throw .indexWentBackwards(ring, index: "consumer index", from: lastHead, to: head) }
         guard head % 8 == 0, head <= published else {
@@ -176,6 +180,7 @@ package struct SharedRingGeometry: Sendable, Hashable {
     /// Decodes the length word found at `cursor`, with `tail` the producer's checked index
     /// (`cursor < tail`): a wrap, or a record that lies wholly inside the published bytes and
     /// before the end of the data area.
+    @inline(__always)
     package func step(lengthWord: UInt32, cursor: UInt64, tail: UInt64, ring: SharedRingDirection) throws(SharedRingError) -> Step {
         let pos = position(cursor)
         let available = tail &- cursor
