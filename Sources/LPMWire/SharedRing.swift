@@ -215,12 +215,11 @@ package struct SharedRingRecord {
 @available(*, unavailable) extension SharedRingRecord: Sendable {}
 
 /// Atomic accesses to one ring's control block.
-@usableFromInline
 struct SharedRingControl {
-    @usableFromInline let tail: UnsafeMutablePointer<UInt64>
-    @usableFromInline let producerWaiting: UnsafeMutablePointer<UInt32>
-    @usableFromInline let head: UnsafeMutablePointer<UInt64>
-    @usableFromInline let consumerSleeping: UnsafeMutablePointer<UInt32>
+    let tail: UnsafeMutablePointer<UInt64>
+    let producerWaiting: UnsafeMutablePointer<UInt32>
+    let head: UnsafeMutablePointer<UInt64>
+    let consumerSleeping: UnsafeMutablePointer<UInt32>
 
     init(_ block: UnsafeMutableRawPointer) {
         tail = (block + SharedRingLayout.tailOffset).assumingMemoryBound(to: UInt64.self)
