@@ -85,7 +85,10 @@ let package = Package(
         .executableTarget(name: "lpm-test-worker", dependencies: ["LoadProcessManagerWorker", "LPMWire", "LPMTestSupport"], path: "Tests/Helpers/TestWorker", swiftSettings: strict),
 
         .testTarget(name: "LPMReactorTests", dependencies: ["LPMReactor", "CLoop", "LPMTestSupport"], swiftSettings: strict),
-        .testTarget(name: "LPMWireTests", dependencies: ["LPMWire"], swiftSettings: strict),
+        // The far side of the shared-ring tests: echoes a request ring into a response ring.
+        .executableTarget(name: "lpm-ring-peer", dependencies: ["LPMWire"], path: "Tests/Helpers/RingPeer", swiftSettings: strict),
+
+        .testTarget(name: "LPMWireTests", dependencies: ["LPMWire", "CLoop", "LPMTestSupport", "lpm-ring-peer"], swiftSettings: strict),
         // Type-checks Tests/Helpers/SurfaceClient as a client outside the package: the public
         // names of every product sit beside Foundation, swift-system and each other.
         .testTarget(

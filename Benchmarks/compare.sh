@@ -160,6 +160,10 @@ for rep in $(seq 1 "$REPS"); do
         P=(); [ $place = pinned ] && P=("${PIN[@]}")
         step "  round trips, $place"
         [ "$HAVE_C" = 1 ] && run "c.$place" "${P[@]}" "$BASELINES" pingpong "$C_RT_N"
+        # The same round trip over shared-memory rings: doorbells in both placements; busy
+        # polling unpinned only (two spinning processes on one CPU measure the scheduler).
+        [ "$HAVE_C" = 1 ] && run "c.$place" "${P[@]}" "$BASELINES" ring-pingpong "$C_RT_N" bell
+        [ "$HAVE_C" = 1 ] && [ $place = unpinned ] && run "c.$place" "$BASELINES" ring-pingpong "$C_RT_N" poll
         for b in "${BACKENDS[@]}"; do
             run "$b.$place" "${P[@]}" "$LPM" reactor-pingpong "$RT_N" --backend "$b"
             for api in rt-async rt-executor rt-handler rt-chained; do
@@ -171,6 +175,8 @@ for rep in $(seq 1 "$REPS"); do
 
     step "  throughput"
     [ "$HAVE_C" = 1 ] && run c "$BASELINES" echo "$C_ECHO_N"
+    [ "$HAVE_C" = 1 ] && run c "$BASELINES" ring-echo "$C_ECHO_N" poll
+    [ "$HAVE_C" = 1 ] && run c "$BASELINES" ring-echo "$C_ECHO_N" bell
     for b in "${BACKENDS[@]}"; do
         run "$b" "$LPM" reactor-echo "$ECHO_N" --backend "$b"
         run "$b" "$LPM" burst "$BURST_N" --backend "$b"
@@ -409,6 +415,8 @@ echo "sizes: round trips $RT_N (C $C_RT_N), burst $BURST_N, echo $ECHO_N (C $C_E
 for place in pinned unpinned; do
     header "Sequential round trips, 64 B, $place ($([ $place = pinned ] && echo 'whole process tree on CPU 0' || echo 'scheduler decides')); baseline: C ping-pong, blocking read/write, same placement"
     trow "C ping-pong, 2 processes (baseline)" "c.$place" c_pingpong_socketpair_64B ns "" "" "" ""
+    trow "C shared-memory rings, eventfd doorbells, 2 processes" "c.$place" c_ring_pingpong_bell_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns
+    [ $place = unpinned ] && trow "C shared-memory rings, busy polling, 2 processes" "c.$place" c_ring_pingpong_poll_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns
     for b in "${BACKENDS[@]}"; do
         trow "reactor ping-pong, 2 processes [$b]" "$b.$place" reactor_pingpong_processes_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns
         trow "Supervisor+Worker, async API [$b]" "$b.$place" lpm_rt_async_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns 1.2
@@ -421,6 +429,8 @@ done
 
 header "Throughput, 2 workers; baseline: C pipelined echo, 2 children x 256 in flight, batched reads/writes"
 rrow "C batched echo (baseline)" c c_echo_epoll_batched_2x256x64B "msg/s" "" "" ""
+rrow "C shared-memory rings, 1 worker, busy polling" c c_ring_echo_poll_1x64B "msg/s" "C" c c_echo_epoll_batched_2x256x64B
+rrow "C shared-memory rings, 1 worker, eventfd doorbells" c c_ring_echo_bell_1x64B "msg/s" "C" c c_echo_epoll_batched_2x256x64B
 for b in "${BACKENDS[@]}"; do
     rrow "reactor pipelined echo, same shape [$b]" "$b" reactor_echo_batched_2x256x64B "msg/s" "C" c c_echo_epoll_batched_2x256x64B
     rrow "Supervisor burst of $BURST_N, handler API [$b]" "$b" lpm_burst_2w "req/s" "C" c c_echo_epoll_batched_2x256x64B 0.40
