@@ -543,6 +543,9 @@ if [ -n "$(val cg cg_c_echo_supervisor)$(val cg cg_lpm_burst_supervisor)" ]; the
         crow "round trip, chained, $side" cg "cg_lpm_rt_chained_$side" "Ir/req" "C ping-pong, $who" cg "cg_c_pingpong_$side"
         crow "round trip, async, $side" cg "cg_lpm_rt_async_$side" "Ir/req" "C ping-pong, $who" cg "cg_c_pingpong_$side"
     done
+    # The hot-path target (0.3 us of reactor-thread CPU a request) is about 1200 Ir at this machine's rate.
+    crow "burst, supervisor's reactor thread (target ~1200 Ir)" cg cg_lpm_burst_reactor "Ir/req" "C echo, parent" cg cg_c_echo_supervisor
+    crow "burst, supervisor's caller thread (the inbox)" cg cg_lpm_burst_caller "Ir/req" "C echo, parent" cg cg_c_echo_supervisor
     crow "worker start, exec to first frame: bench-worker, static runtime" cg cg_start_bench_worker_static "Ir" "shared runtime" cg cg_start_bench_worker_shared
     crow "worker start, exec to first frame: C child" cg cg_start_c_child "Ir" "static Swift" cg cg_start_bench_worker_static
     [ -s .build/callgrind/top_burst_supervisor.txt ] && { echo; sed 's/^/  /' .build/callgrind/top_burst_supervisor.txt; }
