@@ -40,7 +40,13 @@ enum Template {
         // The supervisor made both ends non-blocking; the template sleeps in recvmsg.
         do { try Sys.setBlocking(fd) } catch { die("template: \(error)", 71) }
         let threads = Int32(Sys.threadCount() ?? 0)
-        guard TemplateMessage(.hello, getpid(), threads).send(on: fd) else { _exit(0) }
+        // A process whose glibc thread descriptor cannot be found does not fork (each order is
+        // refused the same way).
+        let hello = Sys.threadDescriptorTID() == nil ? TemplateMessage(.unsupported, 0) : TemplateMessage(.hello, getpid(), threads)
+        guard hello.send(on: fd) else { _exit(0) }
+        // The kernel's record of the main thread's robust mutexes: a fork's child starts with
+        // none, and registers this one again.
+        let robustList = Sys.robustList()
         // A test hook: what the template does right after each fork ("die": SIGKILL itself;
         // "stall": stop answering), to prove that the supervisor learns the worker's pid anyway.
         let afterFork = getenv("LPM_TEMPLATE_TEST_AFTER_FORK").map { String(cString: $0) }
@@ -66,13 +72,19 @@ enum Template {
                 guard TemplateMessage(.refusedThreads, Int32(count), order.a).send(on: fd) else { _exit(0) }
                 continue
             }
+            // Checked before each fork: the kernel writes the child's thread id there.
+            guard let threadID = Sys.threadDescriptorTID() else {
+                FileDescriptor.closeRaw(channel)
+                guard TemplateMessage(.unsupported, 0, order.a).send(on: fd) else { _exit(0) }
+                continue
+            }
             let pid: pid_t
-            do { pid = try Sys.forkSibling() } catch {
+            do { pid = try Sys.forkSibling(threadID: threadID) } catch {
                 FileDescriptor.closeRaw(channel)
                 guard TemplateMessage(.failed, error.errno.rawValue, order.a).send(on: fd) else { _exit(0) }
                 continue
             }
-            if pid == 0 { return becomeWorker(channel: channel, slot: Int(order.a)) }
+            if pid == 0 { return becomeWorker(channel: channel, slot: Int(order.a), robustList: robustList) }
             switch afterFork {
             case "die"?: kill(getpid(), SIGKILL)
             case "stall"?: while true { pause() }
@@ -84,7 +96,10 @@ enum Template {
     }
 
     /// In the child: the state a spawned worker starts with.
-    private static func becomeWorker(channel: CInt, slot: Int) {
+    private static func becomeWorker(channel: CInt, slot: Int, robustList: (head: UnsafeMutableRawPointer?, length: Int)) {
+        // glibc's thread descriptor already holds this process's thread id (the kernel wrote it
+        // at the fork); its robust list is registered again, as glibc's fork does.
+        Sys.setRobustList(robustList)
         // First of all, its pid to the supervisor (its parent): from then on, it is watched and
         // reaped whatever becomes of the template. Not heard: the supervisor gave up on this
         // fork, and nothing would ever read this worker's channel.

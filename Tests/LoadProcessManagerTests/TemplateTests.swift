@@ -233,6 +233,49 @@ struct TemplateTests {
             }
         }
     }
+
+    @Test("a forked worker's glibc knows its own thread id: the thread's CPU clock reads, in workers forked one after another")
+    func glibcThreadIDIsTheChilds() async throws {
+        var c = templateConfig("thread-id", count: 1)
+        c.restarts = 10
+        let (s, log) = try await startOnline(c)
+        let template = try #require(templatePID(log))
+        for round in 0..<3 {
+            let f = try await s.enqueue("x").text.split(separator: " ").map(String.init)
+            try #require(f.count == 3, "\(f)")
+            let pid = try #require(await s.health().first?.pid)
+            #expect(f[0] == String(pid), "round \(round): the main thread of the worker (\(f))")
+            #expect(f[1] == f[0], "round \(round): glibc's thread descriptor holds the worker's thread id, not the template's \(template) (\(f))")
+            #expect(f[2] == "clock-ok", "round \(round): \(f)")
+            kill(pid, SIGKILL)
+            #expect(await log.wait(for: round + 1, isRestart))
+        }
+        #expect(log.count(isTemplateUnavailable) == 0, "\(log.all)")
+        await s.softKill()
+    }
+
+    @Test("a Synchronization.Mutex held by a forked worker's main thread and contended by another thread: released, the other gets it")
+    func mutexContendedInForkedWorker() async throws {
+        // Without a lock in the preload: the Swift runtime caches the thread id in the worker.
+        let (s, log) = try await startOnline(templateConfig("mutex-contend", count: 1))
+        #expect(templatePID(log) != nil)
+        #expect(try await s.enqueue("x").text == "ok")
+        #expect(try await s.enqueue("x").text == "ok")
+        await s.softKill()
+    }
+
+    @Test("the limit the README states: a preload that locks a Synchronization.Mutex leaves the template's thread id in the Swift runtime's cache; the forked worker's contended Mutex traps")
+    func mutexLockedInPreloadTraps() async throws {
+        var c = templateConfig("mutex-contend", count: 1, env: ["LPM_TEST_PRELOAD_MUTEX": "1"])
+        c.restarts = 0
+        let (s, log) = try await startOnline(c)
+        #expect(templatePID(log) != nil)
+        // When this fails (the request answers "ok"), the Swift runtime no longer caches the
+        // thread id across the fork: the README's limit can go.
+        #expect((try? await s.enqueue("x").text) == nil)
+        #expect(await log.wait { if case .workerExited(_, _, .signaled, false) = $0 { return true }; return false }, "\(log.all)")
+        await s.hardKill()
+    }
 }
 
 /// The entries of /proc/self/task.

@@ -1,21 +1,75 @@
 import CLoop
 
 extension Sys {
-    /// `clone(CLONE_PARENT | SIGCHLD)` through the raw system call (`cloop_clone_parent`): a
-    /// fork whose child is the caller's *sibling*: its parent is the caller's parent, which can
-    /// open a pidfd on it, reap it with `waitid` and read its exit status as for a child it
-    /// spawned itself. The parent-death signal is reset in the child (kernel rule for every fork)
-    /// and follows the new parent once set again.
+    /// `clone(CLONE_PARENT | CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID | SIGCHLD)` through the raw
+    /// system call (`cloop_clone_parent`): a fork whose child is the caller's *sibling*: its parent
+    /// is the caller's parent, which can open a pidfd on it, reap it with `waitid` and read its
+    /// exit status as for a child it spawned itself. The parent-death signal is reset in the child
+    /// (kernel rule for every fork) and follows the new parent once set again.
+    ///
+    /// As glibc's `fork`, the kernel writes the child's thread id at `threadID` in the child
+    /// (``threadDescriptorTID()``), so that glibc's thread descriptor names the child's thread
+    /// rather than the caller's; the child then registers its robust list again
+    /// (``setRobustList(_:)``).
     ///
     /// - Important: call it only from a single-threaded process: the child has one thread, and
-    ///   no atfork handler runs, so a lock another thread held would stay held for good; glibc's
-    ///   thread descriptor in the child keeps the caller's thread id.
+    ///   no atfork handler runs, so a lock another thread held would stay held for good.
     /// - Returns: the child's pid in the caller; 0 in the child.
     /// - Throws: ``SyscallError`` (`EINVAL` when the caller is the init process of its pid
     ///   namespace, which has no parent to share; `EAGAIN`, `ENOMEM` under limits).
     @inline(never)
-    package static func forkSibling() throws(SyscallError) -> pid_t {
-        try syscallValue("clone(CLONE_PARENT)") { cloop_clone_parent() }
+    package static func forkSibling(threadID: UnsafeMutablePointer<pid_t>) throws(SyscallError) -> pid_t {
+        try syscallValue("clone(CLONE_PARENT)") { cloop_clone_parent(threadID) }
+    }
+
+    /// The `tid` field of glibc's descriptor of the calling thread (`struct pthread`, at
+    /// `pthread_self()`), where glibc keeps the thread's id for `pthread_kill`,
+    /// `pthread_setschedparam`, `pthread_getcpuclockid` and the owner of error-checking,
+    /// recursive and robust mutexes. Its place is read from glibc's interface for debuggers,
+    /// `_thread_db_pthread_tid` (GLIBC_PRIVATE: the field's size in bits, its element count and
+    /// its offset in the descriptor), and checked: the field must hold the caller's `gettid()`.
+    /// `nil` when the symbol is missing (not glibc, or a static one) or the check fails: then
+    /// nothing may be written there.
+    package static func threadDescriptorTID() -> UnsafeMutablePointer<pid_t>? {
+        guard let offset = threadDescriptorTIDOffset else { return nil }
+        guard let me = UnsafeMutableRawPointer(bitPattern: UInt(pthread_self())) else { return nil }
+        let field = (me + offset).assumingMemoryBound(to: pid_t.self)
+        return field.pointee == cloop_gettid() ? field : nil
+    }
+
+    /// The calling thread's id as the kernel knows it (`gettid`) and as glibc's descriptor of
+    /// it holds it (the field of ``threadDescriptorTID()``, read without its check; `nil` when
+    /// glibc does not describe it). For tests.
+    package static func threadIDs() -> (kernel: pid_t, glibc: pid_t?) {
+        guard let offset = threadDescriptorTIDOffset, let me = UnsafeRawPointer(bitPattern: UInt(pthread_self())) else {
+            return (cloop_gettid(), nil)
+        }
+        return (cloop_gettid(), me.load(fromByteOffset: offset, as: pid_t.self))
+    }
+
+    /// The offset of `tid` in glibc's `struct pthread`, once: `nil` when glibc does not describe
+    /// it, or describes something other than one 32-bit integer.
+    private static let threadDescriptorTIDOffset: Int? = {
+        guard let symbol = dlsym(nil, "_thread_db_pthread_tid") else { return nil }
+        let layout = symbol.assumingMemoryBound(to: UInt32.self)
+        guard layout[0] == UInt32(MemoryLayout<pid_t>.size * 8), layout[1] <= 1,
+              layout[2] % UInt32(MemoryLayout<pid_t>.alignment) == 0, layout[2] < 4096 else { return nil }
+        return Int(layout[2])
+    }()
+
+    /// The calling thread's robust futex list as registered with the kernel (`get_robust_list`
+    /// of itself): glibc registers each thread's at its start. A fork's child starts with none.
+    package static func robustList() -> (head: UnsafeMutableRawPointer?, length: Int) {
+        var head: UnsafeMutableRawPointer?
+        var length = 0
+        if cloop_get_robust_list(&head, &length) != 0 { return (nil, 0) }
+        return (head, length)
+    }
+
+    /// `set_robust_list(list)`: the calling thread's robust futex list, as ``robustList()``
+    /// read it before a fork (glibc's fork does the same in its child).
+    package static func setRobustList(_ list: (head: UnsafeMutableRawPointer?, length: Int)) {
+        if list.head != nil { _ = cloop_set_robust_list(list.head, list.length) }
     }
 
     /// The number of threads of this process: field 20 (`num_threads`) of `/proc/self/stat`,
@@ -149,6 +203,11 @@ package struct TemplateMessage: Equatable, Sendable {
         /// Template to supervisor: the fork failed, `a` the error number, `b` the order's slot.
         /// The order's channel is closed first.
         case failed = 5
+        /// Template to supervisor, instead of its hello or in answer to an order (`b` its slot,
+        /// its channel closed first): it cannot fork safely in this process, because glibc's
+        /// thread descriptor cannot be found (``Sys/threadDescriptorTID()``): a forked worker's
+        /// glibc would keep the template's thread id.
+        case unsupported = 6
     }
 
     package var kind: Kind

@@ -284,6 +284,8 @@ extension Pool {
             case .processed?: break
             }
             switch answer?.kind {
+            case .unsupported?:
+                return abandonTemplate(Self.unsupportedReason, refuse: true)
             case .refusedThreads?:
                 return abandonTemplate("it runs \(answer!.a) threads (its preload started them): a template forks only while single-threaded",
                                        refuse: true)
@@ -296,6 +298,8 @@ extension Pool {
             }
         }
     }
+
+    private static let unsupportedReason = "its glibc thread descriptor cannot be found (_thread_db_pthread_tid): a forked worker would keep the template's thread id"
 
     // MARK: The template's life
 
@@ -372,6 +376,7 @@ extension Pool {
             // says how, and it is restarted.
             return abandonTemplate("it closed its channel before it was ready")
         case .processed?:
+            if hello?.kind == .unsupported { return abandonTemplate(Self.unsupportedReason, refuse: true) }
             guard let hello, hello.kind == .hello, hello.a == r.pid else {
                 return abandonTemplate("it is not a worker template (\(config.executable.path) does not use LoadProcessManagerWorker's Worker, or an older one)",
                                        refuse: true)
