@@ -116,6 +116,9 @@ static inline pid_t cloop_clone_parent(pid_t *_Nonnull tid) { return (pid_t)sysc
 #else
 #error "cloop_clone_parent: the clone(2) argument order of this architecture is not known"
 #endif
+// dlinfo(3) is declared under _GNU_SOURCE only (RTLD_DI_TLS_DATA = 10: the calling thread's TLS
+// block of a module).
+extern int dlinfo(void *_Nonnull handle, int request, void *_Nonnull arg);
 // Variadic syscall(2): get_robust_list(0) and set_robust_list(2), which glibc does not wrap. A
 // fork's child starts with no robust list; glibc's fork registers the thread's list again.
 static inline long cloop_get_robust_list(void *_Nullable *_Nonnull head, size_t *_Nonnull length) { return syscall(SYS_get_robust_list, 0, head, length); }

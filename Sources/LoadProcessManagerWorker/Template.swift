@@ -42,7 +42,7 @@ enum Template {
         let threads = Int32(Sys.threadCount() ?? 0)
         // A process whose glibc thread descriptor cannot be found does not fork (each order is
         // refused the same way).
-        let hello = Sys.threadDescriptorTID() == nil ? TemplateMessage(.unsupported, 0) : TemplateMessage(.hello, getpid(), threads)
+        let hello = Sys.threadIDsToCorrect() == nil ? TemplateMessage(.unsupported, 0) : TemplateMessage(.hello, getpid(), threads)
         guard hello.send(on: fd) else { _exit(0) }
         // The kernel's record of the main thread's robust mutexes: a fork's child starts with
         // none, and registers this one again.
@@ -73,18 +73,18 @@ enum Template {
                 continue
             }
             // Checked before each fork: the kernel writes the child's thread id there.
-            guard let threadID = Sys.threadDescriptorTID() else {
+            guard let threadIDs = Sys.threadIDsToCorrect() else {
                 FileDescriptor.closeRaw(channel)
                 guard TemplateMessage(.unsupported, 0, order.a).send(on: fd) else { _exit(0) }
                 continue
             }
             let pid: pid_t
-            do { pid = try Sys.forkSibling(threadID: threadID) } catch {
+            do { pid = try Sys.forkSibling(threadID: threadIDs.glibc) } catch {
                 FileDescriptor.closeRaw(channel)
                 guard TemplateMessage(.failed, error.errno.rawValue, order.a).send(on: fd) else { _exit(0) }
                 continue
             }
-            if pid == 0 { return becomeWorker(channel: channel, slot: Int(order.a), robustList: robustList) }
+            if pid == 0 { return becomeWorker(channel: channel, slot: Int(order.a), threadIDs: threadIDs, robustList: robustList) }
             switch afterFork {
             case "die"?: kill(getpid(), SIGKILL)
             case "stall"?: while true { pause() }
@@ -96,9 +96,12 @@ enum Template {
     }
 
     /// In the child: the state a spawned worker starts with.
-    private static func becomeWorker(channel: CInt, slot: Int, robustList: (head: UnsafeMutableRawPointer?, length: Int)) {
+    private static func becomeWorker(channel: CInt, slot: Int, threadIDs: Sys.ThreadIDs,
+                                     robustList: (head: UnsafeMutableRawPointer?, length: Int)) {
         // glibc's thread descriptor already holds this process's thread id (the kernel wrote it
-        // at the fork); its robust list is registered again, as glibc's fork does.
+        // at the fork); libdispatch's is corrected, and the robust list registered again, as
+        // glibc's fork and its atfork handlers do.
+        threadIDs.correctInChild()
         Sys.setRobustList(robustList)
         // First of all, its pid to the supervisor (its parent): from then on, it is watched and
         // reaped whatever becomes of the template. Not heard: the supervisor gave up on this

@@ -234,7 +234,7 @@ struct TemplateTests {
         }
     }
 
-    @Test("a forked worker's glibc knows its own thread id: the thread's CPU clock reads, in workers forked one after another")
+    @Test("a forked worker's glibc and libdispatch know its own thread id: the thread's CPU clock reads, the main queue is its, in workers forked one after another")
     func glibcThreadIDIsTheChilds() async throws {
         var c = templateConfig("thread-id", count: 1)
         c.restarts = 10
@@ -242,11 +242,12 @@ struct TemplateTests {
         let template = try #require(templatePID(log))
         for round in 0..<3 {
             let f = try await s.enqueue("x").text.split(separator: " ").map(String.init)
-            try #require(f.count == 3, "\(f)")
+            try #require(f.count == 4, "\(f)")
             let pid = try #require(await s.health().first?.pid)
             #expect(f[0] == String(pid), "round \(round): the main thread of the worker (\(f))")
             #expect(f[1] == f[0], "round \(round): glibc's thread descriptor holds the worker's thread id, not the template's \(template) (\(f))")
             #expect(f[2] == "clock-ok", "round \(round): \(f)")
+            #expect(f[3] == f[0], "round \(round): libdispatch's cached thread id is the worker's (\(f))")
             kill(pid, SIGKILL)
             #expect(await log.wait(for: round + 1, isRestart))
         }

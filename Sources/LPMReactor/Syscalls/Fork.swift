@@ -57,6 +57,69 @@ extension Sys {
         return Int(layout[2])
     }()
 
+    /// The thread ids a fork's child must correct, checked in the calling thread before each
+    /// fork: glibc's (``threadDescriptorTID()``, which the kernel writes at the fork) and
+    /// libdispatch's. `nil` when glibc's cannot be found, or libdispatch holds something else
+    /// than the caller's id where its id should be: a fork is not safe then.
+    ///
+    /// libdispatch (loaded by every Swift program on Linux, for the Swift concurrency runtime)
+    /// caches each thread's id in its thread-local `__dispatch_tsd` (the first field; the whole
+    /// of its TLS block), and binds the main queue to the main thread's id at load time. Both
+    /// stay the template's in a forked worker unless corrected (``ThreadIDs/correctInChild()``):
+    /// its unfair locks (priority-inheritance futexes, whose owner is that id) then fail when
+    /// the main thread holds one that another thread waits for.
+    package static func threadIDsToCorrect() -> ThreadIDs? {
+        guard let glibc = threadDescriptorTID() else { return nil }
+        guard let d = dispatchTSD, let tid = UnsafeMutablePointer<pid_t>(bitPattern: d.tid),
+              let atforkChild = UnsafeRawPointer(bitPattern: d.atforkChild) else {
+            return ThreadIDs(glibc: glibc, dispatch: nil, dispatchAtforkChild: nil)
+        }
+        switch tid.pointee {
+        case 0: return ThreadIDs(glibc: glibc, dispatch: nil, dispatchAtforkChild: nil)  // none cached yet
+        case cloop_gettid():
+            return ThreadIDs(glibc: glibc, dispatch: tid,
+                             dispatchAtforkChild: unsafeBitCast(atforkChild, to: (@convention(c) () -> Void).self))
+        default: return nil
+        }
+    }
+
+    /// What ``threadIDsToCorrect()`` found.
+    package struct ThreadIDs {
+        package let glibc: UnsafeMutablePointer<pid_t>
+        let dispatch: UnsafeMutablePointer<pid_t>?
+        let dispatchAtforkChild: (@convention(c) () -> Void)?
+
+        /// In the child, first thing: libdispatch's cached id becomes this thread's, and its
+        /// `dispatch_atfork_child` (which glibc's fork would have run) binds the main queue to
+        /// it. glibc's needs nothing: the kernel wrote it.
+        package func correctInChild() {
+            guard let dispatch, let dispatchAtforkChild else { return }
+            dispatch.pointee = cloop_gettid()
+            dispatchAtforkChild()
+        }
+    }
+
+    /// libdispatch's TLS block for the thread that first asks (the template's only thread) and
+    /// its `dispatch_atfork_child`, as addresses; `nil` when libdispatch is not loaded.
+    private static let dispatchTSD: (tid: UInt, atforkChild: UInt)? = {
+        guard let handle = dlopen("libdispatch.so", RTLD_NOLOAD | RTLD_LAZY) else { return nil }
+        defer { dlclose(handle) }  // loaded at start: it stays
+        var block: UnsafeMutableRawPointer?
+        guard dlinfo(handle, 10 /* RTLD_DI_TLS_DATA */, &block) == 0, let block,
+              let atforkChild = dlsym(handle, "dispatch_atfork_child") else { return nil }
+        return (UInt(bitPattern: block), UInt(bitPattern: atforkChild))
+    }()
+
+    /// The calling thread's id as libdispatch caches it (the first field of its TLS block);
+    /// `nil` when libdispatch is not loaded. For tests.
+    package static func dispatchThreadID() -> pid_t? {
+        guard let handle = dlopen("libdispatch.so", RTLD_NOLOAD | RTLD_LAZY) else { return nil }
+        defer { dlclose(handle) }
+        var block: UnsafeMutableRawPointer?
+        guard dlinfo(handle, 10 /* RTLD_DI_TLS_DATA */, &block) == 0, let block else { return nil }
+        return block.load(as: pid_t.self)
+    }
+
     /// The calling thread's robust futex list as registered with the kernel (`get_robust_list`
     /// of itself): glibc registers each thread's at its start. A fork's child starts with none.
     package static func robustList() -> (head: UnsafeMutableRawPointer?, length: Int) {
@@ -205,8 +268,8 @@ package struct TemplateMessage: Equatable, Sendable {
         case failed = 5
         /// Template to supervisor, instead of its hello or in answer to an order (`b` its slot,
         /// its channel closed first): it cannot fork safely in this process, because glibc's
-        /// thread descriptor cannot be found (``Sys/threadDescriptorTID()``): a forked worker's
-        /// glibc would keep the template's thread id.
+        /// thread descriptor cannot be found, or libdispatch's thread id is not where it should
+        /// be (``Sys/threadIDsToCorrect()``): a forked worker would keep the template's id.
         case unsupported = 6
     }
 

@@ -299,7 +299,7 @@ extension Pool {
         }
     }
 
-    private static let unsupportedReason = "its glibc thread descriptor cannot be found (_thread_db_pthread_tid): a forked worker would keep the template's thread id"
+    private static let unsupportedReason = "the thread id cached by glibc (_thread_db_pthread_tid) or libdispatch cannot be found: a forked worker would keep the template's"
 
     // MARK: The template's life
 

@@ -50,9 +50,10 @@
 //   async-busy      says busy, sleeps LPM_TEST_DELAY_MS, answers, says ready
 //   async-stream    payload "N:seed": after a sleep, answers with a stream of N pattern bytes,
 //                   written in 64 KiB chunks with a sleep between them
-//   thread-id       answers "kernel glibc clock": the main thread's id (gettid), the one glibc's
-//                   thread descriptor holds, and "clock-ok" when its thread CPU clock
-//                   (pthread_getcpuclockid(pthread_self())) reads, else the error
+//   thread-id       answers "kernel glibc clock dispatch": the main thread's id (gettid), the
+//                   one glibc's thread descriptor holds, "clock-ok" when its thread CPU clock
+//                   (pthread_getcpuclockid(pthread_self())) reads, else the error, and the id
+//                   libdispatch caches (after checking the main queue is bound to it)
 //   mutex-contend   locks a Synchronization.Mutex on the main thread while another thread
 //                   contends for it (blocked in the kernel: PI futex), then unlocks; answers "ok"
 //                   when the other thread got it within 5 s, else "stuck"
@@ -68,6 +69,7 @@ import LPMReactor
 import LoadProcessManagerWorker
 import LPMWire
 import LPMTestSupport
+import Dispatch
 import Glibc
 import Synchronization
 
@@ -157,7 +159,9 @@ func threadIDReport() -> String {
     var now = timespec()
     let made = pthread_getcpuclockid(pthread_self(), &clock)
     let read = made == 0 ? (clock_gettime(clock, &now) == 0 ? "clock-ok" : "clock-errno-\(errno)") : "clockid-error-\(made)"
-    return "\(ids.kernel) \(ids.glibc.map { String($0) } ?? "none") \(read)"
+    // dispatchPrecondition traps unless the main queue is bound to the id libdispatch caches.
+    dispatchPrecondition(condition: .onQueue(.main))
+    return "\(ids.kernel) \(ids.glibc.map { String($0) } ?? "none") \(read) \(Sys.dispatchThreadID().map { String($0) } ?? "none")"
 }
 
 /// A line of /proc/self/status ("SigBlk", "SigCgt"...), its value only.
