@@ -255,6 +255,27 @@ struct TemplateTests {
         await s.softKill()
     }
 
+    @Test("resize returns once every worker it added exists, forked or exec'd alike: each slot has a live process, a child of the supervisor", arguments: [true, false])
+    func resizeReturnsWithWorkers(forked: Bool) async throws {
+        var c = templateConfig("template-info", count: 1)
+        if !forked { c.template = nil }
+        let (s, log) = try await startOnline(c)
+        #expect((templatePID(log) != nil) == forked)
+        for n in [24, 4, 16] {
+            try await s.resize(n)
+            let health = await s.health().filter { $0.state != .stopping }
+            #expect(health.count == n, "\(health)")
+            for h in health {
+                #expect(h.pid > 0, "resize(\(n)) returned before slot \(h.slot) had a worker")
+                #expect(h.pid > 0 && readStat(h.pid)?.ppid == getpid(), "slot \(h.slot): pid \(h.pid)")
+            }
+        }
+        let info = try #require(Info(try await s.enqueue("x").text))
+        #expect(info.forked == forked)
+        #expect(log.count(isTemplateUnavailable) == 0, "\(log.all)")
+        await s.softKill()
+    }
+
     @Test("a Synchronization.Mutex held by a forked worker's main thread and contended by another thread: released, the other gets it")
     func mutexContendedInForkedWorker() async throws {
         // Without a lock in the preload: the Swift runtime caches the thread id in the worker.

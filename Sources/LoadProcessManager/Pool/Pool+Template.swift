@@ -36,6 +36,8 @@ final class TemplateSupervision {
     var pending: [Int: PendingFork] = [:]
     var queued: [Int] = []
     var outstanding = 0
+    /// Resizes waiting for the workers they ordered (``Pool/settleResizeWaiters()``).
+    var resizeWaiters: [ResizeWaiter] = []
     /// Orders sent and not yet answered, at most: more wait in `queued`. The template forks
     /// one at a time; the bound keeps the descriptors in flight few.
     static let maxOutstanding = 32
@@ -119,10 +121,12 @@ extension Pool {
         do {
             p.registration = try reactor.register(fd, interest: .readable) { [unowned self] _ in
                 self.forkAnswered(slot: i)
+                self.settleResizeWaiters()
                 self.deliver()
             }
             p.timer = try reactor.schedule(after: settings.forkTimeout) { [unowned self] in
                 self.forkTimedOut(slot: i)
+                self.settleResizeWaiters()
                 self.deliver()
             }
         } catch {
@@ -187,6 +191,7 @@ extension Pool {
             p.expired = true
             p.timer = try? reactor.schedule(after: settings.forkTimeout) { [unowned self] in
                 self.forkTimedOut(slot: i)
+                self.settleResizeWaiters()
                 self.deliver()
             }
             template.pending[i] = p
@@ -422,6 +427,7 @@ extension Pool {
         for i in queued {
             if let p = template.pending.removeValue(forKey: i) { forkFellThrough(slot: i, p) }
         }
+        settleResizeWaiters()
     }
 
     /// The template was reaped.
@@ -493,6 +499,7 @@ extension Pool {
             guard let p = takeOrder(slot: i), p.channel >= 0 else { continue }
             resolveBlocking(p.channel, milliseconds: config.template?.forkTimeout ?? .seconds(1))
         }
+        settleResizeWaiters()
     }
 
     /// The template's pid while it runs and is ready to fork (tests and benchmarks).
