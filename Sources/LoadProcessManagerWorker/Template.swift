@@ -47,6 +47,9 @@ enum Template {
         // The kernel's record of the main thread's robust mutexes: a fork's child starts with
         // none, and registers this one again.
         let robustList = Sys.robustList()
+        // The dispositions the preload changed (the template changes none after it): a forked
+        // worker sets back these only, not every signal's.
+        let changedSignals = savedDispositions.map { Sys.signalsChanged(since: $0) } ?? []
         // A test hook: what the template does right after each fork ("die": SIGKILL itself;
         // "stall": stop answering), to prove that the supervisor learns the worker's pid anyway.
         let afterFork = getenv("LPM_TEMPLATE_TEST_AFTER_FORK").map { String(cString: $0) }
@@ -84,7 +87,8 @@ enum Template {
                 guard TemplateMessage(.failed, error.errno.rawValue, order.a).send(on: fd) else { _exit(0) }
                 continue
             }
-            if pid == 0 { return becomeWorker(channel: channel, slot: Int(order.a), threadIDs: threadIDs, robustList: robustList) }
+            if pid == 0 { return becomeWorker(channel: channel, slot: Int(order.a), threadIDs: threadIDs, robustList: robustList,
+                                                 changedSignals: changedSignals) }
             switch afterFork {
             case "die"?: kill(getpid(), SIGKILL)
             case "stall"?: while true { pause() }
@@ -97,7 +101,7 @@ enum Template {
 
     /// In the child: the state a spawned worker starts with.
     private static func becomeWorker(channel: CInt, slot: Int, threadIDs: Sys.ThreadIDs,
-                                     robustList: (head: UnsafeMutableRawPointer?, length: Int)) {
+                                     robustList: (head: UnsafeMutableRawPointer?, length: Int), changedSignals: [CInt]) {
         // glibc's thread descriptor already holds this process's thread id (the kernel wrote it
         // at the fork); libdispatch's is corrected, and the robust list registered again, as
         // glibc's fork and its atfork handlers do.
@@ -108,7 +112,7 @@ enum Template {
         // fork, and nothing would ever read this worker's channel.
         guard TemplateMessage(.forked, getpid()).send(on: channel) else { _exit(0) }
         forked = true
-        if let saved = savedDispositions { Sys.restoreSignalDispositions(saved) }
+        if let saved = savedDispositions { Sys.restoreSignalDispositions(saved, signals: changedSignals) }
         do {
             // The supervisor is the parent (CLONE_PARENT); die with it, and check it did not
             // die before the call took effect (then this process was reparented).

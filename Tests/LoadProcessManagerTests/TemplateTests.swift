@@ -17,13 +17,13 @@ private struct Info {
     let preloadPID, pid, ppid, pgid: pid_t
     let forked: Bool
     let fds: Int
-    let sigBlk, sigCgt: String
+    let sigBlk, sigCgt, sigIgn: String
 
     init?(_ text: String) {
         let f = text.split(separator: " ").map(String.init)
-        guard f.count == 8, let a = pid_t(f[0]), let b = pid_t(f[1]), let c = pid_t(f[2]), let d = pid_t(f[3]), let n = Int(f[5])
+        guard f.count == 9, let a = pid_t(f[0]), let b = pid_t(f[1]), let c = pid_t(f[2]), let d = pid_t(f[3]), let n = Int(f[5])
         else { return nil }
-        (preloadPID, pid, ppid, pgid, forked, fds, sigBlk, sigCgt) = (a, b, c, d, f[4] == "forked", n, f[6], f[7])
+        (preloadPID, pid, ppid, pgid, forked, fds, sigBlk, sigCgt, sigIgn) = (a, b, c, d, f[4] == "forked", n, f[6], f[7], f[8])
     }
 }
 
@@ -54,11 +54,18 @@ struct TemplateTests {
             #expect(info.ppid == getpid(), "CLONE_PARENT: the supervisor is the parent")
             #expect(info.pgid == info.pid, "a process group of its own")
             #expect(info.fds == spawned.fds, "the descriptors of a spawned worker: \(info.fds) vs \(spawned.fds)")
-            #expect(info.sigBlk == spawned.sigBlk && info.sigCgt == spawned.sigCgt,
-                    "the signal mask and handlers of a spawned worker: \(info.sigBlk) \(info.sigCgt) vs \(spawned.sigBlk) \(spawned.sigCgt)")
+            #expect(info.sigBlk == spawned.sigBlk && info.sigCgt == spawned.sigCgt && info.sigIgn == spawned.sigIgn,
+                    "the signal mask and handlers of a spawned worker: \(info.sigBlk) \(info.sigCgt) \(info.sigIgn) vs \(spawned.sigBlk) \(spawned.sigCgt) \(spawned.sigIgn)")
             seen.insert(info.pid)
         }
         #expect(seen.count == 3)
+        // A preload that changed dispositions and the mask: a forked worker has them as before it.
+        let (changed, _) = try await startOnline(templateConfig(count: 1, env: ["LPM_TEST_PRELOAD_SIGNALS": "1"]))
+        let other = try #require(Info(try await changed.enqueue("x").text))
+        #expect(other.forked)
+        #expect(other.sigBlk == spawned.sigBlk && other.sigCgt == spawned.sigCgt && other.sigIgn == spawned.sigIgn,
+                "\(other.sigBlk) \(other.sigCgt) \(other.sigIgn) vs \(spawned.sigBlk) \(spawned.sigCgt) \(spawned.sigIgn)")
+        await changed.softKill()
         // Slots are set per fork, as at spawn.
         let slots = Set(await s.health().map(\.slot))
         #expect(slots == [0, 1, 2])

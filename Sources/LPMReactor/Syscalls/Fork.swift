@@ -168,7 +168,7 @@ extension Sys {
     }
 
     /// The disposition of every signal (`sigaction(2)` with no new action), by number; entry 0
-    /// unused. For ``restoreSignalDispositions(_:)``.
+    /// unused. For ``restoreSignalDispositions(_:signals:)``.
     package static func signalDispositions() -> [sigaction] {
         var all = Array<sigaction>(repeating: sigaction(), count: Int(NSIG))
         for signal in 1..<CInt(NSIG) {
@@ -178,11 +178,22 @@ extension Sys {
         return all
     }
 
-    /// Sets every signal's disposition back to `saved` (from ``signalDispositions()``) and
-    /// empties the signal mask (`sigprocmask(SIG_SETMASK)`), as a freshly started process had
+    /// The signals whose disposition differs now from `saved` (from ``signalDispositions()``):
+    /// the ones ``restoreSignalDispositions(_:signals:)`` must set back. SIGKILL, SIGSTOP and
+    /// the signals glibc reserves are never listed.
+    package static func signalsChanged(since saved: [sigaction]) -> [CInt] {
+        let now = signalDispositions()
+        return (1..<CInt(NSIG)).filter { signal in
+            guard signal != SIGKILL, signal != SIGSTOP else { return false }
+            return withUnsafeBytes(of: now[Int(signal)]) { a in withUnsafeBytes(of: saved[Int(signal)]) { b in !a.elementsEqual(b) } }
+        }
+    }
+
+    /// Sets the disposition of each of `signals` back to `saved` (from ``signalDispositions()``)
+    /// and empties the signal mask (`sigprocmask(SIG_SETMASK)`), as a freshly started process had
     /// them. SIGKILL and SIGSTOP, and the signals glibc reserves, are skipped (their calls fail).
-    package static func restoreSignalDispositions(_ saved: [sigaction]) {
-        for signal in 1..<CInt(NSIG) where signal != SIGKILL && signal != SIGSTOP {
+    package static func restoreSignalDispositions(_ saved: [sigaction], signals: [CInt]) {
+        for signal in signals where signal != SIGKILL && signal != SIGSTOP {
             var action = saved[Int(signal)]
             _ = sigaction(signal, &action, nil)
         }

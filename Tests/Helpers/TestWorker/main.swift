@@ -59,12 +59,14 @@
 //                   when the other thread got it within 5 s, else "stuck"
 // Preload (Worker.preload, once in a template or in each worker started with exec):
 //   LPM_TEST_PRELOAD_MB=N     maps N MiB of anonymous memory and writes every page
+//   LPM_TEST_PRELOAD_SIGNALS=1 catches SIGUSR1, ignores SIGUSR2 and blocks SIGTERM
 //   LPM_TEST_PRELOAD_MUTEX=1  locks and unlocks the mutex of mutex-contend once (the Swift
 //                             runtime caches the thread's id on a first lock)
 //   LPM_TEST_PRELOAD_THREAD=1 starts a thread that sleeps for good (a template then refuses to fork)
-//   template-info   answers "preloadPID pid ppid pgid forked|exec fds sigblk sigcgt": the pid the
-//                   preload ran in, its own, its parent's, its process group, how it started,
-//                   its open descriptor count and its blocked and caught signal masks (hex)
+//   template-info   answers "preloadPID pid ppid pgid forked|exec fds sigblk sigcgt sigign": the
+//                   pid the preload ran in, its own, its parent's, its process group, how it
+//                   started, its open descriptor count and its blocked, caught and ignored
+//                   signal masks (hex)
 import LPMReactor
 import LoadProcessManagerWorker
 import LPMWire
@@ -119,6 +121,15 @@ Worker.preload {
         let bytes = mb << 20
         let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         if p != MAP_FAILED, let p { memset(p, 0x5a, bytes) }
+    }
+    if getenv("LPM_TEST_PRELOAD_SIGNALS") != nil {
+        // A handler, an ignored signal and a blocked one: a forked worker has none of them.
+        signal(SIGUSR1, { _ in })
+        signal(SIGUSR2, SIG_IGN)
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGTERM)
+        sigprocmask(SIG_BLOCK, &set, nil)
     }
     if getenv("LPM_TEST_PRELOAD_MUTEX") != nil { Contention.mutex.withLock { $0 += 1 } }
     if getenv("LPM_TEST_PRELOAD_THREAD") != nil {
@@ -337,7 +348,7 @@ worker.onRequest { request in
         if request.data.first == UInt8(ascii: "x") { request.fail("no x: \(String(decoding: request.data, as: UTF8.self))") } else { request.respond(request.data) }
     case "template-info":
         let how = Worker.isForkedFromTemplate ? "forked" : "exec"
-        request.respond("\(preloadPID) \(getpid()) \(getppid()) \(getpgrp()) \(how) \(openDescriptorCount()) \(statusField("SigBlk")) \(statusField("SigCgt"))")
+        request.respond("\(preloadPID) \(getpid()) \(getppid()) \(getpgrp()) \(how) \(openDescriptorCount()) \(statusField("SigBlk")) \(statusField("SigCgt")) \(statusField("SigIgn"))")
     case "thread-id":
         request.respond(threadIDReport())
     case "mutex-contend":
