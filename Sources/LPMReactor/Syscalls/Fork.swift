@@ -185,8 +185,18 @@ extension Sys {
         let now = signalDispositions()
         return (1..<CInt(NSIG)).filter { signal in
             guard signal != SIGKILL, signal != SIGSTOP else { return false }
-            return withUnsafeBytes(of: now[Int(signal)]) { a in withUnsafeBytes(of: saved[Int(signal)]) { b in !a.elementsEqual(b) } }
+            return !sameDisposition(now[Int(signal)], saved[Int(signal)])
         }
+    }
+
+    /// Field by field, and of the mask only the kernel's part (one bit per signal, `NSIG - 1`):
+    /// glibc's `sigset_t` is larger, and `sigaction` leaves the rest as it finds it.
+    private static func sameDisposition(_ a: sigaction, _ b: sigaction) -> Bool {
+        let maskBytes = (Int(NSIG) - 1 + 7) / 8
+        return unsafeBitCast(a.__sigaction_handler, to: UInt.self) == unsafeBitCast(b.__sigaction_handler, to: UInt.self)
+            && a.sa_flags == b.sa_flags
+            && unsafeBitCast(a.sa_restorer, to: UInt.self) == unsafeBitCast(b.sa_restorer, to: UInt.self)
+            && withUnsafeBytes(of: a.sa_mask) { x in withUnsafeBytes(of: b.sa_mask) { y in x.prefix(maskBytes).elementsEqual(y.prefix(maskBytes)) } }
     }
 
     /// Sets the disposition of each of `signals` back to `saved` (from ``signalDispositions()``)
