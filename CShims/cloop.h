@@ -17,6 +17,7 @@
 #include <unistd.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <dlfcn.h>
 #include <sched.h>
 #include <semaphore.h>
 #include <time.h>
@@ -103,10 +104,25 @@ static inline int cloop_open(const char *_Nonnull path, int flags) { return open
 
 // Variadic syscall(2): clone(2) as a fork(2) whose child gets the caller's parent as its own
 // (CLONE_PARENT), so that the caller's parent can watch and reap it. glibc's clone wrapper needs
-// a stack; the raw call with no stack copies the caller's, as fork does. Unlike fork(3) it runs
-// no atfork handler and leaves glibc's cached thread id in the child's thread descriptor stale:
-// call it only from a single-threaded process.
-static inline pid_t cloop_clone_parent(void) { return (pid_t)syscall(SYS_clone, (unsigned long)(CLONE_PARENT | SIGCHLD), 0UL, 0UL, 0UL, 0UL); }
+// a stack; the raw call with no stack copies the caller's, as fork does. As glibc's own fork,
+// CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID with `tid`, the address of the `tid` field of the
+// calling thread's descriptor (struct pthread): the kernel writes the child's thread id there,
+// else glibc's copy would keep the caller's. Unlike fork(3) it runs no atfork handler: call it
+// only from a single-threaded process. The argument order of clone differs by architecture.
+#if defined(__i386__) || defined(__arm__) || defined(__powerpc__) || defined(__mips__)
+static inline pid_t cloop_clone_parent(pid_t *_Nonnull tid) { return (pid_t)syscall(SYS_clone, (unsigned long)(CLONE_PARENT | CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID | SIGCHLD), 0UL, (void *)0, 0UL, tid); }
+#elif defined(__x86_64__) || defined(__aarch64__) || defined(__riscv) || defined(__loongarch__)
+static inline pid_t cloop_clone_parent(pid_t *_Nonnull tid) { return (pid_t)syscall(SYS_clone, (unsigned long)(CLONE_PARENT | CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID | SIGCHLD), 0UL, (void *)0, tid, 0UL); }
+#else
+#error "cloop_clone_parent: the clone(2) argument order of this architecture is not known"
+#endif
+// dlinfo(3) is declared under _GNU_SOURCE only (RTLD_DI_TLS_DATA = 10: the calling thread's TLS
+// block of a module).
+extern int dlinfo(void *_Nonnull handle, int request, void *_Nonnull arg);
+// Variadic syscall(2): get_robust_list(0) and set_robust_list(2), which glibc does not wrap. A
+// fork's child starts with no robust list; glibc's fork registers the thread's list again.
+static inline long cloop_get_robust_list(void *_Nullable *_Nonnull head, size_t *_Nonnull length) { return syscall(SYS_get_robust_list, 0, head, length); }
+static inline long cloop_set_robust_list(void *_Nullable head, size_t length) { return syscall(SYS_set_robust_list, head, length); }
 
 // ---- errno (a macro over a thread-local function call) ----
 

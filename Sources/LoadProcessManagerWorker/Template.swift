@@ -40,7 +40,16 @@ enum Template {
         // The supervisor made both ends non-blocking; the template sleeps in recvmsg.
         do { try Sys.setBlocking(fd) } catch { die("template: \(error)", 71) }
         let threads = Int32(Sys.threadCount() ?? 0)
-        guard TemplateMessage(.hello, getpid(), threads).send(on: fd) else { _exit(0) }
+        // A process whose glibc thread descriptor cannot be found does not fork (each order is
+        // refused the same way).
+        let hello = Sys.threadIDsToCorrect() == nil ? TemplateMessage(.unsupported, 0) : TemplateMessage(.hello, getpid(), threads)
+        guard hello.send(on: fd) else { _exit(0) }
+        // The kernel's record of the main thread's robust mutexes: a fork's child starts with
+        // none, and registers this one again.
+        let robustList = Sys.robustList()
+        // The dispositions the preload changed (the template changes none after it): a forked
+        // worker sets back these only, not every signal's.
+        let changedSignals = savedDispositions.map { Sys.signalsChanged(since: $0) } ?? []
         // A test hook: what the template does right after each fork ("die": SIGKILL itself;
         // "stall": stop answering), to prove that the supervisor learns the worker's pid anyway.
         let afterFork = getenv("LPM_TEMPLATE_TEST_AFTER_FORK").map { String(cString: $0) }
@@ -66,13 +75,20 @@ enum Template {
                 guard TemplateMessage(.refusedThreads, Int32(count), order.a).send(on: fd) else { _exit(0) }
                 continue
             }
+            // Checked before each fork: the kernel writes the child's thread id there.
+            guard let threadIDs = Sys.threadIDsToCorrect() else {
+                FileDescriptor.closeRaw(channel)
+                guard TemplateMessage(.unsupported, 0, order.a).send(on: fd) else { _exit(0) }
+                continue
+            }
             let pid: pid_t
-            do { pid = try Sys.forkSibling() } catch {
+            do { pid = try Sys.forkSibling(threadID: threadIDs.glibc) } catch {
                 FileDescriptor.closeRaw(channel)
                 guard TemplateMessage(.failed, error.errno.rawValue, order.a).send(on: fd) else { _exit(0) }
                 continue
             }
-            if pid == 0 { return becomeWorker(channel: channel, slot: Int(order.a)) }
+            if pid == 0 { return becomeWorker(channel: channel, slot: Int(order.a), threadIDs: threadIDs, robustList: robustList,
+                                                 changedSignals: changedSignals) }
             switch afterFork {
             case "die"?: kill(getpid(), SIGKILL)
             case "stall"?: while true { pause() }
@@ -84,13 +100,19 @@ enum Template {
     }
 
     /// In the child: the state a spawned worker starts with.
-    private static func becomeWorker(channel: CInt, slot: Int) {
+    private static func becomeWorker(channel: CInt, slot: Int, threadIDs: Sys.ThreadIDs,
+                                     robustList: (head: UnsafeMutableRawPointer?, length: Int), changedSignals: [CInt]) {
+        // glibc's thread descriptor already holds this process's thread id (the kernel wrote it
+        // at the fork); libdispatch's is corrected, and the robust list registered again, as
+        // glibc's fork and its atfork handlers do.
+        threadIDs.correctInChild()
+        Sys.setRobustList(robustList)
         // First of all, its pid to the supervisor (its parent): from then on, it is watched and
         // reaped whatever becomes of the template. Not heard: the supervisor gave up on this
         // fork, and nothing would ever read this worker's channel.
         guard TemplateMessage(.forked, getpid()).send(on: channel) else { _exit(0) }
         forked = true
-        if let saved = savedDispositions { Sys.restoreSignalDispositions(saved) }
+        if let saved = savedDispositions { Sys.restoreSignalDispositions(saved, signals: changedSignals) }
         do {
             // The supervisor is the parent (CLONE_PARENT); die with it, and check it did not
             // die before the call took effect (then this process was reparented).

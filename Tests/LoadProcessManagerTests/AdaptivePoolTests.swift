@@ -110,7 +110,7 @@ struct AdaptivePoolTests {
         }
     }
 
-    @Test("a retired worker gets nothing new; a worker that does not finish draining is killed after softKillTimeout, its request answered once", readsSlotBeforeFork)
+    @Test("a retired worker gets nothing new; a worker that does not finish draining is killed after softKillTimeout, its request answered once")
     func drainDeadline() async throws {
         await #expect(processExitsWith: .success) {
             try await leavesNothingBehind {

@@ -31,7 +31,7 @@ struct AsyncWorkerTests {
         await s.softKill()
     }
 
-    @Test("an async handler (main-actor, as in main.swift) awaits Task.sleep; requests interleave", timingDiffersWithTemplate)
+    @Test("an async handler (main-actor, as in main.swift) awaits Task.sleep; requests interleave")
     func mainActorHandler() async throws {
         try await interleave("async-sleep")
     }

@@ -186,8 +186,7 @@ struct LivenessTests {
 
 @Suite("Restart budget: backoff and poison requests", .serialized, .timeLimit(.minutes(2)))
 struct BackoffPoisonTests {
-    @Test("after the budget is spent, the slot comes back by itself with a growing delay; requests fail fast in between",
-          timingDiffersWithTemplate)
+    @Test("after the budget is spent, the slot comes back by itself with a growing delay; requests fail fast in between")
     func backoff() async throws {
         var c = testConfig("exit-on-request", count: 1)
         c.restarts = 1

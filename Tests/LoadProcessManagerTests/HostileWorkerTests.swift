@@ -6,7 +6,7 @@ import Testing
 
 @Suite("Hostile workers", .serialized, .timeLimit(.minutes(2)))
 struct HostileWorkerTests {
-    @Test("a worker that floods pings and never reads, floods descriptors or floods events, is killed while the other keeps serving; the supervisor's memory and descriptors stay flat", readsSlotBeforeFork,
+    @Test("a worker that floods pings and never reads, floods descriptors or floods events, is killed while the other keeps serving; the supervisor's memory and descriptors stay flat",
           arguments: ["flood-pings", "fd-flood", "flood-events"])
     func floods(_ mode: String) async {
         await #expect(processExitsWith: .success) { [mode] in

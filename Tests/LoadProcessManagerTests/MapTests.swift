@@ -110,7 +110,7 @@ struct MapTests {
         await s.hardKill()
     }
 
-    @Test("a worker that dies with a chunk: the chunk is retried whole on another, every item answered once", readsSlotBeforeFork)
+    @Test("a worker that dies with a chunk: the chunk is retried whole on another, every item answered once")
     func chunkRetried() async throws {
         var c = testConfig("exit-on-request", count: 2, env: ["LPM_TEST_ONLY_SLOT": "0"])
         c.retries = 2

@@ -28,17 +28,6 @@ func testConfig(_ mode: String = "echo", count: Int = 2, env: [String: String] =
 /// environment): every pool of ``testConfig(_:count:env:)`` then forks its workers from one.
 let runsWithTemplate = getenv("LPM_TEST_TEMPLATE").map { String(cString: $0) == "1" } ?? false
 
-/// For a test whose workers read `LPM_TEST_ONLY_SLOT` at start: the test worker reads it (with
-/// `LPM_WORKER_SLOT`) before its preload, so a template reads it once for every worker it forks,
-/// and they all echo. Such a test runs only with exec.
-let readsSlotBeforeFork = Testing.ConditionTrait.disabled(
-    if: runsWithTemplate, "the test worker picks its mode by slot before the template forks it")
-
-/// A test whose timing does not hold with the template's asynchronous forks under load (seen
-/// failing in CI's template run, passing alone): it runs only with exec until that is looked into.
-let timingDiffersWithTemplate = Testing.ConditionTrait.disabled(
-    if: runsWithTemplate, "its timing does not hold with the template's asynchronous forks on a loaded machine")
-
 /// True when this process has no child at all, live or zombie.
 func hasNoChildren() -> Bool {
     var info = siginfo_t()

@@ -17,13 +17,13 @@ private struct Info {
     let preloadPID, pid, ppid, pgid: pid_t
     let forked: Bool
     let fds: Int
-    let sigBlk, sigCgt: String
+    let sigBlk, sigCgt, sigIgn: String
 
     init?(_ text: String) {
         let f = text.split(separator: " ").map(String.init)
-        guard f.count == 8, let a = pid_t(f[0]), let b = pid_t(f[1]), let c = pid_t(f[2]), let d = pid_t(f[3]), let n = Int(f[5])
+        guard f.count == 9, let a = pid_t(f[0]), let b = pid_t(f[1]), let c = pid_t(f[2]), let d = pid_t(f[3]), let n = Int(f[5])
         else { return nil }
-        (preloadPID, pid, ppid, pgid, forked, fds, sigBlk, sigCgt) = (a, b, c, d, f[4] == "forked", n, f[6], f[7])
+        (preloadPID, pid, ppid, pgid, forked, fds, sigBlk, sigCgt, sigIgn) = (a, b, c, d, f[4] == "forked", n, f[6], f[7], f[8])
     }
 }
 
@@ -54,11 +54,18 @@ struct TemplateTests {
             #expect(info.ppid == getpid(), "CLONE_PARENT: the supervisor is the parent")
             #expect(info.pgid == info.pid, "a process group of its own")
             #expect(info.fds == spawned.fds, "the descriptors of a spawned worker: \(info.fds) vs \(spawned.fds)")
-            #expect(info.sigBlk == spawned.sigBlk && info.sigCgt == spawned.sigCgt,
-                    "the signal mask and handlers of a spawned worker: \(info.sigBlk) \(info.sigCgt) vs \(spawned.sigBlk) \(spawned.sigCgt)")
+            #expect(info.sigBlk == spawned.sigBlk && info.sigCgt == spawned.sigCgt && info.sigIgn == spawned.sigIgn,
+                    "the signal mask and handlers of a spawned worker: \(info.sigBlk) \(info.sigCgt) \(info.sigIgn) vs \(spawned.sigBlk) \(spawned.sigCgt) \(spawned.sigIgn)")
             seen.insert(info.pid)
         }
         #expect(seen.count == 3)
+        // A preload that changed dispositions and the mask: a forked worker has them as before it.
+        let (changed, _) = try await startOnline(templateConfig(count: 1, env: ["LPM_TEST_PRELOAD_SIGNALS": "1"]))
+        let other = try #require(Info(try await changed.enqueue("x").text))
+        #expect(other.forked)
+        #expect(other.sigBlk == spawned.sigBlk && other.sigCgt == spawned.sigCgt && other.sigIgn == spawned.sigIgn,
+                "\(other.sigBlk) \(other.sigCgt) \(other.sigIgn) vs \(spawned.sigBlk) \(spawned.sigCgt) \(spawned.sigIgn)")
+        await changed.softKill()
         // Slots are set per fork, as at spawn.
         let slots = Set(await s.health().map(\.slot))
         #expect(slots == [0, 1, 2])
@@ -232,6 +239,71 @@ struct TemplateTests {
                 for p in pending { #expect(await p.value == nil) }
             }
         }
+    }
+
+    @Test("a forked worker's glibc and libdispatch know its own thread id: the thread's CPU clock reads, the main queue is its, in workers forked one after another")
+    func glibcThreadIDIsTheChilds() async throws {
+        var c = templateConfig("thread-id", count: 1)
+        c.restarts = 10
+        let (s, log) = try await startOnline(c)
+        let template = try #require(templatePID(log))
+        for round in 0..<3 {
+            let f = try await s.enqueue("x").text.split(separator: " ").map(String.init)
+            try #require(f.count == 4, "\(f)")
+            let pid = try #require(await s.health().first?.pid)
+            #expect(f[0] == String(pid), "round \(round): the main thread of the worker (\(f))")
+            #expect(f[1] == f[0], "round \(round): glibc's thread descriptor holds the worker's thread id, not the template's \(template) (\(f))")
+            #expect(f[2] == "clock-ok", "round \(round): \(f)")
+            #expect(f[3] == f[0], "round \(round): libdispatch's cached thread id is the worker's (\(f))")
+            kill(pid, SIGKILL)
+            #expect(await log.wait(for: round + 1, isRestart))
+        }
+        #expect(log.count(isTemplateUnavailable) == 0, "\(log.all)")
+        await s.softKill()
+    }
+
+    @Test("resize returns once every worker it added exists, forked or exec'd alike: each slot has a live process, a child of the supervisor", arguments: [true, false])
+    func resizeReturnsWithWorkers(forked: Bool) async throws {
+        var c = templateConfig("template-info", count: 1)
+        if !forked { c.template = nil }
+        let (s, log) = try await startOnline(c)
+        #expect((templatePID(log) != nil) == forked)
+        for n in [24, 4, 16] {
+            try await s.resize(n)
+            let health = await s.health().filter { $0.state != .stopping }
+            #expect(health.count == n, "\(health)")
+            for h in health {
+                #expect(h.pid > 0, "resize(\(n)) returned before slot \(h.slot) had a worker")
+                #expect(h.pid > 0 && readStat(h.pid)?.ppid == getpid(), "slot \(h.slot): pid \(h.pid)")
+            }
+        }
+        let info = try #require(Info(try await s.enqueue("x").text))
+        #expect(info.forked == forked)
+        #expect(log.count(isTemplateUnavailable) == 0, "\(log.all)")
+        await s.softKill()
+    }
+
+    @Test("a Synchronization.Mutex held by a forked worker's main thread and contended by another thread: released, the other gets it")
+    func mutexContendedInForkedWorker() async throws {
+        // Without a lock in the preload: the Swift runtime caches the thread id in the worker.
+        let (s, log) = try await startOnline(templateConfig("mutex-contend", count: 1))
+        #expect(templatePID(log) != nil)
+        #expect(try await s.enqueue("x").text == "ok")
+        #expect(try await s.enqueue("x").text == "ok")
+        await s.softKill()
+    }
+
+    @Test("the limit the README states: a preload that locks a Synchronization.Mutex leaves the template's thread id in the Swift runtime's cache; the forked worker's contended Mutex traps")
+    func mutexLockedInPreloadTraps() async throws {
+        var c = templateConfig("mutex-contend", count: 1, env: ["LPM_TEST_PRELOAD_MUTEX": "1"])
+        c.restarts = 0
+        let (s, log) = try await startOnline(c)
+        #expect(templatePID(log) != nil)
+        // When this fails (the request answers "ok"), the Swift runtime no longer caches the
+        // thread id across the fork: the README's limit can go.
+        #expect((try? await s.enqueue("x").text) == nil)
+        #expect(await log.wait { if case .workerExited(_, _, .signaled, false) = $0 { return true }; return false }, "\(log.all)")
+        await s.hardKill()
     }
 }
 

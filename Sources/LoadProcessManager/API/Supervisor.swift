@@ -271,7 +271,10 @@ public final class Supervisor: Sendable {
 
     // MARK: Resize
 
-    /// Grows or shrinks the pool to `count` workers. Growing spawns workers now. Shrinking
+    /// Grows or shrinks the pool to `count` workers. Growing starts workers now: `completion`
+    /// runs once each worker added exists as a process, with exec or with a worker template
+    /// alike (a forked worker once it has announced itself, or started with exec instead when
+    /// no child came of its order); they then start up and say ready as any worker. Shrinking
     /// picks the least-loaded workers, sends them nothing new, lets their requests finish (and
     /// their soft-kill handlers run), then lets them exit; the restart budget is not charged.
     /// Calls may overlap: the last one wins. `resize(0)` keeps the supervisor alive with no
@@ -282,12 +285,13 @@ public final class Supervisor: Sendable {
     /// part of the pool: `resize` to the original count brings them back.
     public func resize(_ count: Int, completion: @escaping @Sendable (SupervisorError?) -> Void) {
         let ok = onLoop { pool in
-            do throws(SupervisorError) { try pool.resize(count); completion(nil) } catch { completion(error) }
+            pool.resize(count) { completion($0) }
         }
         if !ok { CallerTrampoline.run { completion(SupervisorError(.shutDown, "the pool is stopped")) } }
     }
 
-    /// ``resize(_:completion:)``, returning once the change is under way.
+    /// ``resize(_:completion:)``, returning once the change is under way: every worker added
+    /// exists as a process.
     public func resize(_ count: Int) async throws(SupervisorError) {
         let error: SupervisorError? = await withUnsafeContinuation { c in resize(count, completion: { c.resume(returning: $0) }) }
         if let error { throw error }

@@ -7,10 +7,48 @@ extension Pool {
     ///
     /// Only slots that are part of the pool count: slots down after a spent restart budget or a
     /// failed spawn do not, so restoring the original count brings them back. Growing reuses
-    /// free slots first, spawns now, and reports each failure (an event); it throws when nothing
-    /// could be added. Shrinking retires the least-loaded workers: they get nothing new, finish
-    /// their requests, run their soft-kill handler and exit, without charging the budget.
-    func resize(_ n: Int) throws(SupervisorError) {
+    /// free slots first, starts a worker in each, and reports each failure (an event); it fails
+    /// when nothing could be added. Shrinking retires the least-loaded workers: they get nothing
+    /// new, finish their requests, run their soft-kill handler and exit, without charging the
+    /// budget.
+    ///
+    /// `completion` runs on the reactor thread once every worker it added exists, the same with
+    /// or without a template: a worker started with exec exists when it is spawned, a worker
+    /// ordered from the template once it announced itself (or its order fell back to exec).
+    /// The reactor goes on meanwhile. Growing fails (`spawnFailed`) only when no worker came of it.
+    func resize(_ n: Int, completion: @escaping (SupervisorError?) -> Void) {
+        let growth: (ordered: [Int], grewNow: Bool)
+        do { growth = try resize(n) } catch { return completion(error) }
+        guard !growth.ordered.isEmpty else { return completion(nil) }
+        template.resizeWaiters.append(ResizeWaiter(slots: growth.ordered, grewNow: growth.grewNow, completion: completion))
+        settleResizeWaiters()
+    }
+
+    /// Completes the resizes whose ordered workers all came (or fell back to exec, or failed).
+    func settleResizeWaiters() {
+        guard !template.resizeWaiters.isEmpty else { return }
+        var waiting: [ResizeWaiter] = []
+        var done: [ResizeWaiter] = []
+        for w in template.resizeWaiters {
+            if w.slots.contains(where: { template.pending[$0] != nil }) { waiting.append(w) } else { done.append(w) }
+        }
+        template.resizeWaiters = waiting
+        for w in done {
+            if phase == .softKilling || phase == .hardKilling || phase == .stopped {
+                w.completion(SupervisorError(.shutDown, "the pool was shut down before its new workers started"))
+            } else if !w.grewNow && !w.slots.contains(where: { slots[$0].process != nil }) {
+                w.completion(SupervisorError(.spawnFailed, "no worker could be started (see the workerSpawnFailed events)"))
+            } else {
+                w.completion(nil)
+            }
+        }
+    }
+
+    /// Grows or shrinks (see ``resize(_:completion:)``). Returns the slots whose worker was
+    /// ordered from the template and has not announced itself yet, and whether a worker was
+    /// added at once.
+    @discardableResult
+    func resize(_ n: Int) throws(SupervisorError) -> (ordered: [Int], grewNow: Bool) {
         defer { deliver() }
         guard n >= 0 else { throw SupervisorError(.invalidArgument, "resize(\(n)): the count must not be negative") }
         switch phase {
@@ -26,8 +64,9 @@ extension Pool {
         scaling.policy = policy
         defer { updateRoom() }
         let active = activeCount
+        var growth: (ordered: [Int], grewNow: Bool) = ([], false)
         if n > active {
-            try grow(by: n - active)
+            growth = try grow(by: n - active)
         } else if n < active {
             shrink(by: active - n)
             if n == 0 { noWorkersLeft() }
@@ -36,13 +75,18 @@ extension Pool {
             checkOnline()
             pump()
         }
+        return growth
     }
 
-    private func grow(by count: Int) throws(SupervisorError) {
+    /// Returns the slots ordered from the template (their workers come later), and whether a
+    /// worker was added at once.
+    private func grow(by count: Int) throws(SupervisorError) -> (ordered: [Int], grewNow: Bool) {
         // Free slots first (down, or retired with their process gone), then new ones.
         var free = slots.indices.filter { slots[$0].membership != .active && slots[$0].process == nil }
         free.reverse()
         var added = 0
+        var ordered: [Int] = []
+        var grewNow = false
         var firstError: SupervisorError?
         for _ in 0..<count {
             let i: Int
@@ -54,10 +98,14 @@ extension Pool {
             slots[i].refusals = 0
             slots[i].membership = .active
             guard phase == .running else { added += 1; continue }
-            if let error = spawnOrMarkDown(slot: i) { firstError = firstError ?? error } else { added += 1 }
+            if let error = spawnOrMarkDown(slot: i) { firstError = firstError ?? error } else {
+                added += 1
+                if template.pending[i] != nil { ordered.append(i) } else { grewNow = true }
+            }
         }
         onlineAnnounced = false
         if added == 0, let firstError { throw firstError }
+        return (ordered, grewNow || (added > 0 && phase != .running))
     }
 
     private func shrink(by count: Int) {
@@ -72,4 +120,13 @@ extension Pool {
             if let w = slots[i].process { drain(w) }
         }
     }
+}
+
+/// A ``Pool/resize(_:completion:)`` waiting for the workers it ordered from the template.
+struct ResizeWaiter {
+    /// The slots ordered.
+    let slots: [Int]
+    /// Whether the same resize added a worker at once (with exec, or in a pool not started).
+    let grewNow: Bool
+    let completion: (SupervisorError?) -> Void
 }

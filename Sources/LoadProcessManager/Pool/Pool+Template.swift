@@ -36,6 +36,8 @@ final class TemplateSupervision {
     var pending: [Int: PendingFork] = [:]
     var queued: [Int] = []
     var outstanding = 0
+    /// Resizes waiting for the workers they ordered (``Pool/settleResizeWaiters()``).
+    var resizeWaiters: [ResizeWaiter] = []
     /// Orders sent and not yet answered, at most: more wait in `queued`. The template forks
     /// one at a time; the bound keeps the descriptors in flight few.
     static let maxOutstanding = 32
@@ -119,10 +121,12 @@ extension Pool {
         do {
             p.registration = try reactor.register(fd, interest: .readable) { [unowned self] _ in
                 self.forkAnswered(slot: i)
+                self.settleResizeWaiters()
                 self.deliver()
             }
             p.timer = try reactor.schedule(after: settings.forkTimeout) { [unowned self] in
                 self.forkTimedOut(slot: i)
+                self.settleResizeWaiters()
                 self.deliver()
             }
         } catch {
@@ -187,6 +191,7 @@ extension Pool {
             p.expired = true
             p.timer = try? reactor.schedule(after: settings.forkTimeout) { [unowned self] in
                 self.forkTimedOut(slot: i)
+                self.settleResizeWaiters()
                 self.deliver()
             }
             template.pending[i] = p
@@ -284,6 +289,8 @@ extension Pool {
             case .processed?: break
             }
             switch answer?.kind {
+            case .unsupported?:
+                return abandonTemplate(Self.unsupportedReason, refuse: true)
             case .refusedThreads?:
                 return abandonTemplate("it runs \(answer!.a) threads (its preload started them): a template forks only while single-threaded",
                                        refuse: true)
@@ -296,6 +303,8 @@ extension Pool {
             }
         }
     }
+
+    private static let unsupportedReason = "the thread id cached by glibc (_thread_db_pthread_tid) or libdispatch cannot be found: a forked worker would keep the template's"
 
     // MARK: The template's life
 
@@ -372,6 +381,7 @@ extension Pool {
             // says how, and it is restarted.
             return abandonTemplate("it closed its channel before it was ready")
         case .processed?:
+            if hello?.kind == .unsupported { return abandonTemplate(Self.unsupportedReason, refuse: true) }
             guard let hello, hello.kind == .hello, hello.a == r.pid else {
                 return abandonTemplate("it is not a worker template (\(config.executable.path) does not use LoadProcessManagerWorker's Worker, or an older one)",
                                        refuse: true)
@@ -417,6 +427,7 @@ extension Pool {
         for i in queued {
             if let p = template.pending.removeValue(forKey: i) { forkFellThrough(slot: i, p) }
         }
+        settleResizeWaiters()
     }
 
     /// The template was reaped.
@@ -488,6 +499,7 @@ extension Pool {
             guard let p = takeOrder(slot: i), p.channel >= 0 else { continue }
             resolveBlocking(p.channel, milliseconds: config.template?.forkTimeout ?? .seconds(1))
         }
+        settleResizeWaiters()
     }
 
     /// The template's pid while it runs and is ready to fork (tests and benchmarks).

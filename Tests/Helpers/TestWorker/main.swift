@@ -50,25 +50,30 @@
 //   async-busy      says busy, sleeps LPM_TEST_DELAY_MS, answers, says ready
 //   async-stream    payload "N:seed": after a sleep, answers with a stream of N pattern bytes,
 //                   written in 64 KiB chunks with a sleep between them
+//   thread-id       answers "kernel glibc clock dispatch": the main thread's id (gettid), the
+//                   one glibc's thread descriptor holds, "clock-ok" when its thread CPU clock
+//                   (pthread_getcpuclockid(pthread_self())) reads, else the error, and the id
+//                   libdispatch caches (after checking the main queue is bound to it)
+//   mutex-contend   locks a Synchronization.Mutex on the main thread while another thread
+//                   contends for it (blocked in the kernel: PI futex), then unlocks; answers "ok"
+//                   when the other thread got it within 5 s, else "stuck"
 // Preload (Worker.preload, once in a template or in each worker started with exec):
 //   LPM_TEST_PRELOAD_MB=N     maps N MiB of anonymous memory and writes every page
+//   LPM_TEST_PRELOAD_SIGNALS=1 catches SIGUSR1, ignores SIGUSR2 and blocks SIGTERM
+//   LPM_TEST_PRELOAD_MUTEX=1  locks and unlocks the mutex of mutex-contend once (the Swift
+//                             runtime caches the thread's id on a first lock)
 //   LPM_TEST_PRELOAD_THREAD=1 starts a thread that sleeps for good (a template then refuses to fork)
-//   template-info   answers "preloadPID pid ppid pgid forked|exec fds sigblk sigcgt": the pid the
-//                   preload ran in, its own, its parent's, its process group, how it started,
-//                   its open descriptor count and its blocked and caught signal masks (hex)
+//   template-info   answers "preloadPID pid ppid pgid forked|exec fds sigblk sigcgt sigign": the
+//                   pid the preload ran in, its own, its parent's, its process group, how it
+//                   started, its open descriptor count and its blocked, caught and ignored
+//                   signal masks (hex)
 import LPMReactor
 import LoadProcessManagerWorker
 import LPMWire
 import LPMTestSupport
+import Dispatch
 import Glibc
-
-// With LPM_TEST_ONLY_SLOT, only the worker in that slot takes LPM_TEST_MODE; the others echo.
-let onlySlot = getenv("LPM_TEST_ONLY_SLOT").map { String(cString: $0) }
-let mySlot = getenv("LPM_WORKER_SLOT").map { String(cString: $0) }
-let mode = onlySlot == nil || onlySlot == mySlot ? getenv("LPM_TEST_MODE").map { String(cString: $0) } ?? "echo" : "echo"
-let delay = getenv("LPM_TEST_DELAY_MS").flatMap { Int(String(cString: $0)) } ?? 100
-if mode == "crash-on-start" { exit(3) }
-if mode == "bad-batch" { badBatchWorker() }
+import Synchronization
 
 /// Speaks the protocol by hand: says it takes batches, then answers each request with a batch
 /// that announces 5 answers and holds none.
@@ -117,10 +122,57 @@ Worker.preload {
         let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         if p != MAP_FAILED, let p { memset(p, 0x5a, bytes) }
     }
+    if getenv("LPM_TEST_PRELOAD_SIGNALS") != nil {
+        // A handler, an ignored signal and a blocked one: a forked worker has none of them.
+        signal(SIGUSR1, { _ in })
+        signal(SIGUSR2, SIG_IGN)
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGTERM)
+        sigprocmask(SIG_BLOCK, &set, nil)
+    }
+    if getenv("LPM_TEST_PRELOAD_MUTEX") != nil { Contention.mutex.withLock { $0 += 1 } }
     if getenv("LPM_TEST_PRELOAD_THREAD") != nil {
         var thread = pthread_t()
         _ = pthread_create(&thread, nil, sleepForever, nil)
     }
+}
+
+/// The mutex of the mutex-contend mode, and the other thread's side.
+enum Contention {
+    static let mutex = Mutex<Int>(0)
+    static let got = Atomic<Int>(0)
+
+    /// The main thread holds the mutex while another thread blocks on it, then releases it.
+    static func contend() -> String {
+        got.store(0, ordering: .relaxed)
+        var thread = pthread_t()
+        mutex.withLock { _ in
+            _ = pthread_create(&thread, nil, { _ in
+                Contention.mutex.withLock { $0 += 1 }
+                Contention.got.store(1, ordering: .releasing)
+                return nil
+            }, nil)
+            // Long enough for the other thread to give up spinning and block in the kernel.
+            usleep(100_000)
+        }
+        for _ in 0..<500 where got.load(ordering: .acquiring) == 0 { usleep(10_000) }
+        guard got.load(ordering: .acquiring) == 1 else { return "stuck" }
+        pthread_join(thread, nil)
+        return "ok"
+    }
+}
+
+/// The main thread's ids as the kernel and glibc see them, and whether its CPU clock reads.
+func threadIDReport() -> String {
+    let ids = Sys.threadIDs()
+    var clock = clockid_t()
+    var now = timespec()
+    let made = pthread_getcpuclockid(pthread_self(), &clock)
+    let read = made == 0 ? (clock_gettime(clock, &now) == 0 ? "clock-ok" : "clock-errno-\(errno)") : "clockid-error-\(made)"
+    // dispatchPrecondition traps unless the main queue is bound to the id libdispatch caches.
+    dispatchPrecondition(condition: .onQueue(.main))
+    return "\(ids.kernel) \(ids.glibc.map { String($0) } ?? "none") \(read) \(Sys.dispatchThreadID().map { String($0) } ?? "none")"
 }
 
 /// A line of /proc/self/status ("SigBlk", "SigCgt"...), its value only.
@@ -148,7 +200,21 @@ func openDescriptorCount() -> Int {
     return n - 1  // the directory's own descriptor
 }
 
+// bad-batch for every worker never calls `connect()`: started as a template, it is not one.
+if getenv("LPM_TEST_ONLY_SLOT") == nil, getenv("LPM_TEST_MODE").map({ String(cString: $0) }) == "bad-batch" { badBatchWorker() }
 let worker = Worker.connect()
+// What is per worker is read here, after `connect()`: with a worker template, everything above
+// ran once in the template, and `connect()` returns in each forked worker with its own slot
+// (LPM_WORKER_SLOT) and the environment the template had.
+// With LPM_TEST_ONLY_SLOT, only the worker in that slot takes LPM_TEST_MODE; the others echo.
+let onlySlot = getenv("LPM_TEST_ONLY_SLOT").map { String(cString: $0) }
+let mySlot = getenv("LPM_WORKER_SLOT").map { String(cString: $0) }
+let mode = onlySlot == nil || onlySlot == mySlot ? getenv("LPM_TEST_MODE").map { String(cString: $0) } ?? "echo" : "echo"
+let delay = getenv("LPM_TEST_DELAY_MS").flatMap { Int(String(cString: $0)) } ?? 100
+if mode == "crash-on-start" { exit(3) }
+// In one slot only: speaks the protocol by hand on the channel `connect()` checked (nothing
+// was sent on it yet).
+if mode == "bad-batch" { badBatchWorker() }
 /// The payload arrays the reuse-check mode keeps (main-actor state, like the handler).
 var keptPayloads: [[UInt8]] = []
 /// The requests the reuse-check mode holds after answering them.
@@ -282,7 +348,11 @@ worker.onRequest { request in
         if request.data.first == UInt8(ascii: "x") { request.fail("no x: \(String(decoding: request.data, as: UTF8.self))") } else { request.respond(request.data) }
     case "template-info":
         let how = Worker.isForkedFromTemplate ? "forked" : "exec"
-        request.respond("\(preloadPID) \(getpid()) \(getppid()) \(getpgrp()) \(how) \(openDescriptorCount()) \(statusField("SigBlk")) \(statusField("SigCgt"))")
+        request.respond("\(preloadPID) \(getpid()) \(getppid()) \(getpgrp()) \(how) \(openDescriptorCount()) \(statusField("SigBlk")) \(statusField("SigCgt")) \(statusField("SigIgn"))")
+    case "thread-id":
+        request.respond(threadIDReport())
+    case "mutex-contend":
+        request.respond(Contention.contend())
     case "slot":
         request.respond(worker.slot.map { String($0) } ?? "none")
     case "getenv":
