@@ -129,6 +129,8 @@ extension Reactor {
                 case .object(let job): job.run(on: self)
                 case .executorJob(let job):
                     job.runSynchronously(isolatedTo: executor.asUnownedSerialExecutor(), taskExecutor: taskExecutor.asUnownedTaskExecutor())
+                case .taskExecutorJob(let job):
+                    job.runSynchronously(on: taskExecutor.asUnownedTaskExecutor())
                 case .stop: loop.stopRequested = true
                 }
             }

@@ -163,6 +163,8 @@ public final class Reactor {
             case .object(let job): if closures { job.run(on: self) } else { job.dropped() }
             case .executorJob(let job):
                     job.runSynchronously(isolatedTo: executor.asUnownedSerialExecutor(), taskExecutor: taskExecutor.asUnownedTaskExecutor())
+            case .taskExecutorJob(let job):
+                    job.runSynchronously(on: taskExecutor.asUnownedTaskExecutor())
             case .stop: break
             }
         }

@@ -1,3 +1,4 @@
+import Synchronization
 /// The part of a reactor other threads may touch: the job queue and the wake-up eventfd.
 ///
 /// `@unchecked Sendable`: `wakeFD` and `owner` are set once in `init`; `state` is read and
@@ -7,7 +8,12 @@ final class ReactorShared: @unchecked Sendable {
     enum Job {
         case closure((Reactor) -> Void)
         case object(any ReactorJob)
+        /// A job of an actor isolated to ``ReactorExecutor``: run isolated to it.
         case executorJob(UnownedJob)
+        /// A job of nonisolated code in a task that prefers ``ReactorTaskExecutor``: run with
+        /// no isolation (run isolated to the serial executor instead, every nonisolated async
+        /// call after it would have to hop again, one more job each).
+        case taskExecutorJob(UnownedJob)
         case stop
     }
 
@@ -23,6 +29,10 @@ final class ReactorShared: @unchecked Sendable {
     private let lock = ThreadLock()
     /// Guarded by `lock`.
     @exclusivity(unchecked) private var state = State()  // under `lock`
+    /// Whether `state.jobs` holds jobs: set with the first one under the lock, cleared when the
+    /// owner takes them. The owner reads it without the lock, so that a round of jobs with none
+    /// from other threads costs no lock (a task switching executors makes a round per switch).
+    private let remoteQueued = Atomic<Bool>(false)
     /// Reads and writes: owner thread only. Set when a job is submitted from the owner thread
     /// itself, which needs no eventfd write: the loop checks this before it blocks.
     @exclusivity(unchecked) var hasLocalJobs = false
@@ -53,6 +63,9 @@ final class ReactorShared: @unchecked Sendable {
         let (accepted, mustWake) = withLock { (s: inout State) -> (Bool, Bool) in
             if s.closed { return (false, false) }
             s.jobs.append(job)
+            // Released before the lock is, and before any eventfd write: the owner woken by it,
+            // or taking jobs for any other reason after this, reads `true`.
+            remoteQueued.store(true, ordering: .releasing)
             if s.wakePending { return (true, false) }
             s.wakePending = true
             return (true, true)
@@ -79,7 +92,11 @@ final class ReactorShared: @unchecked Sendable {
             hasLocalJobs = false
             swap(&jobs, &localJobs)
         }
+        // `false`: no job from another thread is queued, and none has asked for a wake-up
+        // (`wakePending` is set only with a job, and cleared with the jobs below).
+        guard remoteQueued.load(ordering: .acquiring) else { return }
         withLock { (s: inout State) in
+            remoteQueued.store(false, ordering: .relaxed)
             if jobs.isEmpty {
                 swap(&jobs, &s.jobs)
             } else if !s.jobs.isEmpty {
@@ -200,7 +217,7 @@ public final class ReactorTaskExecutor: TaskExecutor {
     /// Queues a job for the reactor thread (or, once it is closed, the global concurrent executor).
     public func enqueue(_ job: consuming ExecutorJob) {
         let unowned = UnownedJob(job)
-        if !shared.submit(.executorJob(unowned)) { globalConcurrentExecutor.enqueue(ExecutorJob(unowned)) }
+        if !shared.submit(.taskExecutorJob(unowned)) { globalConcurrentExecutor.enqueue(ExecutorJob(unowned)) }
     }
 
     /// This executor as an unowned task executor.
