@@ -76,7 +76,11 @@ extension Worker {
             self.wireID = wireID
             self.id = id
             self.createdAt = createdAt
-            if payload.capacity > Request.retainedDataCapacity {
+            if payload.count == body.count {
+                // The same size as the last (the common case of same-sized requests): one copy
+                // over the bytes, no change of count.
+                if !body.isEmpty { payload.withUnsafeMutableBytes { $0.copyMemory(from: body) } }
+            } else if payload.capacity > Request.retainedDataCapacity {
                 payload = Array(body)
             } else {
                 // One call that empties the array and copies the bytes in, keeping the buffer
@@ -85,8 +89,9 @@ extension Worker {
             }
             isCancelled = false
             answered = false
-            batch = nil
-            stream = nil
+            // Each checked first: storing `nil` over `nil` still releases the old value.
+            if batch != nil { batch = nil }
+            if stream != nil { stream = nil }
             socket = nil
         }
 

@@ -33,7 +33,19 @@ public final class Worker {
     public let slot: Int?
     private let channel: Channel
     private let flusher: ChannelFlusher
-    @exclusivity(unchecked) var requestHandler: (Request) -> Void = { $0.fail("this worker has no request handler") }
+    /// The request handler. Called through ``handlerBox``, whose `let` is borrowed for the call
+    /// (a closure stored in a `var` is copied, its context retained, at every call).
+    var requestHandler: (Request) -> Void {
+        get { handlerBox.call }
+        set {
+            // A handler replaced during a handler call (its own, maybe) stays alive until the
+            // outermost call returns.
+            if handlingTop != nil { retiredHandlers.append(handlerBox) }
+            handlerBox = RequestHandlerBox(newValue)
+        }
+    }
+    @exclusivity(unchecked) private var handlerBox = RequestHandlerBox { $0.fail("this worker has no request handler") }
+    @exclusivity(unchecked) private var retiredHandlers: [RequestHandlerBox] = []
     private var eventHandlers: [String: (Event) -> Void] = [:]
     private var softKillHandler: ((_ done: @escaping () -> Void) -> Void)?
     private var hardKillHandler: (() -> Void)?
@@ -95,7 +107,10 @@ public final class Worker {
         // `unowned(unsafe)`: the channel is this worker's own (only the worker and its flusher
         // hold it, and the reactor's registration holds it unowned), so it delivers frames only
         // while the worker is alive; a checked `unowned` costs two atomic operations per frame.
-        channel.onFrame = { [unowned(unsafe) self] header, payload in self.frame(header, payload) }
+        // Through `Unmanaged`: the worker is borrowed for the call, not retained (as
+        // `unowned(unsafe)` still does).
+        let unmanaged = Unmanaged.passUnretained(self)
+        channel.onFrame = { header, payload in unmanaged._withUnsafeGuaranteedRef { $0.frame(header, payload) } }
         channel.onEnd = { [unowned self] end in
             switch end {
             case .endOfFile: self.exit(code: 0)  // the supervisor is gone
@@ -232,7 +247,7 @@ public final class Worker {
                     request.socket = fd
                 }
             }
-            handle(request)
+            if let done = handle(consume request), spare.count < Worker.spareLimit { spare.append(done) }
         case .event, .broadcast:
             guard let (name, data) = EventPayload.decode(payload) else { return violation("malformed event frame") }
             var socket: CInt?
@@ -284,27 +299,34 @@ public final class Worker {
     }
 
     /// Calls the request handler for `request`; keeps it in flight if it is not answered by
-    /// the end of the call, or keeps it for reuse if nobody else holds it.
-    private func handle(_ r: consuming Request) {
-        var request = r
+    /// the end of the call. Returns it if it was answered during the call and nobody else holds
+    /// it (not the handler, a timer, a stream or a task): the next request may reuse it.
+    private func handle(_ request: consuming Request) -> Request? {
         request.inFlightIndex = Request.handling
         request.outer = handlingTop
         handlingTop = Unmanaged.passUnretained(request)
         handlingInFlight += 1
-        requestHandler(request)
+        callHandler(request)
         handlingTop = request.outer
         request.outer = nil
+        if handlingTop == nil && !retiredHandlers.isEmpty { retiredHandlers.removeAll() }
         if request.inFlightIndex == Request.handling {
             // Not answered yet (or its streamed answer is still being written): in flight
             // until it is.
             handlingInFlight -= 1
             request.inFlightIndex = inFlight.count
             inFlight.append(request)
-        } else if spare.count < Worker.spareLimit && isKnownUniquelyReferenced(&request) {
-            // Answered during the call, and held by nobody else (not the handler, a timer, a
-            // stream or a task): the next request reuses it.
-            spare.append(consume request)
+            return nil
         }
+        guard isKnownUniquelyReferenced(&request) else { return nil }
+        return consume request
+    }
+
+    /// Calls the request handler, borrowed (a closure capturing `handle`'s variable would make
+    /// its accesses dynamically checked).
+    @inline(__always)
+    private func callHandler(_ request: Request) {
+        Unmanaged.passUnretained(handlerBox)._withUnsafeGuaranteedRef { $0.call(request) }
     }
 
     /// A batched request: each item goes to the request handler as a request of its own (same
@@ -314,14 +336,24 @@ public final class Worker {
         guard let count = Batch.itemCount(body), count > 0 else {
             return violation("malformed batched request")
         }
-        let state = BatchAnswers(wireID: h.id, count: count)
+        let state = BatchAnswers(wireID: h.id, count: count, bodySize: body.count)
+        // One request object goes from item to item while each is answered during its call and
+        // kept by nobody: no trip through the spares per item.
+        var current: Request?
         Batch.forEachItem(ofChecked: body, count: count) { i, item in
-            let request = makeRequest(wireID: h.id, head: head, body: item)
+            let request: Request
+            if let reused = current.take() {
+                reused.reuse(wireID: h.id, id: head.id, createdAt: head.createdAt, body: item)
+                request = reused
+            } else {
+                request = makeRequest(wireID: h.id, head: head, body: item)
+            }
             request.batch = state
             request.batchIndex = i
-            // Handed over, not shared: answered during the call, it goes back to the spares.
-            handle(consume request)
+            // Handed over, not shared: answered during the call, it comes back for the next item.
+            current = handle(consume request)
         }
+        if let done = current, spare.count < Worker.spareLimit { spare.append(done) }
     }
 
     private func violation(_ reason: String) {
@@ -385,7 +417,7 @@ public final class Worker {
 
     /// Sends a batch's answers, once all are in.
     private func sendBatch(_ batch: BatchAnswers) {
-        let payload = batch.encoded()
+        let payload = batch.encoded
         if payload.count > channel.maxPayload {
             let message = "the answers of a batch of \(batch.count), \(payload.count) bytes, exceed the largest frame (\(channel.maxPayload) bytes)"
             channel.send(.error, id: batch.wireID, payload: Array(message.utf8))
@@ -447,25 +479,33 @@ public final class Worker {
     }
 }
 
-/// The answers of a batched request, gathered in the items' order until the last is in.
+/// The answers of a batched request, gathered in the items' order until the last is in: encoded
+/// straight into a buffer of its own (status, length, bytes), sent in one copy.
 final class BatchAnswers {
     let wireID: UInt64
     let count: Int
     // One thread, no overlapping access (as for `Request`): no dynamic exclusivity checks.
     /// Set when the supervisor cancelled the batch: nothing is sent.
     @exclusivity(unchecked) var cancelled = false
-    /// The answers encoded so far, in order (after the count); those that came early wait in
-    /// `early` until the ones before them are in.
-    @exclusivity(unchecked) private var out: [UInt8] = []
+    /// The answers encoded so far, in order, after the count: `used` bytes of `capacity`.
+    @exclusivity(unchecked) private var buffer: UnsafeMutableRawPointer
+    @exclusivity(unchecked) private var capacity: Int
+    @exclusivity(unchecked) private var used = 4
     @exclusivity(unchecked) private var next = 0
+    /// Answers that came before the ones ahead of them, waiting for their turn.
     @exclusivity(unchecked) private var early: [Int: (Bool, [UInt8])] = [:]
 
-    init(wireID: UInt64, count: Int) {
+    /// `bodySize`: the request's items (4 bytes of length each, and their bytes), a guess of the
+    /// answers' size (one byte more per item).
+    init(wireID: UInt64, count: Int, bodySize: Int) {
         self.wireID = wireID
         self.count = count
-        out.reserveCapacity(4 + count * 16)
-        out.appendLittleEndian(UInt32(count))
+        capacity = max(64, bodySize + count + 4)
+        buffer = .allocate(byteCount: capacity, alignment: 8)
+        buffer.storeBytes(of: UInt32(count).littleEndian, as: UInt32.self)
     }
+
+    deinit { buffer.deallocate() }
 
     var isComplete: Bool { next == count }
 
@@ -474,15 +514,42 @@ final class BatchAnswers {
             early[i] = (ok, data)
             return
         }
-        Batch.appendAnswer(ok: ok, data, into: &out)
+        append(ok: ok, data)
         next += 1
         while !early.isEmpty, let (ok, data) = early.removeValue(forKey: next) {
-            Batch.appendAnswer(ok: ok, data, into: &out)
+            append(ok: ok, data)
             next += 1
         }
     }
 
-    func encoded() -> [UInt8] { out }
+    private func append(ok: Bool, _ data: [UInt8]) {
+        let n = data.count
+        let end = used + 5 + n
+        if end > capacity { grow(to: end) }
+        let at = buffer + used
+        at.storeBytes(of: ok ? 0 : 1, as: UInt8.self)
+        at.storeBytes(of: UInt32(truncatingIfNeeded: n).littleEndian, toByteOffset: 1, as: UInt32.self)
+        if n > 0 { data.withUnsafeBytes { (at + 5).copyMemory(from: $0.baseAddress!, byteCount: n) } }
+        used = end
+    }
+
+    private func grow(to size: Int) {
+        let bigger = max(size, capacity * 2)
+        let new = UnsafeMutableRawPointer.allocate(byteCount: bigger, alignment: 8)
+        new.copyMemory(from: buffer, byteCount: used)
+        buffer.deallocate()
+        buffer = new
+        capacity = bigger
+    }
+
+    /// The encoded answers (count, then each), valid until this object changes or goes.
+    var encoded: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: buffer, count: used) }
+}
+
+/// The request handler, held where a call can borrow it.
+final class RequestHandlerBox {
+    let call: (Worker.Request) -> Void
+    init(_ call: @escaping (Worker.Request) -> Void) { self.call = call }
 }
 
 /// A worker-side failure to start.

@@ -36,7 +36,7 @@ struct MapTests {
     @Test("invalid options give one invalidArgument result; a stopped pool answers every input")
     func errors() async throws {
         let (s, _) = try await startOnline(testConfig("echo", count: 1))
-        var got: [Result<WorkerResponse, SupervisorError>] = []
+        var got: [Result<MapResponse, SupervisorError>] = []
         for await r in s.map(inputs(3), options: MapOptions(chunkSize: 0)) { got.append(r) }
         #expect(got.count == 1 && got.first?.error?.code == .invalidArgument)
         got = []
@@ -52,7 +52,7 @@ struct MapTests {
     func cancellation() async throws {
         let (s, _) = try await startOnline(testConfig("never", count: 1))
         let task = Task {
-            var results: [Result<WorkerResponse, SupervisorError>] = []
+            var results: [Result<MapResponse, SupervisorError>] = []
             for await r in s.map(inputs(1000), options: MapOptions(chunkSize: 1, maxChunksInFlight: 4)) { results.append(r) }
             return results
         }
@@ -71,7 +71,7 @@ struct MapTests {
         c.restarts = 0
         c.afterBudgetSpent = .stop
         let (s, log) = try await startOnline(c)
-        var got: [Result<WorkerResponse, SupervisorError>] = []
+        var got: [Result<MapResponse, SupervisorError>] = []
         for await r in s.map(inputs(3), options: MapOptions(chunkSize: 3)) { got.append(r) }
         #expect(got.count == 3 && got.allSatisfy { $0.error != nil }, "\(got)")
         #expect(await log.wait(isViolation))
@@ -102,7 +102,7 @@ struct MapTests {
         let (s, _) = try await startOnline(c)
         let cancelled = CancelLog()
         s.on("cancelled") { e in cancelled.add(String(decoding: e.data, as: UTF8.self)) }
-        var got: [Result<WorkerResponse, SupervisorError>] = []
+        var got: [Result<MapResponse, SupervisorError>] = []
         for await r in s.map(inputs(5), options: MapOptions(chunkSize: 5)) { got.append(r) }
         #expect(got.count == 5 && got.allSatisfy { $0.error?.code == .timedOut }, "\(got)")
         _ = await eventually { cancelled.count >= 5 }

@@ -1,3 +1,4 @@
+import Glibc
 import LPMReactor
 import LPMWire
 
@@ -24,6 +25,47 @@ public struct MapOptions: Sendable {
     }
 }
 
+/// One answer of ``Supervisor/map(_:options:)``: the bytes a worker answered for one input.
+///
+/// A chunk's answers arrive in one buffer; each `MapResponse` is a slice of it (``bytes``), so
+/// reading a result neither allocates nor copies. ``data`` copies the bytes into an array of
+/// their own (each time it is read): read ``bytes`` or ``text`` where a slice will do. A result
+/// kept keeps its chunk's buffer alive; keep ``data`` instead to hold one answer for long.
+/// A map's answers carry no stream (an item of a chunk cannot answer with one; a streamed
+/// answer to an input sent as a request of its own is closed).
+public struct MapResponse: Sendable {
+    /// The answer's bytes, in the buffer of the chunk's answers: its indices are that buffer's
+    /// (`bytes.startIndex` is not 0); `bytes.count`, iteration and `withUnsafeBytes` are free.
+    public let bytes: ArraySlice<UInt8>
+    /// The input's request id, a version 4 UUID (the chunk's: the inputs of a chunk share it).
+    public let id: RequestID
+    /// When the request was enqueued: nanoseconds on `CLOCK_MONOTONIC`.
+    public let createdAt: UInt64
+    /// The worker that answered.
+    public let workerPID: pid_t
+    /// How many attempts it took (1 unless retried; a chunk is retried whole).
+    public let attempts: Int
+
+    /// The bytes as an array of their own: a copy, made at each read (free when the answer is
+    /// the whole buffer, as for a chunk of one input).
+    public var data: [UInt8] { Array(bytes) }
+    /// The bytes as UTF-8 text.
+    public var text: String { String(decoding: bytes, as: UTF8.self) }
+
+    init(bytes: ArraySlice<UInt8>, id: RequestID, createdAt: UInt64, workerPID: pid_t, attempts: Int) {
+        self.bytes = bytes
+        self.id = id
+        self.createdAt = createdAt
+        self.workerPID = workerPID
+        self.attempts = attempts
+    }
+
+    /// The answer to an input sent as a request of its own.
+    init(_ r: WorkerResponse) {
+        self.init(bytes: r.data[...], id: r.id, createdAt: r.createdAt, workerPID: r.workerPID, attempts: r.attempts)
+    }
+}
+
 extension Supervisor {
     /// Sends every input to the workers and returns their answers in the inputs' order: one
     /// `Result` per input, a response or the error that input got (a timeout, a worker exit...).
@@ -47,7 +89,7 @@ extension Supervisor {
     /// ``map(_:options:)`` with a completion: `completion` gets one result per input, in order,
     /// once every input is answered (on the reactor thread).
     public func map(_ inputs: [[UInt8]], options: MapOptions = MapOptions(),
-                    completion: @escaping @Sendable ([Result<WorkerResponse, SupervisorError>]) -> Void) {
+                    completion: @escaping @Sendable ([Result<MapResponse, SupervisorError>]) -> Void) {
         guard options.chunkSize >= 1 else {
             let error = SupervisorError(.invalidArgument, "chunkSize must be at least 1, got \(options.chunkSize)")
             return CallerTrampoline.run { completion(Array(repeating: .failure(error), count: inputs.count)) }
@@ -85,11 +127,11 @@ extension Supervisor {
 /// only on the reactor thread (chunk completions), or on the caller's thread once the pool is
 /// gone (then every chunk is refused there, in turn).
 private final class MapJoin: @unchecked Sendable {
-    private var results: [Result<WorkerResponse, SupervisorError>]
+    private var results: [Result<MapResponse, SupervisorError>]
     private var left: Int
-    private let completion: @Sendable ([Result<WorkerResponse, SupervisorError>]) -> Void
+    private let completion: @Sendable ([Result<MapResponse, SupervisorError>]) -> Void
 
-    init(chunks: Int, count: Int, _ completion: @escaping @Sendable ([Result<WorkerResponse, SupervisorError>]) -> Void) {
+    init(chunks: Int, count: Int, _ completion: @escaping @Sendable ([Result<MapResponse, SupervisorError>]) -> Void) {
         results = Array(repeating: .failure(SupervisorError(.shutDown, "not answered")), count: count)
         left = chunks
         self.completion = completion
@@ -112,7 +154,7 @@ private final class MapJoin: @unchecked Sendable {
 /// Generic over the inputs only where it reads them (inlined into the caller, so specialized for
 /// the sequence it is given); packing, sending and ordering are the supervisor's own code.
 public struct MapResults<Inputs: Sequence>: AsyncSequence where Inputs.Element == [UInt8] {
-    public typealias Element = Result<WorkerResponse, SupervisorError>
+    public typealias Element = Result<MapResponse, SupervisorError>
     public typealias Failure = Never
 
     @usableFromInline let supervisor: Supervisor
@@ -189,7 +231,7 @@ final class MapCore {
 
     /// The next result already here, if any (or the error of invalid options, once).
     @usableFromInline
-    func nextReady() -> Result<WorkerResponse, SupervisorError>? {
+    func nextReady() -> Result<MapResponse, SupervisorError>? {
         if let error = invalid {
             invalid = nil
             inputEnded = true
@@ -204,8 +246,9 @@ final class MapCore {
     var wantsInputs: Bool {
         guard !inputEnded && sent - next < options.maxChunksInFlight else { return false }
         // The state's flag is set only by this iterator's cancellation handler; it is read when
-        // a chunk's results arrive (`awaitNext`), so here the task's own flag suffices.
-        if cancelled || Task.isCancelled {
+        // a chunk's results arrive (`awaitNext`), so here the task's own flag suffices, read
+        // once a chunk (when it starts), not once an input.
+        if cancelled || (packer.count == 0 && Task.isCancelled) {
             cancelled = true
             inputEnded = true
             packer = ChunkPacker(capacity: 0)  // a partial chunk is not sent
@@ -239,7 +282,7 @@ final class MapCore {
     /// Waits for the next chunk in order and hands out its first result; `nil` once every chunk
     /// sent is handed out and no input is left.
     @usableFromInline
-    func awaitNext() async -> Result<WorkerResponse, SupervisorError>? {
+    func awaitNext() async -> Result<MapResponse, SupervisorError>? {
         if let ready = nextReady() { return ready }
         guard next < sent else { return nil }
         let chunk = next
@@ -259,11 +302,13 @@ final class MapCore {
 /// Inputs packed as a batch body as they come (no array of inputs kept); a chunk of one input
 /// keeps it as is, to go as a plain request.
 struct ChunkPacker {
-    /// The items so far, after 4 bytes that ``take()`` fills with the count.
+    /// The items so far, after 4 bytes that ``take()`` fills with the count: the first `used`
+    /// bytes of `body`, whose count is its capacity (written in place, no append per input).
     private var body: [UInt8] = []
+    private var used = 0
     private(set) var count = 0
     private(set) var single: [UInt8]?
-    /// The inputs a chunk holds at most: the body is reserved once, from its first two inputs.
+    /// The inputs a chunk holds at most: the body is sized once, from its first two inputs.
     private let capacity: Int
 
     init(capacity: Int) {
@@ -279,8 +324,8 @@ struct ChunkPacker {
                 // Room for the chunk if its inputs are about the size of its first two (the
                 // common case of same-sized inputs: no growth), within a bound.
                 let guess = 4 + min(capacity, Batch.maxCount) * (4 + max(first.count, input.count))
-                body.reserveCapacity(min(guess, 1 << 22))
-                body.appendLittleEndian(UInt32(0))
+                body = Array(repeating: 0, count: max(min(guess, 1 << 22), 12 + first.count + input.count))
+                used = 4
                 append(first)
             }
             append(input)
@@ -290,18 +335,21 @@ struct ChunkPacker {
 
     /// The batch body: count, then items (for a chunk of two or more).
     mutating func take() -> [UInt8] {
+        body.removeLast(body.count - used)
         body.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(count).littleEndian, toByteOffset: 0, as: UInt32.self) }
         return body
     }
 
     private mutating func append(_ input: [UInt8]) {
-        // The length byte by byte: cheaper than copying a buffer of four.
-        let n = UInt32(input.count)
-        body.append(UInt8(truncatingIfNeeded: n))
-        body.append(UInt8(truncatingIfNeeded: n >> 8))
-        body.append(UInt8(truncatingIfNeeded: n >> 16))
-        body.append(UInt8(truncatingIfNeeded: n >> 24))
-        body.append(contentsOf: input)
+        let n = input.count
+        let end = used + 4 + n
+        if end > body.count { body.append(contentsOf: repeatElement(0, count: max(end, 2 * body.count) - body.count)) }
+        let at = used
+        body.withUnsafeMutableBytes { out in
+            out.storeBytes(of: UInt32(truncatingIfNeeded: n).littleEndian, toByteOffset: at, as: UInt32.self)
+            if n > 0 { input.withUnsafeBytes { out.baseAddress!.advanced(by: at + 4).copyMemory(from: $0.baseAddress!, byteCount: n) } }
+        }
+        used = end
     }
 }
 

@@ -1,3 +1,4 @@
+import Glibc
 import LPMReactor
 import LPMWire
 
@@ -108,30 +109,43 @@ struct BatchResults: Sendable {
     }
 
     /// Every result, in order.
-    func all() -> [Result<WorkerResponse, SupervisorError>] {
+    func all() -> [Result<MapResponse, SupervisorError>] {
         var reader = BatchReader(self)
-        var out: [Result<WorkerResponse, SupervisorError>] = []
+        var out: [Result<MapResponse, SupervisorError>] = []
         out.reserveCapacity(count)
         while let r = reader.next() { out.append(r) }
         return out
     }
 }
 
-/// Reads the results of a ``BatchResults`` in order, decoding each answer as it is read.
+/// Reads the results of a ``BatchResults`` in order, decoding each answer as it is read: a
+/// response is a slice of the batched answer's payload (no copy).
 struct BatchReader {
-    private var response: WorkerResponse?
+    /// The batched answer's payload and what its answers share, when the batch has one.
+    private var payload: [UInt8] = []
+    private var hasAnswers = false
+    private var id = RequestID.zero
+    private var createdAt: UInt64 = 0
+    private var workerPID: pid_t = 0
+    private var attempts = 0
     private var error: SupervisorError?
-    private var each: [Result<WorkerResponse, SupervisorError>]
+    private var each: [Result<WorkerResponse, SupervisorError>] = []
     private let count: Int
     private var index = 0
-    /// Where the next answer starts in the response's payload (after the u32 count).
+    /// Where the next answer starts in the payload (after the u32 count).
     private var offset = 4
 
     init(_ results: BatchResults) {
         count = results.count
         switch results.storage {
-        case .answers(let r): response = r; each = []
-        case .failure(let e): error = e; each = []
+        case .answers(let r):
+            payload = r.data
+            hasAnswers = true
+            id = r.id
+            createdAt = r.createdAt
+            workerPID = r.workerPID
+            attempts = r.attempts
+        case .failure(let e): error = e
         case .each(let a): each = a
         }
     }
@@ -139,42 +153,42 @@ struct BatchReader {
     /// No results.
     init() {
         count = 0
-        each = []
     }
 
     /// The results not yet read.
     var remaining: Int { count - index }
 
     /// The next result, `nil` after the last.
-    mutating func next() -> Result<WorkerResponse, SupervisorError>? {
+    mutating func next() -> Result<MapResponse, SupervisorError>? {
         guard index < count else { return nil }
         let i = index
         index = i + 1
-        if let r = response { return decode(r) }
+        if hasAnswers { return decode() }
         if let error { return .failure(error) }
-        return each[i]
+        return each[i].map { MapResponse($0) }
     }
 
-    private mutating func decode(_ r: WorkerResponse) -> Result<WorkerResponse, SupervisorError> {
+    private mutating func decode() -> Result<MapResponse, SupervisorError> {
         let start = offset
         // The pool checked the whole answer before accepting it (one per item, each inside the
         // payload); this is only a guard.
-        let decoded: (ok: Bool, bytes: [UInt8], end: Int)? = r.data.withUnsafeBytes { payload in
-            Batch.answer(in: payload, at: start).map { ($0.ok, Array($0.bytes), $0.next) }
+        let found: (ok: Bool, end: Int)? = payload.withUnsafeBytes { p in
+            Batch.answer(in: p, at: start).map { ($0.ok, $0.next) }
         }
-        guard let decoded else {
+        guard let found else {
             // This item and the ones after it get the error.
-            let violation = SupervisorError(.protocolViolation, "malformed batched answer from worker \(r.workerPID)")
-            response = nil
+            let violation = SupervisorError(.protocolViolation, "malformed batched answer from worker \(workerPID)")
+            hasAnswers = false
+            payload = []
             error = violation
             return .failure(violation)
         }
-        offset = decoded.end
-        if decoded.ok {
-            return .success(WorkerResponse(data: decoded.bytes, id: r.id, createdAt: r.createdAt, stream: nil,
-                                           workerPID: r.workerPID, attempts: r.attempts))
+        offset = found.end
+        let bytes = payload[(start + 5)..<found.end]
+        if found.ok {
+            return .success(MapResponse(bytes: bytes, id: id, createdAt: createdAt, workerPID: workerPID, attempts: attempts))
         }
-        return .failure(SupervisorError(.workerError, String(decoding: decoded.bytes, as: UTF8.self), requestID: r.id,
-                                        workerPID: r.workerPID, attempts: r.attempts))
+        return .failure(SupervisorError(.workerError, String(decoding: bytes, as: UTF8.self), requestID: id,
+                                        workerPID: workerPID, attempts: attempts))
     }
 }
