@@ -20,6 +20,21 @@ struct MapTests {
         await s.softKill()
     }
 
+    @Test("a chunked result is a slice of the chunk's answer: bytes, data and text agree")
+    func responseSlices() async throws {
+        let (s, _) = try await startOnline(testConfig("echo", count: 1))
+        var k = 0
+        for await result in s.map(inputs(50), options: MapOptions(chunkSize: 10)) {
+            let r = try result.get()
+            let expected = Array("item \(k)".utf8)
+            #expect(Array(r.bytes) == expected && r.data == expected && r.text == "item \(k)")
+            #expect(r.bytes.count == expected.count && r.attempts == 1 && r.workerPID > 0)
+            k += 1
+        }
+        #expect(k == 50)
+        await s.softKill()
+    }
+
     @Test("the completion form: all results, in order, once")
     func completionForm() async throws {
         let (s, _) = try await startOnline(testConfig("echo", count: 3))
