@@ -61,6 +61,9 @@ public final class Worker {
     /// them (and their payload buffers), so a request costs no allocation.
     @exclusivity(unchecked) private var spare: [Request] = []
     private static let spareLimit = 16
+    /// The spare taken first and given back first: a request answered during its call comes
+    /// back here, so one at a time costs no array operation.
+    @exclusivity(unchecked) private var lastSpare: Request?
     /// Runs the tasks of async handlers on this thread (see ``taskExecutor``).
     let executor: WorkerExecutor
     /// Whether the main dispatch queue, the main actor's executor, is served by ``reactor``:
@@ -247,7 +250,7 @@ public final class Worker {
                     request.socket = fd
                 }
             }
-            if let done = handle(consume request), spare.count < Worker.spareLimit { spare.append(done) }
+            if let done = handle(consume request) { keepSpare(done) }
         case .event, .broadcast:
             guard let (name, data) = EventPayload.decode(payload) else { return violation("malformed event frame") }
             var socket: CInt?
@@ -289,9 +292,30 @@ public final class Worker {
         }
     }
 
+    /// Keeps `request` (answered, held by nobody) for a later frame, if there is room.
+    @inline(__always)
+    private func keepSpare(_ request: consuming Request) {
+        if lastSpare == nil {
+            lastSpare = consume request
+        } else if spare.count < Worker.spareLimit {
+            spare.append(consume request)
+        }
+    }
+
+    /// `current` reused (taken out of it) for the next item of a batch, or a request from
+    /// ``makeRequest(wireID:head:body:)``. Returned owned: binding it to a second name in the
+    /// caller costs a retain and a release.
+    @inline(__always)
+    private func nextRequest(reusing current: inout Request?, wireID: UInt64, head: RequestHead,
+                             body: UnsafeRawBufferPointer) -> Request {
+        guard let reused = current.take() else { return makeRequest(wireID: wireID, head: head, body: body) }
+        reused.reuse(wireID: wireID, id: head.id, createdAt: head.createdAt, body: body)
+        return reused
+    }
+
     /// A request object for a frame: a spare one reused, or a new one.
     private func makeRequest(wireID: UInt64, head: RequestHead, body: UnsafeRawBufferPointer) -> Request {
-        if let reused = spare.popLast() {
+        if let reused = lastSpare.take() ?? spare.popLast() {
             reused.reuse(wireID: wireID, id: head.id, createdAt: head.createdAt, body: body)
             return reused
         }
@@ -340,20 +364,20 @@ public final class Worker {
         // One request object goes from item to item while each is answered during its call and
         // kept by nobody: no trip through the spares per item.
         var current: Request?
-        Batch.forEachItem(ofChecked: body, count: count) { i, item in
-            let request: Request
-            if let reused = current.take() {
-                reused.reuse(wireID: h.id, id: head.id, createdAt: head.createdAt, body: item)
-                request = reused
-            } else {
-                request = makeRequest(wireID: h.id, head: head, body: item)
-            }
+        // The items walked here, not through `Batch.forEachItem`: its closure is not inlined
+        // across the module boundary (a call and a context per item). `itemCount` checked them.
+        var offset = 4
+        for i in 0..<count {
+            let n = Int(body.readLittleEndian(at: offset, as: UInt32.self))
+            let item = UnsafeRawBufferPointer(rebasing: body[(offset + 4)..<(offset + 4 + n)])
+            offset += 4 + n
+            let request = nextRequest(reusing: &current, wireID: h.id, head: head, body: item)
             request.batch = state
             request.batchIndex = i
             // Handed over, not shared: answered during the call, it comes back for the next item.
             current = handle(consume request)
         }
-        if let done = current, spare.count < Worker.spareLimit { spare.append(done) }
+        if let done = current { keepSpare(done) }
     }
 
     private func violation(_ reason: String) {
@@ -364,6 +388,7 @@ public final class Worker {
 
     /// Takes `request` out of the in-flight list (if it is still there) and drops what it no
     /// longer needs: its cancel handler (which may capture it) and its task handle.
+    @inline(__always)
     private func leaveFlight(_ request: Request) {
         let i = request.inFlightIndex
         if i >= 0 {
@@ -397,8 +422,7 @@ public final class Worker {
         guard !request.answered, request.isInFlight else { return }
         request.answered = true
         leaveFlight(request)
-        if let batch = request.batch {
-            request.batch = nil
+        if let batch = request.batch.take() {
             batch.answer(request.batchIndex, ok: type != .error, data)
             if batch.isComplete && !batch.cancelled { sendBatch(batch) }
             if softKillRequested { maybeFinishSoftKill() }
@@ -522,6 +546,7 @@ final class BatchAnswers {
         }
     }
 
+    @inline(__always)
     private func append(ok: Bool, _ data: [UInt8]) {
         let n = data.count
         let end = used + 5 + n
