@@ -32,6 +32,11 @@ public final class Worker {
     /// the supervisor did not set it.
     public let slot: Int?
     private let channel: Channel
+    /// The largest frame payload (the channel's, read here without a call into LPMWire).
+    private let maxPayload: Int
+    /// The thread that delivered the last frame: the reactor's. An answer from it needs no
+    /// further check (``checkThread()``).
+    @exclusivity(unchecked) private var frameThread: pthread_t = 0
     private let flusher: ChannelFlusher
     /// The request handler. Called through ``handlerBox``, whose `let` is borrowed for the call
     /// (a closure stored in a `var` is copied, its context retained, at every call).
@@ -105,6 +110,7 @@ public final class Worker {
         reactor = try Reactor(backend: backend)
         flusher = ChannelFlusher(reactor: reactor)
         channel = Channel(fd: fd, reactor: reactor, flusher: flusher, maxPayload: maxPayload)
+        self.maxPayload = maxPayload
         executor = WorkerExecutor(handle: reactor.handle)
         servesMainActor = MainQueue.attach(to: reactor)
         // `unowned(unsafe)`: the channel is this worker's own (only the worker and its flusher
@@ -235,6 +241,7 @@ public final class Worker {
     // MARK: Frames
 
     private func frame(_ h: FrameHeader, _ payload: UnsafeRawBufferPointer) {
+        frameThread = pthread_self()
         switch h.type {
         case .request:
             guard let (head, body) = RequestHead.decode(payload) else {
@@ -411,6 +418,8 @@ public final class Worker {
     /// belong to that thread, and a race there would lose or corrupt answers.
     @inline(__always)
     private func checkThread() {
+        // The thread that delivers frames is the reactor's: on it, no call into the reactor.
+        if _fastPath(pthread_self() == frameThread) { return }
         precondition(reactor.isOnReactorThread, """
             a Worker.Request was answered off the worker's thread; answer on it (an async handler \
             runs there), or hop with worker.reactor.handle.execute { _ in ... }
@@ -428,10 +437,10 @@ public final class Worker {
             if softKillRequested { maybeFinishSoftKill() }
             return
         }
-        if data.count > channel.maxPayload {
+        if data.count > maxPayload {
             // The supervisor would take a frame this large as a protocol violation and kill this
             // worker: fail the request instead, saying why.
-            let message = "the response of \(data.count) bytes exceeds the largest frame (\(channel.maxPayload) bytes)"
+            let message = "the response of \(data.count) bytes exceeds the largest frame (\(maxPayload) bytes)"
             channel.send(.error, id: request.wireID, payload: Array(message.utf8))
         } else {
             channel.send(type, id: request.wireID, payload: data)
@@ -442,8 +451,8 @@ public final class Worker {
     /// Sends a batch's answers, once all are in.
     private func sendBatch(_ batch: BatchAnswers) {
         let payload = batch.encoded
-        if payload.count > channel.maxPayload {
-            let message = "the answers of a batch of \(batch.count), \(payload.count) bytes, exceed the largest frame (\(channel.maxPayload) bytes)"
+        if payload.count > maxPayload {
+            let message = "the answers of a batch of \(batch.count), \(payload.count) bytes, exceed the largest frame (\(maxPayload) bytes)"
             channel.send(.error, id: batch.wireID, payload: Array(message.utf8))
         } else {
             channel.send(.response, id: batch.wireID, flags: .batch, length: payload.count) { $0.append(contentsOf: payload) }

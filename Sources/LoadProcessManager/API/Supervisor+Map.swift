@@ -232,6 +232,7 @@ final class MapCore {
     /// The next result already here, if any (or the error of invalid options, once).
     @usableFromInline
     func nextReady() -> Result<MapResponse, SupervisorError>? {
+        if ready.remaining > 0 { return ready.next() }
         if let error = invalid {
             invalid = nil
             inputEnded = true

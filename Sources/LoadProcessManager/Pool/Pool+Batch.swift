@@ -123,7 +123,9 @@ struct BatchResults: Sendable {
 struct BatchReader {
     /// The batched answer's payload and what its answers share, when the batch has one.
     private var payload: [UInt8] = []
-    private var hasAnswers = false
+    /// Where each answer ends in `payload`, times 2, plus 1 for a failure: found in one walk of
+    /// the payload when the reader is made, so that reading an answer is a load, not a decode.
+    private var ends: [Int] = []
     private var id = RequestID.zero
     private var createdAt: UInt64 = 0
     private var workerPID: pid_t = 0
@@ -140,11 +142,17 @@ struct BatchReader {
         switch results.storage {
         case .answers(let r):
             payload = r.data
-            hasAnswers = true
             id = r.id
             createdAt = r.createdAt
             workerPID = r.workerPID
             attempts = r.attempts
+            ends = Self.ends(of: r.data, count: count)
+            if ends.count < count {
+                // The pool checked the whole answer before accepting it (one per item, each
+                // inside the payload): this is only a guard. The items from the first that does
+                // not fit get the error.
+                error = SupervisorError(.protocolViolation, "malformed batched answer from worker \(r.workerPID)")
+            }
         case .failure(let e): error = e
         case .each(let a): each = a
         }
@@ -155,6 +163,25 @@ struct BatchReader {
         count = 0
     }
 
+    /// The ends of the first `count` answers of a batched response's payload (fewer if one does
+    /// not fit in it), as ``ends`` holds them.
+    private static func ends(of payload: [UInt8], count: Int) -> [Int] {
+        [Int](unsafeUninitializedCapacity: count) { ends, found in
+            payload.withUnsafeBytes { p in
+                var at = 4
+                while found < count {
+                    guard p.count - at >= 5 else { return }
+                    let n = Int(p.readLittleEndian(at: at + 1, as: UInt32.self))
+                    guard n <= p.count - at - 5 else { return }
+                    let end = at + 5 + n
+                    ends.initializeElement(at: found, to: end << 1 | (p[at] == 0 ? 0 : 1))
+                    found += 1
+                    at = end
+                }
+            }
+        }
+    }
+
     /// The results not yet read.
     var remaining: Int { count - index }
 
@@ -163,32 +190,17 @@ struct BatchReader {
         guard index < count else { return nil }
         let i = index
         index = i + 1
-        if hasAnswers { return decode() }
+        if _fastPath(i < ends.count) {
+            let e = ends[i], start = offset + 5, end = e >> 1
+            offset = end
+            let bytes = payload[start..<end]
+            if e & 1 == 0 {
+                return .success(MapResponse(bytes: bytes, id: id, createdAt: createdAt, workerPID: workerPID, attempts: attempts))
+            }
+            return .failure(SupervisorError(.workerError, String(decoding: bytes, as: UTF8.self), requestID: id,
+                                            workerPID: workerPID, attempts: attempts))
+        }
         if let error { return .failure(error) }
         return each[i].map { MapResponse($0) }
-    }
-
-    private mutating func decode() -> Result<MapResponse, SupervisorError> {
-        let start = offset
-        // The pool checked the whole answer before accepting it (one per item, each inside the
-        // payload); this is only a guard.
-        let found: (ok: Bool, end: Int)? = payload.withUnsafeBytes { p in
-            Batch.answer(in: p, at: start).map { ($0.ok, $0.next) }
-        }
-        guard let found else {
-            // This item and the ones after it get the error.
-            let violation = SupervisorError(.protocolViolation, "malformed batched answer from worker \(workerPID)")
-            hasAnswers = false
-            payload = []
-            error = violation
-            return .failure(violation)
-        }
-        offset = found.end
-        let bytes = payload[(start + 5)..<found.end]
-        if found.ok {
-            return .success(MapResponse(bytes: bytes, id: id, createdAt: createdAt, workerPID: workerPID, attempts: attempts))
-        }
-        return .failure(SupervisorError(.workerError, String(decoding: bytes, as: UTF8.self), requestID: id,
-                                        workerPID: workerPID, attempts: attempts))
     }
 }
