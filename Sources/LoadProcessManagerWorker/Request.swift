@@ -72,9 +72,11 @@ extension Worker {
         /// Makes a request that nobody kept after its answer ready for the next frame. The
         /// payload keeps its buffer when nothing else holds it (copy on write sees to that),
         /// unless the buffer grew large.
+        @inline(__always)
         func reuse(wireID: UInt64, id: RequestID, createdAt: UInt64, body: UnsafeRawBufferPointer) {
             self.wireID = wireID
-            self.id = id
+            // As two words: assigned as it is, the id's tuple of 16 bytes is copied byte by byte.
+            self.id = unsafeBitCast(unsafeBitCast(id, to: (UInt64, UInt64).self), to: RequestID.self)
             self.createdAt = createdAt
             if payload.count == body.count {
                 // The same size as the last (the common case of same-sized requests): one copy

@@ -437,15 +437,20 @@ public final class Worker {
             if softKillRequested { maybeFinishSoftKill() }
             return
         }
-        if data.count > maxPayload {
-            // The supervisor would take a frame this large as a protocol violation and kill this
-            // worker: fail the request instead, saying why.
-            let message = "the response of \(data.count) bytes exceeds the largest frame (\(maxPayload) bytes)"
-            channel.send(.error, id: request.wireID, payload: Array(message.utf8))
-        } else {
+        if _fastPath(data.count <= maxPayload) {
             channel.send(type, id: request.wireID, payload: data)
+        } else {
+            refuseOversized(request, data.count)
         }
         if softKillRequested { maybeFinishSoftKill() }
+    }
+
+    /// Fails a request whose response exceeds the largest frame: the supervisor would take such
+    /// a frame as a protocol violation and kill this worker. Out of line: `finish` stays small.
+    @inline(never)
+    private func refuseOversized(_ request: Request, _ count: Int) {
+        let message = "the response of \(count) bytes exceeds the largest frame (\(maxPayload) bytes)"
+        channel.send(.error, id: request.wireID, payload: Array(message.utf8))
     }
 
     /// Sends a batch's answers, once all are in.
@@ -543,13 +548,22 @@ final class BatchAnswers {
     var isComplete: Bool { next == count }
 
     func answer(_ i: Int, ok: Bool, _ data: [UInt8]) {
-        guard i == next else {
-            early[i] = (ok, data)
-            return
-        }
+        guard _fastPath(i == next) else { return keepEarly(i, ok: ok, data) }
         append(ok: ok, data)
         next += 1
-        while !early.isEmpty, let (ok, data) = early.removeValue(forKey: next) {
+        if _slowPath(!early.isEmpty) { appendEarly() }
+    }
+
+    /// Out of line, as ``appendEarly()``: the in-order path stays small.
+    @inline(never)
+    private func keepEarly(_ i: Int, ok: Bool, _ data: [UInt8]) {
+        early[i] = (ok, data)
+    }
+
+    /// Appends the answers that came early and whose turn it now is.
+    @inline(never)
+    private func appendEarly() {
+        while let (ok, data) = early.removeValue(forKey: next) {
             append(ok: ok, data)
             next += 1
         }
