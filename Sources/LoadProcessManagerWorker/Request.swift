@@ -73,10 +73,11 @@ extension Worker {
         /// payload keeps its buffer when nothing else holds it (copy on write sees to that),
         /// unless the buffer grew large.
         @inline(__always)
-        func reuse(wireID: UInt64, id: RequestID, createdAt: UInt64, body: UnsafeRawBufferPointer) {
+        func reuse(wireID: UInt64, idWords: (UInt64, UInt64), createdAt: UInt64, body: UnsafeRawBufferPointer) {
             self.wireID = wireID
-            // As two words: assigned as it is, the id's tuple of 16 bytes is copied byte by byte.
-            self.id = unsafeBitCast(unsafeBitCast(id, to: (UInt64, UInt64).self), to: RequestID.self)
+            // From two words: a `RequestID` passed as it is, a tuple of 16 bytes, is copied byte
+            // by byte.
+            id = unsafeBitCast(idWords, to: RequestID.self)
             self.createdAt = createdAt
             if payload.count == body.count {
                 // The same size as the last (the common case of same-sized requests): one copy

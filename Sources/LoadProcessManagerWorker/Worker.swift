@@ -244,7 +244,7 @@ public final class Worker {
         frameThread = pthread_self()
         switch h.type {
         case .request:
-            guard let (head, body) = RequestHead.decode(payload) else {
+            guard let (head, body) = Head.decode(payload) else {
                 return violation("request frame shorter than its \(RequestHead.size)-byte head")
             }
             if h.flags.contains(.batch) { return batch(h, head, body) }
@@ -313,20 +313,20 @@ public final class Worker {
     /// ``makeRequest(wireID:head:body:)``. Returned owned: binding it to a second name in the
     /// caller costs a retain and a release.
     @inline(__always)
-    private func nextRequest(reusing current: inout Request?, wireID: UInt64, head: RequestHead,
+    private func nextRequest(reusing current: inout Request?, wireID: UInt64, head: Head,
                              body: UnsafeRawBufferPointer) -> Request {
         guard let reused = current.take() else { return makeRequest(wireID: wireID, head: head, body: body) }
-        reused.reuse(wireID: wireID, id: head.id, createdAt: head.createdAt, body: body)
+        reused.reuse(wireID: wireID, idWords: head.id, createdAt: head.createdAt, body: body)
         return reused
     }
 
     /// A request object for a frame: a spare one reused, or a new one.
-    private func makeRequest(wireID: UInt64, head: RequestHead, body: UnsafeRawBufferPointer) -> Request {
+    private func makeRequest(wireID: UInt64, head: Head, body: UnsafeRawBufferPointer) -> Request {
         if let reused = lastSpare.take() ?? spare.popLast() {
-            reused.reuse(wireID: wireID, id: head.id, createdAt: head.createdAt, body: body)
+            reused.reuse(wireID: wireID, idWords: head.id, createdAt: head.createdAt, body: body)
             return reused
         }
-        return Request(worker: self, wireID: wireID, id: head.id, createdAt: head.createdAt, data: Array(body))
+        return Request(worker: self, wireID: wireID, id: head.requestID, createdAt: head.createdAt, data: Array(body))
     }
 
     /// Calls the request handler for `request`; keeps it in flight if it is not answered by
@@ -362,7 +362,7 @@ public final class Worker {
 
     /// A batched request: each item goes to the request handler as a request of its own (same
     /// id and wire id as the batch), and their answers go back in one frame, in order.
-    private func batch(_ h: FrameHeader, _ head: RequestHead, _ body: UnsafeRawBufferPointer) {
+    private func batch(_ h: FrameHeader, _ head: Head, _ body: UnsafeRawBufferPointer) {
         if h.flags.announcesDescriptor { return violation("a batched request with a descriptor") }
         guard let count = Batch.itemCount(body), count > 0 else {
             return violation("malformed batched request")
@@ -592,6 +592,27 @@ final class BatchAnswers {
 
     /// The encoded answers (count, then each), valid until this object changes or goes.
     var encoded: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: buffer, count: used) }
+}
+
+/// A request's head (``RequestHead``: the id's 16 bytes, then `createdAt`), read as three words.
+/// The id stays two words until it is stored: a `RequestID`, a tuple of 16 bytes, is copied byte
+/// by byte each time it is passed on.
+struct Head {
+    let id: (UInt64, UInt64)
+    let createdAt: UInt64
+
+    var requestID: RequestID { unsafeBitCast(id, to: RequestID.self) }
+
+    /// The head and the body after it; `nil` when `payload` is shorter than the head.
+    @inline(__always)
+    static func decode(_ payload: UnsafeRawBufferPointer) -> (Head, UnsafeRawBufferPointer)? {
+        guard payload.count >= RequestHead.size else { return nil }
+        // The id's bytes as they lie (network order), the time little-endian.
+        let head = Head(id: (payload.loadUnaligned(fromByteOffset: 0, as: UInt64.self),
+                             payload.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
+                        createdAt: payload.readLittleEndian(at: 16, as: UInt64.self))
+        return (head, UnsafeRawBufferPointer(rebasing: payload[RequestHead.size...]))
+    }
 }
 
 /// The request handler, held where a call can borrow it.
