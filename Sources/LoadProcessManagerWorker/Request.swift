@@ -46,8 +46,13 @@ extension Worker {
         /// answer not yet finished) nor cancelled.
         var isInFlight: Bool { inFlightIndex != Request.notInFlight }
         /// The batch this request is an item of, and its place there (`nil`: a request of its own).
-        @exclusivity(unchecked) var batch: BatchAnswers?
+        /// Not retained (a retain and a release per item): the batch's loop holds the batch while
+        /// the item's handler call runs, and ``batch`` holds it for an item still in flight after
+        /// its call. Read only while the request is in flight.
+        @exclusivity(unchecked) var batchItem: Unmanaged<BatchAnswers>?
         @exclusivity(unchecked) var batchIndex = 0
+        /// The batch, held for an item that is still in flight after its handler call.
+        @exclusivity(unchecked) var batch: BatchAnswers?
         /// The task running an async handler for this request, cancelled with the request.
         @exclusivity(unchecked) var task: Task<Void, Never>?
         /// The stream sent with the request, if any: read it with ``InputStream/resume()`` and its
@@ -93,6 +98,7 @@ extension Worker {
             isCancelled = false
             answered = false
             // Each checked first: storing `nil` over `nil` still releases the old value.
+            batchItem = nil
             if batch != nil { batch = nil }
             if stream != nil { stream = nil }
             socket = nil

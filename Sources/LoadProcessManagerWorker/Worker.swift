@@ -285,7 +285,8 @@ public final class Worker {
                 let onCancel = r.onCancel, task = r.task
                 leaveFlight(r)
                 r.isCancelled = true
-                r.batch?.cancelled = true
+                // In flight: its batch is held (by its loop, or by the request).
+                r.batchItem?._withUnsafeGuaranteedRef { $0.cancelled = true }
                 onCancel?()
                 task?.cancel()
             }
@@ -346,6 +347,8 @@ public final class Worker {
             // until it is.
             handlingInFlight -= 1
             request.inFlightIndex = inFlight.count
+            // An item of a batch holds its batch from now on (the batch's loop moves on).
+            if let item = request.batchItem { request.batch = item.takeUnretainedValue() }
             inFlight.append(request)
             return nil
         }
@@ -374,15 +377,18 @@ public final class Worker {
         // The items walked here, not through `Batch.forEachItem`: its closure is not inlined
         // across the module boundary (a call and a context per item). `itemCount` checked them.
         var offset = 4
+        // Items answered during their call reach `state` unretained: it lives until the loop ends.
+        withExtendedLifetime(state) {
         for i in 0..<count {
             let n = Int(body.readLittleEndian(at: offset, as: UInt32.self))
             let item = UnsafeRawBufferPointer(rebasing: body[(offset + 4)..<(offset + 4 + n)])
             offset += 4 + n
             let request = nextRequest(reusing: &current, wireID: h.id, head: head, body: item)
-            request.batch = state
+            request.batchItem = Unmanaged.passUnretained(state)
             request.batchIndex = i
             // Handed over, not shared: answered during the call, it comes back for the next item.
             current = handle(consume request)
+        }
         }
         if let done = current { keepSpare(done) }
     }
@@ -431,9 +437,15 @@ public final class Worker {
         guard !request.answered, request.isInFlight else { return }
         request.answered = true
         leaveFlight(request)
-        if let batch = request.batch.take() {
-            batch.answer(request.batchIndex, ok: type != .error, data)
-            if batch.isComplete && !batch.cancelled { sendBatch(batch) }
+        if let item = request.batchItem {
+            request.batchItem = nil
+            // Held by its loop (answered during its call) or by `request.batch` (after it).
+            let held = request.batch.take()
+            item._withUnsafeGuaranteedRef { batch in
+                batch.answer(request.batchIndex, ok: type != .error, data)
+                if batch.isComplete && !batch.cancelled { sendBatch(batch) }
+            }
+            withExtendedLifetime(held) {}
             if softKillRequested { maybeFinishSoftKill() }
             return
         }
@@ -468,7 +480,7 @@ public final class Worker {
     func finishStreaming(_ request: Request, _ data: [UInt8]) -> OutputStream? {
         checkThread()
         guard !request.answered, request.isInFlight else { return nil }
-        if request.batch != nil {
+        if request.batchItem != nil {
             finish(request, .error, Array("a request of a batch cannot answer with a stream".utf8))
             return nil
         }

@@ -35,6 +35,24 @@ struct MapTests {
         await s.softKill()
     }
 
+    @Test("a chunk's items answered later and out of order by an async handler come back in order")
+    func asyncItemsOutOfOrder() async throws {
+        let (s, _) = try await startOnline(testConfig("async-sleep", count: 1))
+        // Each input is the handler's sleep in milliseconds: the later items finish first.
+        let delays = [40, 30, 0, 20, 10, 0, 35, 5]
+        let items = delays.map { Array(String($0).utf8) }
+        var got: [String] = []
+        for await r in s.map(items, options: MapOptions(chunkSize: delays.count)) {
+            got.append((try? r.get().text) ?? "error: \(r)")
+        }
+        // "<delay>:<completion order>:<thread>": each answer is its own input's, in input order,
+        // and they completed in another order.
+        #expect(got.map { $0.split(separator: ":").first.map(String.init) } == delays.map { String($0) }, "\(got)")
+        let order = got.compactMap { $0.split(separator: ":").dropFirst().first.flatMap { Int($0) } }
+        #expect(Set(order) == Set(1...delays.count) && order != Array(1...delays.count), "\(got)")
+        await s.softKill()
+    }
+
     @Test("the completion form: all results, in order, once")
     func completionForm() async throws {
         let (s, _) = try await startOnline(testConfig("echo", count: 3))
