@@ -97,21 +97,21 @@ extension Supervisor {
         guard !inputs.isEmpty else { return CallerTrampoline.run { completion([]) } }
         let chunks = stride(from: 0, to: inputs.count, by: options.chunkSize).map { $0..<min($0 + options.chunkSize, inputs.count) }
         let join = MapJoin(chunks: chunks.count, count: inputs.count, completion)
+        let packer = ChunkPacker(capacity: options.chunkSize)
         for range in chunks {
-            var packer = ChunkPacker(capacity: options.chunkSize)
             for item in inputs[range] { packer.add(item) }
             submitChunk(packer, options: options) { join.set(at: range.lowerBound, $0) }
         }
     }
 
-    /// Sends one chunk (its items packed as a batch body; a chunk of one is sent as a plain
-    /// request); `completion` gets its results (on the reactor thread, or on this thread if the
-    /// pool is gone). Returns what cancels it.
+    /// Sends the chunk `packer` holds (its items packed as a batch body; a chunk of one is sent
+    /// as a plain request), and empties `packer` for the next; `completion` gets its results (on
+    /// the reactor thread, or on this thread if the pool is gone). Returns what cancels it.
     @discardableResult
-    func submitChunk(_ packer: consuming ChunkPacker, options: MapOptions,
+    func submitChunk(_ packer: ChunkPacker, options: MapOptions,
                      _ completion: @escaping Pool.BatchCompletion) -> RequestHandle {
         let count = packer.count
-        if let single = packer.single {
+        if let single = packer.takeSingle() {
             return enqueue(single, options: options.request) { completion(BatchResults([$0])) }
         }
         guard let submission = box.submit(.batch(packer.take(), count, options.request, completion)) else {
@@ -211,7 +211,8 @@ final class MapCore {
     /// Chunks sent, and the next to hand out.
     var sent = 0
     var next = 0
-    @exclusivity(unchecked) var packer: ChunkPacker
+    /// The chunk being filled; emptied each time it is sent (its buffer kept).
+    let packer: ChunkPacker
     /// The results of chunk `next - 1`, read as they are handed out.
     @exclusivity(unchecked) var ready = BatchReader()
     /// Whether the consumer was cancelled (seen once, then kept: no lock per input).
@@ -252,7 +253,7 @@ final class MapCore {
         if cancelled || (packer.count == 0 && Task.isCancelled) {
             cancelled = true
             inputEnded = true
-            packer = ChunkPacker(capacity: 0)  // a partial chunk is not sent
+            packer.reset()  // a partial chunk is not sent
             return false
         }
         return true
@@ -274,9 +275,7 @@ final class MapCore {
         let chunk = sent
         let state = self.state
         sent += 1
-        var packed = ChunkPacker(capacity: options.chunkSize)
-        swap(&packed, &packer)
-        let handle = supervisor.submitChunk(packed, options: options) { state.deliver(chunk, $0) }
+        let handle = supervisor.submitChunk(packer, options: options) { state.deliver(chunk, $0) }
         state.sent(chunk, handle)
     }
 
@@ -301,14 +300,17 @@ final class MapCore {
 }
 
 /// Inputs packed as a batch body as they come (no array of inputs kept); a chunk of one input
-/// keeps it as is, to go as a plain request.
-struct ChunkPacker {
-    /// The items so far, after 4 bytes that ``take()`` fills with the count: the first `used`
-    /// bytes of `body`, whose count is its capacity (written in place, no append per input).
-    private var body: [UInt8] = []
-    private var used = 0
-    private(set) var count = 0
-    private(set) var single: [UInt8]?
+/// keeps it as is, to go as a plain request. The body is built in a buffer of its own (a length
+/// stored and the bytes copied per input, no array append) and becomes an array once, whole.
+/// Used by one task at a time (the map's iterator, or the caller of the completion form).
+final class ChunkPacker {
+    /// The items so far, after 4 bytes that ``take()`` fills with the count: `used` bytes of
+    /// `reserved`.
+    @exclusivity(unchecked) private var body: UnsafeMutableRawPointer?
+    @exclusivity(unchecked) private var reserved = 0
+    @exclusivity(unchecked) private var used = 0
+    @exclusivity(unchecked) private(set) var count = 0
+    @exclusivity(unchecked) private(set) var single: [UInt8]?
     /// The inputs a chunk holds at most: the body is sized once, from its first two inputs.
     private let capacity: Int
 
@@ -316,7 +318,9 @@ struct ChunkPacker {
         self.capacity = capacity
     }
 
-    mutating func add(_ input: [UInt8]) {
+    deinit { body?.deallocate() }
+
+    func add(_ input: [UInt8]) {
         if count == 0 {
             single = input
         } else {
@@ -325,7 +329,14 @@ struct ChunkPacker {
                 // Room for the chunk if its inputs are about the size of its first two (the
                 // common case of same-sized inputs: no growth), within a bound.
                 let guess = 4 + min(capacity, Batch.maxCount) * (4 + max(first.count, input.count))
-                body = Array(repeating: 0, count: max(min(guess, 1 << 22), 12 + first.count + input.count))
+                let want = max(min(guess, 1 << 22), 12 + first.count + input.count)
+                // The buffer of the chunks before is kept, unless it is too small, or large
+                // beyond what this one is likely to need.
+                if reserved < want || reserved > max(want, 1 << 22) {
+                    body?.deallocate()
+                    body = nil
+                    grow(to: want)
+                }
                 used = 4
                 append(first)
             }
@@ -334,23 +345,49 @@ struct ChunkPacker {
         count += 1
     }
 
-    /// The batch body: count, then items (for a chunk of two or more).
-    mutating func take() -> [UInt8] {
-        body.removeLast(body.count - used)
-        body.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(count).littleEndian, toByteOffset: 0, as: UInt32.self) }
-        return body
+    /// The input of a chunk of one, which then empties; `nil` for any other count.
+    func takeSingle() -> [UInt8]? {
+        guard count == 1, let input = single else { return nil }
+        reset()
+        return input
     }
 
-    private mutating func append(_ input: [UInt8]) {
+    /// The batch body (count, then items) of a chunk of two or more, which then empties (its
+    /// buffer is kept for the next).
+    func take() -> [UInt8] {
+        guard let body, count > 1 else { return [] }
+        body.storeBytes(of: UInt32(count).littleEndian, as: UInt32.self)
+        let packed = Array(UnsafeRawBufferPointer(start: body, count: used))
+        reset()
+        return packed
+    }
+
+    /// Empties the chunk.
+    func reset() {
+        count = 0
+        used = 0
+        single = nil
+    }
+
+    @inline(__always)
+    private func append(_ input: [UInt8]) {
         let n = input.count
         let end = used + 4 + n
-        if end > body.count { body.append(contentsOf: repeatElement(0, count: max(end, 2 * body.count) - body.count)) }
-        let at = used
-        body.withUnsafeMutableBytes { out in
-            out.storeBytes(of: UInt32(truncatingIfNeeded: n).littleEndian, toByteOffset: at, as: UInt32.self)
-            if n > 0 { input.withUnsafeBytes { out.baseAddress!.advanced(by: at + 4).copyMemory(from: $0.baseAddress!, byteCount: n) } }
-        }
+        if end > reserved { grow(to: max(end, 2 * reserved)) }
+        let at = body! + used
+        at.storeBytes(of: UInt32(truncatingIfNeeded: n).littleEndian, as: UInt32.self)
+        if n > 0 { input.withUnsafeBytes { (at + 4).copyMemory(from: $0.baseAddress!, byteCount: n) } }
         used = end
+    }
+
+    private func grow(to size: Int) {
+        let bigger = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8)
+        if let body {
+            bigger.copyMemory(from: body, byteCount: used)
+            body.deallocate()
+        }
+        body = bigger
+        reserved = size
     }
 }
 

@@ -186,6 +186,7 @@ struct BatchReader {
     var remaining: Int { count - index }
 
     /// The next result, `nil` after the last.
+    @inline(__always)
     mutating func next() -> Result<MapResponse, SupervisorError>? {
         guard index < count else { return nil }
         let i = index
