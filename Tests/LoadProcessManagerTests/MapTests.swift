@@ -81,18 +81,18 @@ struct MapTests {
         #expect(got.count == 5 && got.allSatisfy { $0.error?.code == .shutDown }, "a stopped pool answers every input")
     }
 
-    @Test("cancelling the consumer cancels the chunks outstanding; each still gets one result")
-    func cancellation() async throws {
+    @Test("cancelling the consumer cancels the chunks outstanding; each input sent gets one result", arguments: [1, 10])
+    func cancellation(chunkSize: Int) async throws {
         let (s, _) = try await startOnline(testConfig("never", count: 1))
         let task = Task {
             var results: [Result<MapResponse, SupervisorError>] = []
-            for await r in s.map(inputs(1000), options: MapOptions(chunkSize: 1, maxChunksInFlight: 4)) { results.append(r) }
+            for await r in s.map(inputs(1000), options: MapOptions(chunkSize: chunkSize, maxChunksInFlight: 4)) { results.append(r) }
             return results
         }
         #expect(await eventually { await s.status().pending == 4 })
         task.cancel()
         let results = await task.value
-        #expect(results.count == 4, "the chunks outstanding, and no more: \(results.count)")
+        #expect(results.count == 4 * chunkSize, "the chunks outstanding, and no more: \(results.count)")
         #expect(results.allSatisfy { $0.error?.code == .cancelled })
         #expect(await s.status().pending == 0)
         await s.hardKill()

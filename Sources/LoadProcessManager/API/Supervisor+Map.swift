@@ -79,8 +79,9 @@ extension Supervisor {
     /// Inputs are read lazily, on the consuming task, as results are consumed: at most
     /// ``MapOptions/maxChunksInFlight`` chunks are outstanding. Cancelling the consuming task
     /// cancels the chunks outstanding (their inputs get `cancelled`) and ends the sequence after
-    /// them; inputs not yet sent are not read. An invalid `chunkSize` or window (below 1) gives
-    /// one `invalidArgument` result and ends the sequence.
+    /// them; no further chunk is sent (the inputs of the chunk being filled may have been read,
+    /// they are not sent). An invalid `chunkSize` or window (below 1) gives one `invalidArgument`
+    /// result and ends the sequence.
     public func map<Inputs: Sequence>(_ inputs: Inputs, options: MapOptions = MapOptions()) -> MapResults<Inputs>
         where Inputs.Element == [UInt8] {
         MapResults(supervisor: self, inputs: inputs, options: options)
@@ -251,18 +252,26 @@ final class MapCore {
         // a chunk's results arrive (`awaitNext`), so here the task's own flag suffices, read
         // once a chunk (when it starts), not once an input.
         if cancelled || (packer.count == 0 && Task.isCancelled) {
-            cancelled = true
-            inputEnded = true
-            packer.reset()  // a partial chunk is not sent
+            stopReading()
             return false
         }
         return true
     }
 
+    /// The consumer was cancelled: no more inputs are read, and a partial chunk is not sent.
+    private func stopReading() {
+        cancelled = true
+        inputEnded = true
+        packer.reset()
+    }
+
     @usableFromInline
     func add(_ input: [UInt8]) {
         packer.add(input)
-        if packer.count == options.chunkSize { sendChunk() }
+        guard packer.count == options.chunkSize else { return }
+        // Checked here and when a chunk starts (`wantsInputs`), not once an input.
+        if Task.isCancelled { return stopReading() }
+        sendChunk()
     }
 
     @usableFromInline
