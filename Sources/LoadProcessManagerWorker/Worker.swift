@@ -113,11 +113,10 @@ public final class Worker {
         self.maxPayload = maxPayload
         executor = WorkerExecutor(handle: reactor.handle)
         servesMainActor = MainQueue.attach(to: reactor)
-        // `unowned(unsafe)`: the channel is this worker's own (only the worker and its flusher
-        // hold it, and the reactor's registration holds it unowned), so it delivers frames only
-        // while the worker is alive; a checked `unowned` costs two atomic operations per frame.
-        // Through `Unmanaged`: the worker is borrowed for the call, not retained (as
-        // `unowned(unsafe)` still does).
+        // Unretained: the channel is this worker's own (only the worker and its flusher hold it,
+        // and the reactor's registration holds it unowned), so it delivers frames only while the
+        // worker is alive. Through `Unmanaged`, the worker is borrowed for each call; a checked
+        // `unowned` costs two atomic operations per frame, and `unowned(unsafe)` still a retain.
         let unmanaged = Unmanaged.passUnretained(self)
         channel.onFrame = { header, payload in unmanaged._withUnsafeGuaranteedRef { $0.frame(header, payload) } }
         channel.onEnd = { [unowned self] end in
@@ -379,16 +378,16 @@ public final class Worker {
         var offset = 4
         // Items answered during their call reach `state` unretained: it lives until the loop ends.
         withExtendedLifetime(state) {
-        for i in 0..<count {
-            let n = Int(body.readLittleEndian(at: offset, as: UInt32.self))
-            let item = UnsafeRawBufferPointer(rebasing: body[(offset + 4)..<(offset + 4 + n)])
-            offset += 4 + n
-            let request = nextRequest(reusing: &current, wireID: h.id, head: head, body: item)
-            request.batchItem = Unmanaged.passUnretained(state)
-            request.batchIndex = i
-            // Handed over, not shared: answered during the call, it comes back for the next item.
-            current = handle(consume request)
-        }
+            for i in 0..<count {
+                let n = Int(body.readLittleEndian(at: offset, as: UInt32.self))
+                let item = UnsafeRawBufferPointer(rebasing: body[(offset + 4)..<(offset + 4 + n)])
+                offset += 4 + n
+                let request = nextRequest(reusing: &current, wireID: h.id, head: head, body: item)
+                request.batchItem = Unmanaged.passUnretained(state)
+                request.batchIndex = i
+                // Handed over, not shared: answered during the call, it comes back for the next item.
+                current = handle(consume request)
+            }
         }
         if let done = current { keepSpare(done) }
     }
