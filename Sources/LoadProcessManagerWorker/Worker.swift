@@ -321,6 +321,7 @@ public final class Worker {
     }
 
     /// A request object for a frame: a spare one reused, or a new one.
+    @inline(__always)
     private func makeRequest(wireID: UInt64, head: Head, body: UnsafeRawBufferPointer) -> Request {
         if let reused = lastSpare.take() ?? spare.popLast() {
             reused.reuse(wireID: wireID, idWords: head.id, createdAt: head.createdAt, body: body)
@@ -332,6 +333,7 @@ public final class Worker {
     /// Calls the request handler for `request`; keeps it in flight if it is not answered by
     /// the end of the call. Returns it if it was answered during the call and nobody else holds
     /// it (not the handler, a timer, a stream or a task): the next request may reuse it.
+    @inline(__always)
     private func handle(_ request: consuming Request) -> Request? {
         request.inFlightIndex = Request.handling
         request.outer = handlingTop
@@ -431,6 +433,7 @@ public final class Worker {
             """)
     }
 
+    @inline(__always)
     func finish(_ request: Request, _ type: FrameType, _ data: [UInt8]) {
         checkThread()
         guard !request.answered, request.isInFlight else { return }
