@@ -117,6 +117,7 @@ package enum Batch {
 
     /// The answer that starts at `offset` in a batched response's payload (the first at 4): its
     /// status, its bytes and where the next one starts; `nil` when it does not fit the payload.
+    @inlinable
     package static func answer(in payload: UnsafeRawBufferPointer, at offset: Int) -> (ok: Bool, bytes: UnsafeRawBufferPointer, next: Int)? {
         guard offset >= 0, payload.count - offset >= 5 else { return nil }
         let n = Int(payload.readLittleEndian(at: offset + 1, as: UInt32.self))

@@ -46,8 +46,13 @@ extension Worker {
         /// answer not yet finished) nor cancelled.
         var isInFlight: Bool { inFlightIndex != Request.notInFlight }
         /// The batch this request is an item of, and its place there (`nil`: a request of its own).
-        @exclusivity(unchecked) var batch: BatchAnswers?
+        /// Not retained (a retain and a release per item): the batch's loop holds the batch while
+        /// the item's handler call runs, and ``batch`` holds it for an item still in flight after
+        /// its call. Read only while the request is in flight.
+        @exclusivity(unchecked) var batchItem: Unmanaged<BatchAnswers>?
         @exclusivity(unchecked) var batchIndex = 0
+        /// The batch, held for an item that is still in flight after its handler call.
+        @exclusivity(unchecked) var batch: BatchAnswers?
         /// The task running an async handler for this request, cancelled with the request.
         @exclusivity(unchecked) var task: Task<Void, Never>?
         /// The stream sent with the request, if any: read it with ``InputStream/resume()`` and its
@@ -72,11 +77,18 @@ extension Worker {
         /// Makes a request that nobody kept after its answer ready for the next frame. The
         /// payload keeps its buffer when nothing else holds it (copy on write sees to that),
         /// unless the buffer grew large.
-        func reuse(wireID: UInt64, id: RequestID, createdAt: UInt64, body: UnsafeRawBufferPointer) {
+        @inline(__always)
+        func reuse(wireID: UInt64, idWords: (UInt64, UInt64), createdAt: UInt64, body: UnsafeRawBufferPointer) {
             self.wireID = wireID
-            self.id = id
+            // From two words: a `RequestID` passed as it is, a tuple of 16 bytes, is copied byte
+            // by byte.
+            id = unsafeBitCast(idWords, to: RequestID.self)
             self.createdAt = createdAt
-            if payload.capacity > Request.retainedDataCapacity {
+            if payload.count == body.count {
+                // The same size as the last (the common case of same-sized requests): one copy
+                // over the bytes, no change of count.
+                if !body.isEmpty { payload.withUnsafeMutableBytes { $0.copyMemory(from: body) } }
+            } else if payload.capacity > Request.retainedDataCapacity {
                 payload = Array(body)
             } else {
                 // One call that empties the array and copies the bytes in, keeping the buffer
@@ -85,8 +97,10 @@ extension Worker {
             }
             isCancelled = false
             answered = false
-            batch = nil
-            stream = nil
+            // Each checked first: storing `nil` over `nil` still releases the old value.
+            batchItem = nil
+            if batch != nil { batch = nil }
+            if stream != nil { stream = nil }
             socket = nil
         }
 

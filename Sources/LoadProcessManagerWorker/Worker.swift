@@ -32,8 +32,25 @@ public final class Worker {
     /// the supervisor did not set it.
     public let slot: Int?
     private let channel: Channel
+    /// The largest frame payload (the channel's, read here without a call into LPMWire).
+    private let maxPayload: Int
+    /// The thread that delivered the last frame: the reactor's. An answer from it needs no
+    /// further check (``checkThread()``).
+    @exclusivity(unchecked) private var frameThread: pthread_t = 0
     private let flusher: ChannelFlusher
-    @exclusivity(unchecked) var requestHandler: (Request) -> Void = { $0.fail("this worker has no request handler") }
+    /// The request handler. Called through ``handlerBox``, whose `let` is borrowed for the call
+    /// (a closure stored in a `var` is copied, its context retained, at every call).
+    var requestHandler: (Request) -> Void {
+        get { handlerBox.call }
+        set {
+            // A handler replaced during a handler call (its own, maybe) stays alive until the
+            // outermost call returns.
+            if handlingTop != nil { retiredHandlers.append(handlerBox) }
+            handlerBox = RequestHandlerBox(newValue)
+        }
+    }
+    @exclusivity(unchecked) private var handlerBox = RequestHandlerBox { $0.fail("this worker has no request handler") }
+    @exclusivity(unchecked) private var retiredHandlers: [RequestHandlerBox] = []
     private var eventHandlers: [String: (Event) -> Void] = [:]
     private var softKillHandler: ((_ done: @escaping () -> Void) -> Void)?
     private var hardKillHandler: (() -> Void)?
@@ -49,6 +66,9 @@ public final class Worker {
     /// them (and their payload buffers), so a request costs no allocation.
     @exclusivity(unchecked) private var spare: [Request] = []
     private static let spareLimit = 16
+    /// The spare taken first and given back first: a request answered during its call comes
+    /// back here, so one at a time costs no array operation.
+    @exclusivity(unchecked) private var lastSpare: Request?
     /// Runs the tasks of async handlers on this thread (see ``taskExecutor``).
     let executor: WorkerExecutor
     /// Whether the main dispatch queue, the main actor's executor, is served by ``reactor``:
@@ -90,12 +110,15 @@ public final class Worker {
         reactor = try Reactor(backend: backend)
         flusher = ChannelFlusher(reactor: reactor)
         channel = Channel(fd: fd, reactor: reactor, flusher: flusher, maxPayload: maxPayload)
+        self.maxPayload = maxPayload
         executor = WorkerExecutor(handle: reactor.handle)
         servesMainActor = MainQueue.attach(to: reactor)
-        // `unowned(unsafe)`: the channel is this worker's own (only the worker and its flusher
-        // hold it, and the reactor's registration holds it unowned), so it delivers frames only
-        // while the worker is alive; a checked `unowned` costs two atomic operations per frame.
-        channel.onFrame = { [unowned(unsafe) self] header, payload in self.frame(header, payload) }
+        // Unretained: the channel is this worker's own (only the worker and its flusher hold it,
+        // and the reactor's registration holds it unowned), so it delivers frames only while the
+        // worker is alive. Through `Unmanaged`, the worker is borrowed for each call; a checked
+        // `unowned` costs two atomic operations per frame, and `unowned(unsafe)` still a retain.
+        let unmanaged = Unmanaged.passUnretained(self)
+        channel.onFrame = { header, payload in unmanaged._withUnsafeGuaranteedRef { $0.frame(header, payload) } }
         channel.onEnd = { [unowned self] end in
             switch end {
             case .endOfFile: self.exit(code: 0)  // the supervisor is gone
@@ -217,9 +240,10 @@ public final class Worker {
     // MARK: Frames
 
     private func frame(_ h: FrameHeader, _ payload: UnsafeRawBufferPointer) {
+        frameThread = pthread_self()
         switch h.type {
         case .request:
-            guard let (head, body) = RequestHead.decode(payload) else {
+            guard let (head, body) = Head.decode(payload) else {
                 return violation("request frame shorter than its \(RequestHead.size)-byte head")
             }
             if h.flags.contains(.batch) { return batch(h, head, body) }
@@ -232,7 +256,7 @@ public final class Worker {
                     request.socket = fd
                 }
             }
-            handle(request)
+            if let done = handle(consume request) { keepSpare(done) }
         case .event, .broadcast:
             guard let (name, data) = EventPayload.decode(payload) else { return violation("malformed event frame") }
             var socket: CInt?
@@ -260,7 +284,8 @@ public final class Worker {
                 let onCancel = r.onCancel, task = r.task
                 leaveFlight(r)
                 r.isCancelled = true
-                r.batch?.cancelled = true
+                // In flight: its batch is held (by its loop, or by the request).
+                r.batchItem?._withUnsafeGuaranteedRef { $0.cancelled = true }
                 onCancel?()
                 task?.cancel()
             }
@@ -274,54 +299,99 @@ public final class Worker {
         }
     }
 
+    /// Keeps `request` (answered, held by nobody) for a later frame, if there is room.
+    @inline(__always)
+    private func keepSpare(_ request: consuming Request) {
+        if lastSpare == nil {
+            lastSpare = consume request
+        } else if spare.count < Worker.spareLimit {
+            spare.append(consume request)
+        }
+    }
+
+    /// `current` reused (taken out of it) for the next item of a batch, or a request from
+    /// ``makeRequest(wireID:head:body:)``. Returned owned: binding it to a second name in the
+    /// caller costs a retain and a release.
+    @inline(__always)
+    private func nextRequest(reusing current: inout Request?, wireID: UInt64, head: Head,
+                             body: UnsafeRawBufferPointer) -> Request {
+        guard let reused = current.take() else { return makeRequest(wireID: wireID, head: head, body: body) }
+        reused.reuse(wireID: wireID, idWords: head.id, createdAt: head.createdAt, body: body)
+        return reused
+    }
+
     /// A request object for a frame: a spare one reused, or a new one.
-    private func makeRequest(wireID: UInt64, head: RequestHead, body: UnsafeRawBufferPointer) -> Request {
-        if let reused = spare.popLast() {
-            reused.reuse(wireID: wireID, id: head.id, createdAt: head.createdAt, body: body)
+    @inline(__always)
+    private func makeRequest(wireID: UInt64, head: Head, body: UnsafeRawBufferPointer) -> Request {
+        if let reused = lastSpare.take() ?? spare.popLast() {
+            reused.reuse(wireID: wireID, idWords: head.id, createdAt: head.createdAt, body: body)
             return reused
         }
-        return Request(worker: self, wireID: wireID, id: head.id, createdAt: head.createdAt, data: Array(body))
+        return Request(worker: self, wireID: wireID, id: head.requestID, createdAt: head.createdAt, data: Array(body))
     }
 
     /// Calls the request handler for `request`; keeps it in flight if it is not answered by
-    /// the end of the call, or keeps it for reuse if nobody else holds it.
-    private func handle(_ r: consuming Request) {
-        var request = r
+    /// the end of the call. Returns it if it was answered during the call and nobody else holds
+    /// it (not the handler, a timer, a stream or a task): the next request may reuse it.
+    @inline(__always)
+    private func handle(_ request: consuming Request) -> Request? {
         request.inFlightIndex = Request.handling
         request.outer = handlingTop
         handlingTop = Unmanaged.passUnretained(request)
         handlingInFlight += 1
-        requestHandler(request)
+        callHandler(request)
         handlingTop = request.outer
         request.outer = nil
+        if handlingTop == nil && !retiredHandlers.isEmpty { retiredHandlers.removeAll() }
         if request.inFlightIndex == Request.handling {
             // Not answered yet (or its streamed answer is still being written): in flight
             // until it is.
             handlingInFlight -= 1
             request.inFlightIndex = inFlight.count
+            // An item of a batch holds its batch from now on (the batch's loop moves on).
+            if let item = request.batchItem { request.batch = item.takeUnretainedValue() }
             inFlight.append(request)
-        } else if spare.count < Worker.spareLimit && isKnownUniquelyReferenced(&request) {
-            // Answered during the call, and held by nobody else (not the handler, a timer, a
-            // stream or a task): the next request reuses it.
-            spare.append(consume request)
+            return nil
         }
+        guard isKnownUniquelyReferenced(&request) else { return nil }
+        return consume request
+    }
+
+    /// Calls the request handler, borrowed (a closure capturing `handle`'s variable would make
+    /// its accesses dynamically checked).
+    @inline(__always)
+    private func callHandler(_ request: Request) {
+        Unmanaged.passUnretained(handlerBox)._withUnsafeGuaranteedRef { $0.call(request) }
     }
 
     /// A batched request: each item goes to the request handler as a request of its own (same
     /// id and wire id as the batch), and their answers go back in one frame, in order.
-    private func batch(_ h: FrameHeader, _ head: RequestHead, _ body: UnsafeRawBufferPointer) {
+    private func batch(_ h: FrameHeader, _ head: Head, _ body: UnsafeRawBufferPointer) {
         if h.flags.announcesDescriptor { return violation("a batched request with a descriptor") }
         guard let count = Batch.itemCount(body), count > 0 else {
             return violation("malformed batched request")
         }
-        let state = BatchAnswers(wireID: h.id, count: count)
-        Batch.forEachItem(ofChecked: body, count: count) { i, item in
-            let request = makeRequest(wireID: h.id, head: head, body: item)
-            request.batch = state
-            request.batchIndex = i
-            // Handed over, not shared: answered during the call, it goes back to the spares.
-            handle(consume request)
+        let state = BatchAnswers(wireID: h.id, count: count, bodySize: body.count)
+        // One request object goes from item to item while each is answered during its call and
+        // kept by nobody: no trip through the spares per item.
+        var current: Request?
+        // The items walked here, not through `Batch.forEachItem`: its closure is not inlined
+        // across the module boundary (a call and a context per item). `itemCount` checked them.
+        var offset = 4
+        // Items answered during their call reach `state` unretained: it lives until the loop ends.
+        withExtendedLifetime(state) {
+            for i in 0..<count {
+                let n = Int(body.readLittleEndian(at: offset, as: UInt32.self))
+                let item = UnsafeRawBufferPointer(rebasing: body[(offset + 4)..<(offset + 4 + n)])
+                offset += 4 + n
+                let request = nextRequest(reusing: &current, wireID: h.id, head: head, body: item)
+                request.batchItem = Unmanaged.passUnretained(state)
+                request.batchIndex = i
+                // Handed over, not shared: answered during the call, it comes back for the next item.
+                current = handle(consume request)
+            }
         }
+        if let done = current { keepSpare(done) }
     }
 
     private func violation(_ reason: String) {
@@ -332,6 +402,7 @@ public final class Worker {
 
     /// Takes `request` out of the in-flight list (if it is still there) and drops what it no
     /// longer needs: its cancel handler (which may capture it) and its task handle.
+    @inline(__always)
     private func leaveFlight(_ request: Request) {
         let i = request.inFlightIndex
         if i >= 0 {
@@ -354,40 +425,53 @@ public final class Worker {
     /// belong to that thread, and a race there would lose or corrupt answers.
     @inline(__always)
     private func checkThread() {
+        // The thread that delivers frames is the reactor's: on it, no call into the reactor.
+        if _fastPath(pthread_self() == frameThread) { return }
         precondition(reactor.isOnReactorThread, """
             a Worker.Request was answered off the worker's thread; answer on it (an async handler \
             runs there), or hop with worker.reactor.handle.execute { _ in ... }
             """)
     }
 
+    @inline(__always)
     func finish(_ request: Request, _ type: FrameType, _ data: [UInt8]) {
         checkThread()
         guard !request.answered, request.isInFlight else { return }
         request.answered = true
         leaveFlight(request)
-        if let batch = request.batch {
-            request.batch = nil
-            batch.answer(request.batchIndex, ok: type != .error, data)
-            if batch.isComplete && !batch.cancelled { sendBatch(batch) }
+        if let item = request.batchItem {
+            request.batchItem = nil
+            // Held by its loop (answered during its call) or by `request.batch` (after it).
+            let held = request.batch.take()
+            item._withUnsafeGuaranteedRef { batch in
+                batch.answer(request.batchIndex, ok: type != .error, data)
+                if batch.isComplete && !batch.cancelled { sendBatch(batch) }
+            }
+            withExtendedLifetime(held) {}
             if softKillRequested { maybeFinishSoftKill() }
             return
         }
-        if data.count > channel.maxPayload {
-            // The supervisor would take a frame this large as a protocol violation and kill this
-            // worker: fail the request instead, saying why.
-            let message = "the response of \(data.count) bytes exceeds the largest frame (\(channel.maxPayload) bytes)"
-            channel.send(.error, id: request.wireID, payload: Array(message.utf8))
-        } else {
+        if _fastPath(data.count <= maxPayload) {
             channel.send(type, id: request.wireID, payload: data)
+        } else {
+            refuseOversized(request, data.count)
         }
         if softKillRequested { maybeFinishSoftKill() }
     }
 
+    /// Fails a request whose response exceeds the largest frame: the supervisor would take such
+    /// a frame as a protocol violation and kill this worker. Out of line: `finish` stays small.
+    @inline(never)
+    private func refuseOversized(_ request: Request, _ count: Int) {
+        let message = "the response of \(count) bytes exceeds the largest frame (\(maxPayload) bytes)"
+        channel.send(.error, id: request.wireID, payload: Array(message.utf8))
+    }
+
     /// Sends a batch's answers, once all are in.
     private func sendBatch(_ batch: BatchAnswers) {
-        let payload = batch.encoded()
-        if payload.count > channel.maxPayload {
-            let message = "the answers of a batch of \(batch.count), \(payload.count) bytes, exceed the largest frame (\(channel.maxPayload) bytes)"
+        let payload = batch.encoded
+        if payload.count > maxPayload {
+            let message = "the answers of a batch of \(batch.count), \(payload.count) bytes, exceed the largest frame (\(maxPayload) bytes)"
             channel.send(.error, id: batch.wireID, payload: Array(message.utf8))
         } else {
             channel.send(.response, id: batch.wireID, flags: .batch, length: payload.count) { $0.append(contentsOf: payload) }
@@ -398,7 +482,7 @@ public final class Worker {
     func finishStreaming(_ request: Request, _ data: [UInt8]) -> OutputStream? {
         checkThread()
         guard !request.answered, request.isInFlight else { return nil }
-        if request.batch != nil {
+        if request.batchItem != nil {
             finish(request, .error, Array("a request of a batch cannot answer with a stream".utf8))
             return nil
         }
@@ -447,42 +531,108 @@ public final class Worker {
     }
 }
 
-/// The answers of a batched request, gathered in the items' order until the last is in.
+/// The answers of a batched request, gathered in the items' order until the last is in: encoded
+/// straight into a buffer of its own (status, length, bytes), sent in one copy.
 final class BatchAnswers {
     let wireID: UInt64
     let count: Int
     // One thread, no overlapping access (as for `Request`): no dynamic exclusivity checks.
     /// Set when the supervisor cancelled the batch: nothing is sent.
     @exclusivity(unchecked) var cancelled = false
-    /// The answers encoded so far, in order (after the count); those that came early wait in
-    /// `early` until the ones before them are in.
-    @exclusivity(unchecked) private var out: [UInt8] = []
+    /// The answers encoded so far, in order, after the count: `used` bytes of `capacity`.
+    @exclusivity(unchecked) private var buffer: UnsafeMutableRawPointer
+    @exclusivity(unchecked) private var capacity: Int
+    @exclusivity(unchecked) private var used = 4
     @exclusivity(unchecked) private var next = 0
+    /// Answers that came before the ones ahead of them, waiting for their turn.
     @exclusivity(unchecked) private var early: [Int: (Bool, [UInt8])] = [:]
 
-    init(wireID: UInt64, count: Int) {
+    /// `bodySize`: the request's items (4 bytes of length each, and their bytes), a guess of the
+    /// answers' size (one byte more per item).
+    init(wireID: UInt64, count: Int, bodySize: Int) {
         self.wireID = wireID
         self.count = count
-        out.reserveCapacity(4 + count * 16)
-        out.appendLittleEndian(UInt32(count))
+        capacity = max(64, bodySize + count + 4)
+        buffer = .allocate(byteCount: capacity, alignment: 8)
+        buffer.storeBytes(of: UInt32(count).littleEndian, as: UInt32.self)
     }
+
+    deinit { buffer.deallocate() }
 
     var isComplete: Bool { next == count }
 
     func answer(_ i: Int, ok: Bool, _ data: [UInt8]) {
-        guard i == next else {
-            early[i] = (ok, data)
-            return
-        }
-        Batch.appendAnswer(ok: ok, data, into: &out)
+        guard _fastPath(i == next) else { return keepEarly(i, ok: ok, data) }
+        append(ok: ok, data)
         next += 1
-        while !early.isEmpty, let (ok, data) = early.removeValue(forKey: next) {
-            Batch.appendAnswer(ok: ok, data, into: &out)
+        if _slowPath(!early.isEmpty) { appendEarly() }
+    }
+
+    /// Out of line, as ``appendEarly()``: the in-order path stays small.
+    @inline(never)
+    private func keepEarly(_ i: Int, ok: Bool, _ data: [UInt8]) {
+        early[i] = (ok, data)
+    }
+
+    /// Appends the answers that came early and whose turn it now is.
+    @inline(never)
+    private func appendEarly() {
+        while let (ok, data) = early.removeValue(forKey: next) {
+            append(ok: ok, data)
             next += 1
         }
     }
 
-    func encoded() -> [UInt8] { out }
+    @inline(__always)
+    private func append(ok: Bool, _ data: [UInt8]) {
+        let n = data.count
+        let end = used + 5 + n
+        if end > capacity { grow(to: end) }
+        let at = buffer + used
+        at.storeBytes(of: ok ? 0 : 1, as: UInt8.self)
+        at.storeBytes(of: UInt32(truncatingIfNeeded: n).littleEndian, toByteOffset: 1, as: UInt32.self)
+        if n > 0 { data.withUnsafeBytes { (at + 5).copyMemory(from: $0.baseAddress!, byteCount: n) } }
+        used = end
+    }
+
+    private func grow(to size: Int) {
+        let bigger = max(size, capacity * 2)
+        let new = UnsafeMutableRawPointer.allocate(byteCount: bigger, alignment: 8)
+        new.copyMemory(from: buffer, byteCount: used)
+        buffer.deallocate()
+        buffer = new
+        capacity = bigger
+    }
+
+    /// The encoded answers (count, then each), valid until this object changes or goes.
+    var encoded: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: buffer, count: used) }
+}
+
+/// A request's head (``RequestHead``: the id's 16 bytes, then `createdAt`), read as three words.
+/// The id stays two words until it is stored: a `RequestID`, a tuple of 16 bytes, is copied byte
+/// by byte each time it is passed on.
+struct Head {
+    let id: (UInt64, UInt64)
+    let createdAt: UInt64
+
+    var requestID: RequestID { unsafeBitCast(id, to: RequestID.self) }
+
+    /// The head and the body after it; `nil` when `payload` is shorter than the head.
+    @inline(__always)
+    static func decode(_ payload: UnsafeRawBufferPointer) -> (Head, UnsafeRawBufferPointer)? {
+        guard payload.count >= RequestHead.size else { return nil }
+        // The id's bytes as they lie (network order), the time little-endian.
+        let head = Head(id: (payload.loadUnaligned(fromByteOffset: 0, as: UInt64.self),
+                             payload.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
+                        createdAt: payload.readLittleEndian(at: 16, as: UInt64.self))
+        return (head, UnsafeRawBufferPointer(rebasing: payload[RequestHead.size...]))
+    }
+}
+
+/// The request handler, held where a call can borrow it.
+final class RequestHandlerBox {
+    let call: (Worker.Request) -> Void
+    init(_ call: @escaping (Worker.Request) -> Void) { self.call = call }
 }
 
 /// A worker-side failure to start.

@@ -20,6 +20,39 @@ struct MapTests {
         await s.softKill()
     }
 
+    @Test("a chunked result is a slice of the chunk's answer: bytes, data and text agree")
+    func responseSlices() async throws {
+        let (s, _) = try await startOnline(testConfig("echo", count: 1))
+        var k = 0
+        for await result in s.map(inputs(50), options: MapOptions(chunkSize: 10)) {
+            let r = try result.get()
+            let expected = Array("item \(k)".utf8)
+            #expect(Array(r.bytes) == expected && r.data == expected && r.text == "item \(k)")
+            #expect(r.bytes.count == expected.count && r.attempts == 1 && r.workerPID > 0)
+            k += 1
+        }
+        #expect(k == 50)
+        await s.softKill()
+    }
+
+    @Test("a chunk's items answered later and out of order by an async handler come back in order")
+    func asyncItemsOutOfOrder() async throws {
+        let (s, _) = try await startOnline(testConfig("async-sleep", count: 1))
+        // Each input is the handler's sleep in milliseconds: the later items finish first.
+        let delays = [40, 30, 0, 20, 10, 0, 35, 5]
+        let items = delays.map { Array(String($0).utf8) }
+        var got: [String] = []
+        for await r in s.map(items, options: MapOptions(chunkSize: delays.count)) {
+            got.append((try? r.get().text) ?? "error: \(r)")
+        }
+        // "<delay>:<completion order>:<thread>": each answer is its own input's, in input order,
+        // and they completed in another order.
+        #expect(got.map { $0.split(separator: ":").first.map(String.init) } == delays.map { String($0) }, "\(got)")
+        let order = got.compactMap { $0.split(separator: ":").dropFirst().first.flatMap { Int($0) } }
+        #expect(Set(order) == Set(1...delays.count) && order != Array(1...delays.count), "\(got)")
+        await s.softKill()
+    }
+
     @Test("the completion form: all results, in order, once")
     func completionForm() async throws {
         let (s, _) = try await startOnline(testConfig("echo", count: 3))
@@ -36,7 +69,7 @@ struct MapTests {
     @Test("invalid options give one invalidArgument result; a stopped pool answers every input")
     func errors() async throws {
         let (s, _) = try await startOnline(testConfig("echo", count: 1))
-        var got: [Result<WorkerResponse, SupervisorError>] = []
+        var got: [Result<MapResponse, SupervisorError>] = []
         for await r in s.map(inputs(3), options: MapOptions(chunkSize: 0)) { got.append(r) }
         #expect(got.count == 1 && got.first?.error?.code == .invalidArgument)
         got = []
@@ -48,18 +81,18 @@ struct MapTests {
         #expect(got.count == 5 && got.allSatisfy { $0.error?.code == .shutDown }, "a stopped pool answers every input")
     }
 
-    @Test("cancelling the consumer cancels the chunks outstanding; each still gets one result")
-    func cancellation() async throws {
+    @Test("cancelling the consumer cancels the chunks outstanding; each input sent gets one result", arguments: [1, 10])
+    func cancellation(chunkSize: Int) async throws {
         let (s, _) = try await startOnline(testConfig("never", count: 1))
         let task = Task {
-            var results: [Result<WorkerResponse, SupervisorError>] = []
-            for await r in s.map(inputs(1000), options: MapOptions(chunkSize: 1, maxChunksInFlight: 4)) { results.append(r) }
+            var results: [Result<MapResponse, SupervisorError>] = []
+            for await r in s.map(inputs(1000), options: MapOptions(chunkSize: chunkSize, maxChunksInFlight: 4)) { results.append(r) }
             return results
         }
         #expect(await eventually { await s.status().pending == 4 })
         task.cancel()
         let results = await task.value
-        #expect(results.count == 4, "the chunks outstanding, and no more: \(results.count)")
+        #expect(results.count == 4 * chunkSize, "the chunks outstanding, and no more: \(results.count)")
         #expect(results.allSatisfy { $0.error?.code == .cancelled })
         #expect(await s.status().pending == 0)
         await s.hardKill()
@@ -71,7 +104,7 @@ struct MapTests {
         c.restarts = 0
         c.afterBudgetSpent = .stop
         let (s, log) = try await startOnline(c)
-        var got: [Result<WorkerResponse, SupervisorError>] = []
+        var got: [Result<MapResponse, SupervisorError>] = []
         for await r in s.map(inputs(3), options: MapOptions(chunkSize: 3)) { got.append(r) }
         #expect(got.count == 3 && got.allSatisfy { $0.error != nil }, "\(got)")
         #expect(await log.wait(isViolation))
@@ -102,7 +135,7 @@ struct MapTests {
         let (s, _) = try await startOnline(c)
         let cancelled = CancelLog()
         s.on("cancelled") { e in cancelled.add(String(decoding: e.data, as: UTF8.self)) }
-        var got: [Result<WorkerResponse, SupervisorError>] = []
+        var got: [Result<MapResponse, SupervisorError>] = []
         for await r in s.map(inputs(5), options: MapOptions(chunkSize: 5)) { got.append(r) }
         #expect(got.count == 5 && got.allSatisfy { $0.error?.code == .timedOut }, "\(got)")
         _ = await eventually { cancelled.count >= 5 }

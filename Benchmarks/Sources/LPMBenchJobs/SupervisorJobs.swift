@@ -179,7 +179,7 @@ public final class Pool: Sendable {
         var k = 0
         var failures = 0
         for await r in supervisor.map(inputs, options: MapOptions(chunkSize: chunkSize, maxChunksInFlight: 64)) {
-            if case .success(let w) = r, w.data.count == 8 {} else { failures += 1 }
+            if case .success(let w) = r, w.bytes.count == 8 {} else { failures += 1 }
             k += 1
         }
         if k != n || failures > 0 { throw BenchError("map: \(k) of \(n) answered, \(failures) failed") }

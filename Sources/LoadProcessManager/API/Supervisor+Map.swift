@@ -1,3 +1,4 @@
+import Glibc
 import LPMReactor
 import LPMWire
 
@@ -24,6 +25,47 @@ public struct MapOptions: Sendable {
     }
 }
 
+/// One answer of ``Supervisor/map(_:options:)``: the bytes a worker answered for one input.
+///
+/// A chunk's answers arrive in one buffer; each `MapResponse` is a slice of it (``bytes``), so
+/// reading a result neither allocates nor copies. ``data`` copies the bytes into an array of
+/// their own (each time it is read): read ``bytes`` or ``text`` where a slice will do. A result
+/// kept keeps its chunk's buffer alive; keep ``data`` instead to hold one answer for long.
+/// A map's answers carry no stream (an item of a chunk cannot answer with one; a streamed
+/// answer to an input sent as a request of its own is closed).
+public struct MapResponse: Sendable {
+    /// The answer's bytes, in the buffer of the chunk's answers: its indices are that buffer's
+    /// (`bytes.startIndex` is not 0); `bytes.count`, iteration and `withUnsafeBytes` are free.
+    public let bytes: ArraySlice<UInt8>
+    /// The input's request id, a version 4 UUID (the chunk's: the inputs of a chunk share it).
+    public let id: RequestID
+    /// When the request was enqueued: nanoseconds on `CLOCK_MONOTONIC`.
+    public let createdAt: UInt64
+    /// The worker that answered.
+    public let workerPID: pid_t
+    /// How many attempts it took (1 unless retried; a chunk is retried whole).
+    public let attempts: Int
+
+    /// The bytes as an array of their own: a copy, made at each read (free when the answer is
+    /// the whole buffer, as for a chunk of one input).
+    public var data: [UInt8] { Array(bytes) }
+    /// The bytes as UTF-8 text.
+    public var text: String { String(decoding: bytes, as: UTF8.self) }
+
+    init(bytes: ArraySlice<UInt8>, id: RequestID, createdAt: UInt64, workerPID: pid_t, attempts: Int) {
+        self.bytes = bytes
+        self.id = id
+        self.createdAt = createdAt
+        self.workerPID = workerPID
+        self.attempts = attempts
+    }
+
+    /// The answer to an input sent as a request of its own.
+    init(_ r: WorkerResponse) {
+        self.init(bytes: r.data[...], id: r.id, createdAt: r.createdAt, workerPID: r.workerPID, attempts: r.attempts)
+    }
+}
+
 extension Supervisor {
     /// Sends every input to the workers and returns their answers in the inputs' order: one
     /// `Result` per input, a response or the error that input got (a timeout, a worker exit...).
@@ -37,8 +79,9 @@ extension Supervisor {
     /// Inputs are read lazily, on the consuming task, as results are consumed: at most
     /// ``MapOptions/maxChunksInFlight`` chunks are outstanding. Cancelling the consuming task
     /// cancels the chunks outstanding (their inputs get `cancelled`) and ends the sequence after
-    /// them; inputs not yet sent are not read. An invalid `chunkSize` or window (below 1) gives
-    /// one `invalidArgument` result and ends the sequence.
+    /// them; no further chunk is sent (the inputs of the chunk being filled may have been read,
+    /// they are not sent). An invalid `chunkSize` or window (below 1) gives one `invalidArgument`
+    /// result and ends the sequence.
     public func map<Inputs: Sequence>(_ inputs: Inputs, options: MapOptions = MapOptions()) -> MapResults<Inputs>
         where Inputs.Element == [UInt8] {
         MapResults(supervisor: self, inputs: inputs, options: options)
@@ -47,7 +90,7 @@ extension Supervisor {
     /// ``map(_:options:)`` with a completion: `completion` gets one result per input, in order,
     /// once every input is answered (on the reactor thread).
     public func map(_ inputs: [[UInt8]], options: MapOptions = MapOptions(),
-                    completion: @escaping @Sendable ([Result<WorkerResponse, SupervisorError>]) -> Void) {
+                    completion: @escaping @Sendable ([Result<MapResponse, SupervisorError>]) -> Void) {
         guard options.chunkSize >= 1 else {
             let error = SupervisorError(.invalidArgument, "chunkSize must be at least 1, got \(options.chunkSize)")
             return CallerTrampoline.run { completion(Array(repeating: .failure(error), count: inputs.count)) }
@@ -55,21 +98,21 @@ extension Supervisor {
         guard !inputs.isEmpty else { return CallerTrampoline.run { completion([]) } }
         let chunks = stride(from: 0, to: inputs.count, by: options.chunkSize).map { $0..<min($0 + options.chunkSize, inputs.count) }
         let join = MapJoin(chunks: chunks.count, count: inputs.count, completion)
+        let packer = ChunkPacker(capacity: options.chunkSize)
         for range in chunks {
-            var packer = ChunkPacker(capacity: options.chunkSize)
             for item in inputs[range] { packer.add(item) }
             submitChunk(packer, options: options) { join.set(at: range.lowerBound, $0) }
         }
     }
 
-    /// Sends one chunk (its items packed as a batch body; a chunk of one is sent as a plain
-    /// request); `completion` gets its results (on the reactor thread, or on this thread if the
-    /// pool is gone). Returns what cancels it.
+    /// Sends the chunk `packer` holds (its items packed as a batch body; a chunk of one is sent
+    /// as a plain request), and empties `packer` for the next; `completion` gets its results (on
+    /// the reactor thread, or on this thread if the pool is gone). Returns what cancels it.
     @discardableResult
-    func submitChunk(_ packer: consuming ChunkPacker, options: MapOptions,
+    func submitChunk(_ packer: ChunkPacker, options: MapOptions,
                      _ completion: @escaping Pool.BatchCompletion) -> RequestHandle {
         let count = packer.count
-        if let single = packer.single {
+        if let single = packer.takeSingle() {
             return enqueue(single, options: options.request) { completion(BatchResults([$0])) }
         }
         guard let submission = box.submit(.batch(packer.take(), count, options.request, completion)) else {
@@ -85,11 +128,11 @@ extension Supervisor {
 /// only on the reactor thread (chunk completions), or on the caller's thread once the pool is
 /// gone (then every chunk is refused there, in turn).
 private final class MapJoin: @unchecked Sendable {
-    private var results: [Result<WorkerResponse, SupervisorError>]
+    private var results: [Result<MapResponse, SupervisorError>]
     private var left: Int
-    private let completion: @Sendable ([Result<WorkerResponse, SupervisorError>]) -> Void
+    private let completion: @Sendable ([Result<MapResponse, SupervisorError>]) -> Void
 
-    init(chunks: Int, count: Int, _ completion: @escaping @Sendable ([Result<WorkerResponse, SupervisorError>]) -> Void) {
+    init(chunks: Int, count: Int, _ completion: @escaping @Sendable ([Result<MapResponse, SupervisorError>]) -> Void) {
         results = Array(repeating: .failure(SupervisorError(.shutDown, "not answered")), count: count)
         left = chunks
         self.completion = completion
@@ -112,7 +155,7 @@ private final class MapJoin: @unchecked Sendable {
 /// Generic over the inputs only where it reads them (inlined into the caller, so specialized for
 /// the sequence it is given); packing, sending and ordering are the supervisor's own code.
 public struct MapResults<Inputs: Sequence>: AsyncSequence where Inputs.Element == [UInt8] {
-    public typealias Element = Result<WorkerResponse, SupervisorError>
+    public typealias Element = Result<MapResponse, SupervisorError>
     public typealias Failure = Never
 
     @usableFromInline let supervisor: Supervisor
@@ -169,7 +212,8 @@ final class MapCore {
     /// Chunks sent, and the next to hand out.
     var sent = 0
     var next = 0
-    @exclusivity(unchecked) var packer: ChunkPacker
+    /// The chunk being filled; emptied each time it is sent (its buffer kept).
+    let packer: ChunkPacker
     /// The results of chunk `next - 1`, read as they are handed out.
     @exclusivity(unchecked) var ready = BatchReader()
     /// Whether the consumer was cancelled (seen once, then kept: no lock per input).
@@ -189,7 +233,8 @@ final class MapCore {
 
     /// The next result already here, if any (or the error of invalid options, once).
     @usableFromInline
-    func nextReady() -> Result<WorkerResponse, SupervisorError>? {
+    func nextReady() -> Result<MapResponse, SupervisorError>? {
+        if ready.remaining > 0 { return ready.next() }
         if let error = invalid {
             invalid = nil
             inputEnded = true
@@ -204,20 +249,29 @@ final class MapCore {
     var wantsInputs: Bool {
         guard !inputEnded && sent - next < options.maxChunksInFlight else { return false }
         // The state's flag is set only by this iterator's cancellation handler; it is read when
-        // a chunk's results arrive (`awaitNext`), so here the task's own flag suffices.
-        if cancelled || Task.isCancelled {
-            cancelled = true
-            inputEnded = true
-            packer = ChunkPacker(capacity: 0)  // a partial chunk is not sent
+        // a chunk's results arrive (`awaitNext`), so here the task's own flag suffices, read
+        // once a chunk (when it starts), not once an input.
+        if cancelled || (packer.count == 0 && Task.isCancelled) {
+            stopReading()
             return false
         }
         return true
     }
 
+    /// The consumer was cancelled: no more inputs are read, and a partial chunk is not sent.
+    private func stopReading() {
+        cancelled = true
+        inputEnded = true
+        packer.reset()
+    }
+
     @usableFromInline
     func add(_ input: [UInt8]) {
         packer.add(input)
-        if packer.count == options.chunkSize { sendChunk() }
+        guard packer.count == options.chunkSize else { return }
+        // Checked here and when a chunk starts (`wantsInputs`), not once an input.
+        if Task.isCancelled { return stopReading() }
+        sendChunk()
     }
 
     @usableFromInline
@@ -230,16 +284,14 @@ final class MapCore {
         let chunk = sent
         let state = self.state
         sent += 1
-        var packed = ChunkPacker(capacity: options.chunkSize)
-        swap(&packed, &packer)
-        let handle = supervisor.submitChunk(packed, options: options) { state.deliver(chunk, $0) }
+        let handle = supervisor.submitChunk(packer, options: options) { state.deliver(chunk, $0) }
         state.sent(chunk, handle)
     }
 
     /// Waits for the next chunk in order and hands out its first result; `nil` once every chunk
     /// sent is handed out and no input is left.
     @usableFromInline
-    func awaitNext() async -> Result<WorkerResponse, SupervisorError>? {
+    func awaitNext() async -> Result<MapResponse, SupervisorError>? {
         if let ready = nextReady() { return ready }
         guard next < sent else { return nil }
         let chunk = next
@@ -257,20 +309,27 @@ final class MapCore {
 }
 
 /// Inputs packed as a batch body as they come (no array of inputs kept); a chunk of one input
-/// keeps it as is, to go as a plain request.
-struct ChunkPacker {
-    /// The items so far, after 4 bytes that ``take()`` fills with the count.
-    private var body: [UInt8] = []
-    private(set) var count = 0
-    private(set) var single: [UInt8]?
-    /// The inputs a chunk holds at most: the body is reserved once, from its first two inputs.
+/// keeps it as is, to go as a plain request. The body is built in a buffer of its own (a length
+/// stored and the bytes copied per input, no array append) and becomes an array once, whole.
+/// Used by one task at a time (the map's iterator, or the caller of the completion form).
+final class ChunkPacker {
+    /// The items so far, after 4 bytes that ``take()`` fills with the count: `used` bytes of
+    /// `reserved`.
+    @exclusivity(unchecked) private var body: UnsafeMutableRawPointer?
+    @exclusivity(unchecked) private var reserved = 0
+    @exclusivity(unchecked) private var used = 0
+    @exclusivity(unchecked) private(set) var count = 0
+    @exclusivity(unchecked) private(set) var single: [UInt8]?
+    /// The inputs a chunk holds at most: the body is sized once, from its first two inputs.
     private let capacity: Int
 
     init(capacity: Int) {
         self.capacity = capacity
     }
 
-    mutating func add(_ input: [UInt8]) {
+    deinit { body?.deallocate() }
+
+    func add(_ input: [UInt8]) {
         if count == 0 {
             single = input
         } else {
@@ -279,8 +338,15 @@ struct ChunkPacker {
                 // Room for the chunk if its inputs are about the size of its first two (the
                 // common case of same-sized inputs: no growth), within a bound.
                 let guess = 4 + min(capacity, Batch.maxCount) * (4 + max(first.count, input.count))
-                body.reserveCapacity(min(guess, 1 << 22))
-                body.appendLittleEndian(UInt32(0))
+                let want = max(min(guess, 1 << 22), 12 + first.count + input.count)
+                // The buffer of the chunks before is kept, unless it is too small, or large
+                // beyond what this one is likely to need.
+                if reserved < want || reserved > max(want, 1 << 22) {
+                    body?.deallocate()
+                    body = nil
+                    grow(to: want)
+                }
+                used = 4
                 append(first)
             }
             append(input)
@@ -288,20 +354,49 @@ struct ChunkPacker {
         count += 1
     }
 
-    /// The batch body: count, then items (for a chunk of two or more).
-    mutating func take() -> [UInt8] {
-        body.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(count).littleEndian, toByteOffset: 0, as: UInt32.self) }
-        return body
+    /// The input of a chunk of one, which then empties; `nil` for any other count.
+    func takeSingle() -> [UInt8]? {
+        guard count == 1, let input = single else { return nil }
+        reset()
+        return input
     }
 
-    private mutating func append(_ input: [UInt8]) {
-        // The length byte by byte: cheaper than copying a buffer of four.
-        let n = UInt32(input.count)
-        body.append(UInt8(truncatingIfNeeded: n))
-        body.append(UInt8(truncatingIfNeeded: n >> 8))
-        body.append(UInt8(truncatingIfNeeded: n >> 16))
-        body.append(UInt8(truncatingIfNeeded: n >> 24))
-        body.append(contentsOf: input)
+    /// The batch body (count, then items) of a chunk of two or more, which then empties (its
+    /// buffer is kept for the next).
+    func take() -> [UInt8] {
+        guard let body, count > 1 else { return [] }
+        body.storeBytes(of: UInt32(count).littleEndian, as: UInt32.self)
+        let packed = Array(UnsafeRawBufferPointer(start: body, count: used))
+        reset()
+        return packed
+    }
+
+    /// Empties the chunk.
+    func reset() {
+        count = 0
+        used = 0
+        single = nil
+    }
+
+    @inline(__always)
+    private func append(_ input: [UInt8]) {
+        let n = input.count
+        let end = used + 4 + n
+        if end > reserved { grow(to: max(end, 2 * reserved)) }
+        let at = body! + used
+        at.storeBytes(of: UInt32(truncatingIfNeeded: n).littleEndian, as: UInt32.self)
+        if n > 0 { input.withUnsafeBytes { (at + 4).copyMemory(from: $0.baseAddress!, byteCount: n) } }
+        used = end
+    }
+
+    private func grow(to size: Int) {
+        let bigger = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8)
+        if let body {
+            bigger.copyMemory(from: body, byteCount: used)
+            body.deallocate()
+        }
+        body = bigger
+        reserved = size
     }
 }
 

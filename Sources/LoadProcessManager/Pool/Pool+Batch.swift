@@ -1,3 +1,4 @@
+import Glibc
 import LPMReactor
 import LPMWire
 
@@ -108,30 +109,51 @@ struct BatchResults: Sendable {
     }
 
     /// Every result, in order.
-    func all() -> [Result<WorkerResponse, SupervisorError>] {
+    func all() -> [Result<MapResponse, SupervisorError>] {
         var reader = BatchReader(self)
-        var out: [Result<WorkerResponse, SupervisorError>] = []
+        var out: [Result<MapResponse, SupervisorError>] = []
         out.reserveCapacity(count)
         while let r = reader.next() { out.append(r) }
         return out
     }
 }
 
-/// Reads the results of a ``BatchResults`` in order, decoding each answer as it is read.
+/// Reads the results of a ``BatchResults`` in order, decoding each answer as it is read: a
+/// response is a slice of the batched answer's payload (no copy).
 struct BatchReader {
-    private var response: WorkerResponse?
+    /// The batched answer's payload and what its answers share, when the batch has one.
+    private var payload: [UInt8] = []
+    /// Where each answer ends in `payload`, times 2, plus 1 for a failure: found in one walk of
+    /// the payload when the reader is made, so that reading an answer is a load, not a decode.
+    private var ends: [Int] = []
+    private var id = RequestID.zero
+    private var createdAt: UInt64 = 0
+    private var workerPID: pid_t = 0
+    private var attempts = 0
     private var error: SupervisorError?
-    private var each: [Result<WorkerResponse, SupervisorError>]
+    private var each: [Result<WorkerResponse, SupervisorError>] = []
     private let count: Int
     private var index = 0
-    /// Where the next answer starts in the response's payload (after the u32 count).
+    /// Where the next answer starts in the payload (after the u32 count).
     private var offset = 4
 
     init(_ results: BatchResults) {
         count = results.count
         switch results.storage {
-        case .answers(let r): response = r; each = []
-        case .failure(let e): error = e; each = []
+        case .answers(let r):
+            payload = r.data
+            id = r.id
+            createdAt = r.createdAt
+            workerPID = r.workerPID
+            attempts = r.attempts
+            ends = Self.ends(of: r.data, count: count)
+            if ends.count < count {
+                // The pool checked the whole answer before accepting it (one per item, each
+                // inside the payload): this is only a guard. The items from the first that does
+                // not fit get the error.
+                error = SupervisorError(.protocolViolation, "malformed batched answer from worker \(r.workerPID)")
+            }
+        case .failure(let e): error = e
         case .each(let a): each = a
         }
     }
@@ -139,42 +161,47 @@ struct BatchReader {
     /// No results.
     init() {
         count = 0
-        each = []
+    }
+
+    /// The ends of the first `count` answers of a batched response's payload (fewer if one does
+    /// not fit in it), as ``ends`` holds them.
+    private static func ends(of payload: [UInt8], count: Int) -> [Int] {
+        [Int](unsafeUninitializedCapacity: count) { ends, found in
+            payload.withUnsafeBytes { p in
+                var at = 4
+                while found < count {
+                    guard p.count - at >= 5 else { return }
+                    let n = Int(p.readLittleEndian(at: at + 1, as: UInt32.self))
+                    guard n <= p.count - at - 5 else { return }
+                    let end = at + 5 + n
+                    ends.initializeElement(at: found, to: end << 1 | (p[at] == 0 ? 0 : 1))
+                    found += 1
+                    at = end
+                }
+            }
+        }
     }
 
     /// The results not yet read.
     var remaining: Int { count - index }
 
     /// The next result, `nil` after the last.
-    mutating func next() -> Result<WorkerResponse, SupervisorError>? {
+    @inline(__always)
+    mutating func next() -> Result<MapResponse, SupervisorError>? {
         guard index < count else { return nil }
         let i = index
         index = i + 1
-        if let r = response { return decode(r) }
+        if _fastPath(i < ends.count) {
+            let e = ends[i], start = offset + 5, end = e >> 1
+            offset = end
+            let bytes = payload[start..<end]
+            if e & 1 == 0 {
+                return .success(MapResponse(bytes: bytes, id: id, createdAt: createdAt, workerPID: workerPID, attempts: attempts))
+            }
+            return .failure(SupervisorError(.workerError, String(decoding: bytes, as: UTF8.self), requestID: id,
+                                            workerPID: workerPID, attempts: attempts))
+        }
         if let error { return .failure(error) }
-        return each[i]
-    }
-
-    private mutating func decode(_ r: WorkerResponse) -> Result<WorkerResponse, SupervisorError> {
-        let start = offset
-        // The pool checked the whole answer before accepting it (one per item, each inside the
-        // payload); this is only a guard.
-        let decoded: (ok: Bool, bytes: [UInt8], end: Int)? = r.data.withUnsafeBytes { payload in
-            Batch.answer(in: payload, at: start).map { ($0.ok, Array($0.bytes), $0.next) }
-        }
-        guard let decoded else {
-            // This item and the ones after it get the error.
-            let violation = SupervisorError(.protocolViolation, "malformed batched answer from worker \(r.workerPID)")
-            response = nil
-            error = violation
-            return .failure(violation)
-        }
-        offset = decoded.end
-        if decoded.ok {
-            return .success(WorkerResponse(data: decoded.bytes, id: r.id, createdAt: r.createdAt, stream: nil,
-                                           workerPID: r.workerPID, attempts: r.attempts))
-        }
-        return .failure(SupervisorError(.workerError, String(decoding: decoded.bytes, as: UTF8.self), requestID: r.id,
-                                        workerPID: r.workerPID, attempts: r.attempts))
+        return each[i].map { MapResponse($0) }
     }
 }
