@@ -98,6 +98,47 @@ struct CancellationTests {
         await t.hardKill()
     }
 
+    @Test("handles cancel the right requests in a burst from another thread (the inbox's batch spans several chunks)")
+    func handleCancelsAcrossInboxChunks() async throws {
+        var c = testConfig("slow", count: 2, env: ["LPM_TEST_DELAY_MS": "1"])
+        c.maxConcurrentRequestsPerWorker = 4
+        let (s, _) = try await startOnline(c)
+        let n = 5_000
+        final class Answers: Sendable {
+            let byRequest = Mutex<[Int: [Result<WorkerResponse, SupervisorError>]]>([:])
+        }
+        let answers = Answers()
+        // From a thread of the default pool (not the reactor's), as fast as it can: the reactor
+        // drains the inbox in batches of thousands, so submission numbers cross its chunks of 1,024.
+        await Task.detached {
+            var handles: [RequestHandle] = []
+            handles.reserveCapacity(n)
+            for i in 0..<n {
+                handles.append(s.enqueue(Array("r\(i)".utf8)) { r in answers.byRequest.withLock { $0[i, default: []].append(r) } })
+            }
+            for i in stride(from: 0, to: n, by: 7) { handles[i].cancel() }
+        }.value
+        #expect(await eventually(seconds: 60) { answers.byRequest.withLock { $0.count } == n }, "every request answered")
+        let all = answers.byRequest.withLock { $0 }
+        var cancelled = 0
+        for i in 0..<n {
+            let got = all[i] ?? []
+            #expect(got.count == 1, "request \(i) answered \(got.count) times")
+            switch got.first {
+            case .success(let w)?: #expect(w.text == "r\(i)", "request \(i) got another's answer")
+            case .failure(let e)? where e.code == .cancelled:
+                #expect(i % 7 == 0, "request \(i) was cancelled, but its handle never was")
+                cancelled += 1
+            case .failure(let e)?: Issue.record("request \(i): \(e)")
+            case nil: break
+            }
+        }
+        #expect(cancelled > 0, "the cancellations reached queued requests")
+        let status = await s.status()
+        #expect(status.pending == 0 && status.queued == 0, "\(status)")
+        await s.softKill()
+    }
+
     @Test("exactly once under races: 2,000 requests cancelled at random moments each get one answer")
     func races() async throws {
         var c = testConfig("slow", count: 2, env: ["LPM_TEST_DELAY_MS": "1"])

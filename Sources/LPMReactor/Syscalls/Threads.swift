@@ -23,6 +23,15 @@ package final class ThreadLock: @unchecked Sendable {
         mutex.deallocate()
     }
 
+    /// `pthread_mutex_lock(3)`; pair it with ``unlock()`` (for a body that must consume a value,
+    /// which a closure cannot).
+    @inline(__always)
+    package func lock() { pthread_mutex_lock(mutex) }
+
+    /// `pthread_mutex_unlock(3)`.
+    @inline(__always)
+    package func unlock() { pthread_mutex_unlock(mutex) }
+
     /// `pthread_mutex_lock(3)`, run `body`, `pthread_mutex_unlock(3)`.
     @inline(__always)
     package func withLock<R>(_ body: () -> R) -> R {
