@@ -287,20 +287,20 @@ struct RequestTable<Completion>: ~Copyable {
     mutating func finish(_ index: UInt32) -> Finished? {
         let e = entries.address(Int(index))
         guard e.pointee.isPending else { return nil }
-        // Moved out through the entry's address (no retain and release of the caller's closure;
-        // `Optional.take()` on the entry copies it).
-        let slot = e.pointer(to: \.completion)!
-        let completion = slot.move()!
-        slot.initialize(to: nil)
         if e.pointee.worker < 0 {
             queuedCount -= 1
             if e.pointee.isListed { unlink(index) }
         }
         // Field by field: copying the whole entry would retain and release its payload for nothing.
-        let done = Finished(completion: completion, id: e.pointee.id, createdAt: e.pointee.createdAt,
+        // The completion is moved straight from the entry into `Finished`, through its address
+        // (`Optional.take()` on the entry copies it, and so did a local in between: a retain and
+        // a release of the caller's closure per request).
+        let slot = e.pointer(to: \.completion)!
+        let done = Finished(completion: slot.move().unsafelyUnwrapped, id: e.pointee.id, createdAt: e.pointee.createdAt,
                             attempts: Int(e.pointee.attempts), maxAttempts: Int(e.pointee.maxAttempts),
                             timeout: e.pointee.timeout, worker: e.pointee.worker, timer: e.pointee.timer,
                             descriptor: e.pointee.descriptor)
+        slot.initialize(to: nil)
         e.pointee.payload = []
         e.pointee.timer = nil
         e.pointee.worker = -1
