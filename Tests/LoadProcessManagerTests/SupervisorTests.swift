@@ -291,6 +291,33 @@ struct SupervisorTests {
         await s.softKill()
     }
 
+    @Test("handlers that capture their supervisor, or keep the events they get, do not keep it alive once it stopped")
+    func handlersLetGoAtStop() async throws {
+        final class Kept: Sendable {
+            let events = Mutex<[WorkerEvent]>([])
+        }
+        final class Watch: @unchecked Sendable {
+            weak var supervisor: Supervisor?  // written once below, then only read
+        }
+        let kept = Kept(), watch = Watch()
+        try await {
+            let (s, _) = try await startOnline(testConfig("events"))
+            // Both close a cycle through the pool: the handler holds the supervisor; the kept
+            // events hold their reply, which reaches the pool.
+            s.on("hello") { e in
+                kept.events.withLock { $0.append(e) }
+                e.reply(Array("to \(s.executor)".utf8).prefix(2) + e.data)
+            }
+            s.onEvent { _ in _ = s }
+            #expect(try await s.enqueue("you").text == "toyou")
+            await s.softKill()
+            watch.supervisor = s
+        }()
+        #expect(await eventually(seconds: 20) { watch.supervisor == nil }, "the stopped supervisor was freed")
+        #expect(kept.events.withLock { $0.count } == 1)
+        kept.events.withLock { $0[0].reply([1]) }  // after the end: a no-op, not a crash
+    }
+
     @Test("health reports pid, RSS and heap per worker")
     func health() async throws {
         var c = testConfig()

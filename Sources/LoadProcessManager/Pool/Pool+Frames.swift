@@ -129,11 +129,13 @@ extension Pool {
 
     private func workerEvent(name: String, data: [UInt8], replyID: UInt64, from w: WorkerProcess) -> WorkerEvent {
         let handle = reactor.handle
-        let box = UnsafeSendableBox(self)
+        // Weak: an event the user keeps must not keep the pool alive (nor close a cycle through
+        // a handler that stores the events it gets).
+        let box = UnsafeSendableWeakBox(self)
         let pid = w.pid, slot = w.slot
         return WorkerEvent(name: name, data: data, pid: pid, wantsReply: replyID != 0) { reply in
             guard replyID != 0 else { return }
-            handle.execute { _ in box.value.sendReply(slot: slot, pid: pid, id: replyID, data: reply) }
+            handle.execute { _ in box.value?.sendReply(slot: slot, pid: pid, id: replyID, data: reply) }
         }
     }
 
@@ -185,6 +187,12 @@ extension Pool {
         }
         w.channel.close()
     }
+}
+
+/// ``UnsafeSendableBox``, holding its object weakly.
+struct UnsafeSendableWeakBox<T: AnyObject>: @unchecked Sendable {
+    weak var value: T?
+    init(_ v: T) { value = v }
 }
 
 /// Carries a reactor-thread object through `Sendable` plumbing back to the reactor thread.

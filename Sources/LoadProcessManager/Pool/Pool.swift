@@ -152,6 +152,14 @@ final class Pool {
                 let subscribers = eventSubscribers.values
                 eventSubscribers = [:]
                 for s in subscribers { s.finish() }
+                // The pool has stopped for good: nothing can call the user's handlers any more,
+                // and letting them go breaks the cycles they may hold (a handler that captures its
+                // supervisor, or keeps the events it gets, whose replies reach the pool).
+                eventHandlers = []
+                workerEventHandlers = [:]
+                anyWorkerEventHandler = nil
+                signalHandlers = [:]
+                anySignalHandler = nil
             }
         }
     }
