@@ -43,8 +43,8 @@ struct RequestTable<Completion>: ~Copyable {
         /// In the queue's list (a request taken out by ``takeQueued()`` is queued, not listed).
         fileprivate var isListed = false
         /// The entries before and after it in the queue, or the next free entry; `none`: no entry.
-        fileprivate var previous = RequestTable.none
-        fileprivate var next = RequestTable.none
+        fileprivate var previous = UInt32.max
+        fileprivate var next = UInt32.max
 
         var isPending: Bool { completion != nil }
         /// The worker slot it is in flight on; -1 while queued.
@@ -418,20 +418,23 @@ extension RequestTable {
 
         /// The segments' addresses: a raw block (an `Array` here cost a bounds check, and the
         /// load of its buffer, at every entry access).
-        private var directory: UnsafeMutablePointer<UnsafeMutablePointer<Entry>>?
-        private var directoryCapacity = 0
+        private var directory: UnsafeMutablePointer<UnsafeMutablePointer<Entry>>
+        private var directoryCapacity = 16
         private var segmentCount = 0
         private(set) var count = 0
 
-        init() {}
+        init() { directory = .allocate(capacity: 16) }
 
-        deinit { Self.release(directory, segments: segmentCount, count: count) }
+        deinit {
+            Self.release(directory, segments: segmentCount, count: count)
+            directory.deallocate()
+        }
 
         /// The entry at `i`, which must be below ``count``.
         @inline(__always)
         func address(_ i: Int) -> UnsafeMutablePointer<Entry> {
             assert(i >= 0 && i < count, "request table entry \(i) out of 0..<\(count)")
-            return directory.unsafelyUnwrapped[i &>> Self.segmentShift] + (i & (Self.segmentSize &- 1))
+            return directory[i &>> Self.segmentShift] + (i & (Self.segmentSize &- 1))
         }
 
         subscript(i: Int) -> Entry {
@@ -446,36 +449,31 @@ extension RequestTable {
                     fatalError("RequestTable: mmap of \(Self.segmentBytes) bytes failed (errno \(errno)): out of memory")
                 }
                 if segmentCount == directoryCapacity {
-                    let capacity = max(16, directoryCapacity * 2)
-                    guard let grown = realloc(directory, capacity * MemoryLayout<UnsafeMutablePointer<Entry>>.stride) else {
-                        fatalError("RequestTable: realloc of the segment directory failed: out of memory")
-                    }
-                    directory = grown.bindMemory(to: UnsafeMutablePointer<Entry>.self, capacity: capacity)
-                    directoryCapacity = capacity
+                    let grown = UnsafeMutablePointer<UnsafeMutablePointer<Entry>>.allocate(capacity: directoryCapacity * 2)
+                    grown.moveInitialize(from: directory, count: segmentCount)
+                    directory.deallocate()
+                    directory = grown
+                    directoryCapacity *= 2
                 }
-                directory.unsafelyUnwrapped[segmentCount] = raw.bindMemory(to: Entry.self, capacity: Self.segmentSize)
+                (directory + segmentCount).initialize(to: raw.bindMemory(to: Entry.self, capacity: Self.segmentSize))
                 segmentCount += 1
             }
             count += 1
             address(count - 1).initialize(to: entry)
         }
 
-        /// Destroys every entry and unmaps every segment.
+        /// Destroys every entry and unmaps every segment (the directory's block is kept).
         mutating func removeAll() {
             Self.release(directory, segments: segmentCount, count: count)
-            directory = nil
-            directoryCapacity = 0
             segmentCount = 0
             count = 0
         }
 
-        private static func release(_ directory: UnsafeMutablePointer<UnsafeMutablePointer<Entry>>?, segments: Int, count: Int) {
-            guard let directory else { return }
+        private static func release(_ directory: UnsafeMutablePointer<UnsafeMutablePointer<Entry>>, segments: Int, count: Int) {
             for k in 0..<segments {
                 directory[k].deinitialize(count: min(segmentSize, count - k &<< segmentShift))
                 munmap(UnsafeMutableRawPointer(directory[k]), segmentBytes)
             }
-            free(directory)
         }
     }
 }
