@@ -1,5 +1,6 @@
 import Glibc
 import LoadProcessManager
+import LPMReactor
 import Synchronization
 import Testing
 
@@ -104,8 +105,13 @@ struct CancellationTests {
         c.maxConcurrentRequestsPerWorker = 4
         let (s, _) = try await startOnline(c)
         let n = 5_000
-        final class Answers: Sendable {
-            let byRequest = Mutex<[Int: [Result<WorkerResponse, SupervisorError>]]>([:])
+        // A pthread mutex (`ThreadLock`), which ThreadSanitizer sees, unlike `Mutex`'s futex.
+        final class Answers: @unchecked Sendable {
+            private let lock = ThreadLock()
+            private var all: [Int: [Result<WorkerResponse, SupervisorError>]] = [:]
+            func withLock<R>(_ body: (inout [Int: [Result<WorkerResponse, SupervisorError>]]) -> R) -> R {
+                lock.withLock { body(&all) }
+            }
         }
         let answers = Answers()
         // From a thread of the default pool (not the reactor's), as fast as it can: the reactor
@@ -114,12 +120,12 @@ struct CancellationTests {
             var handles: [RequestHandle] = []
             handles.reserveCapacity(n)
             for i in 0..<n {
-                handles.append(s.enqueue(Array("r\(i)".utf8)) { r in answers.byRequest.withLock { $0[i, default: []].append(r) } })
+                handles.append(s.enqueue(Array("r\(i)".utf8)) { r in answers.withLock { $0[i, default: []].append(r) } })
             }
             for i in stride(from: 0, to: n, by: 7) { handles[i].cancel() }
         }.value
-        #expect(await eventually(seconds: 60) { answers.byRequest.withLock { $0.count } == n }, "every request answered")
-        let all = answers.byRequest.withLock { $0 }
+        #expect(await eventually(seconds: 60) { answers.withLock { $0.count } == n }, "every request answered")
+        let all = answers.withLock { $0 }
         var cancelled = 0
         for i in 0..<n {
             let got = all[i] ?? []
