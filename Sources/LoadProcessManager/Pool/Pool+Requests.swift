@@ -110,9 +110,7 @@ extension Pool {
                           }),
                           let index = table.dispatchFirst(to: slot) else {
                         if isBatch && !batchesCanBeServed {
-                            // Only after a reload to an executable that takes no batches: fail it,
-                            // do not let it block the queue.
-                            fail(next, .noWorkers, "no worker takes batched requests (their ready frames announce no batch capability)")
+                            failUnservable(next)
                             continue
                         }
                         if idleRetired > 0 { growBackForLoad() }
@@ -128,9 +126,13 @@ extension Pool {
 
     /// Batches queued while the pool has no slot at all cannot wait for a worker that takes them.
     private func failUnservableBatches() {
-        while let next = table.firstQueued, table.isBatch(next), !batchesCanBeServed {
-            fail(next, .noWorkers, "no worker takes batched requests (their ready frames announce no batch capability)")
-        }
+        while let next = table.firstQueued, table.isBatch(next), !batchesCanBeServed { failUnservable(next) }
+    }
+
+    /// A batch no worker can take (only after a reload to an executable that takes none): failed,
+    /// so that it does not block the queue.
+    private func failUnservable(_ batch: UInt32) {
+        fail(batch, .noWorkers, "no worker takes batched requests (their ready frames announce no batch capability)")
     }
 
     /// The process of slot `i`, not retained: valid while the slots array `s` is held.
