@@ -9,6 +9,7 @@ struct LoopState {
     /// ``Reactor/iterationNanoseconds``).
     var iterationNanoseconds: Int64 = Sys.monotonicNanoseconds()
     var busyPollNanoseconds: Int64 = Sys.environment("LPM_BUSY_POLL_US").flatMap { Int64($0) }.map { $0 * 1000 } ?? 0
+    var pollHooks: Reactor.PollHooks?
 
     init() { events.reserveCapacity(64) }
 }
@@ -54,25 +55,53 @@ extension Reactor {
             handler(ready)
             ran += 1
         }
+        if let hooks = loop.pollHooks { ran += hooks.run() }
         ran += runExpiredTimers()
         ran += runJobs()
         return ran
     }
 
+    /// Work that is not a descriptor's readiness: memory another process writes (shared-memory
+    /// rings). ``run`` runs it once per iteration, after the ready callbacks; while busy
+    /// polling, ``hasWork`` ends the polling as soon as it returns true; before a blocking wait,
+    /// ``prepareToBlock`` arranges to be woken through a watched descriptor, and returns true
+    /// when work arrived meanwhile (the wait then does not block).
+    package struct PollHooks {
+        package var hasWork: () -> Bool
+        package var run: () -> Int
+        package var prepareToBlock: () -> Bool
+
+        package init(hasWork: @escaping () -> Bool, run: @escaping () -> Int, prepareToBlock: @escaping () -> Bool) {
+            self.hasWork = hasWork
+            self.run = run
+            self.prepareToBlock = prepareToBlock
+        }
+    }
+
+    /// The poll hooks (one set per reactor; `nil`: none). Reactor thread only.
+    package var pollHooks: PollHooks? {
+        get { loop.pollHooks }
+        set { loop.pollHooks = newValue }
+    }
+
     private func waitForEvents(_ wait: Int64?, into events: inout [BackendEvent]) throws(SyscallError) {
         let busyPoll = loop.busyPollNanoseconds
         guard busyPoll > 0 && wait != 0 else {
+            if wait != 0, let hooks = loop.pollHooks, hooks.prepareToBlock() { return try backend.wait(timeoutNanoseconds: 0, into: &events) }
             return try backend.wait(timeoutNanoseconds: wait, into: &events)
         }
+        let hooks = loop.pollHooks
         // Poll without blocking for a while before sleeping: trades CPU for the wake-up
         // latency of a blocking wait (large when the peer runs on another CPU).
         let start = Sys.monotonicNanoseconds()
         let limit = min(busyPoll, wait ?? Int64.max)
         repeat {
+            if let hooks, hooks.hasWork() { return try backend.wait(timeoutNanoseconds: 0, into: &events) }
             try backend.wait(timeoutNanoseconds: 0, into: &events)
         } while events.isEmpty && Sys.monotonicNanoseconds() &- start < limit
         // (Jobs from other threads wake the eventfd, which is one of the polled descriptors.)
         if events.isEmpty {
+            if let hooks, hooks.prepareToBlock() { return }
             let left = wait.map { max(0, $0 &- (Sys.monotonicNanoseconds() &- start)) }
             try backend.wait(timeoutNanoseconds: left, into: &events)
         }

@@ -48,6 +48,37 @@ package final class ChannelFlusher {
         }
     }
 
+    /// The channels with rings on a busy-polling reactor: read through the reactor's poll hooks.
+    @exclusivity(unchecked) private var polled: [Channel] = []
+
+    /// Reads `channel`'s incoming ring through the reactor's poll hooks from now on.
+    func addPolled(_ channel: Channel) {
+        polled.append(channel)
+        guard polled.count == 1 else { return }
+        reactor.pollHooks = Reactor.PollHooks(
+            hasWork: { [unowned self] in
+                for c in self.polled where c.ringHasUnread() { return true }
+                return false
+            },
+            run: { [unowned self] in
+                var ran = 0
+                // A channel may close (and leave the list) while one delivers.
+                let list = self.polled
+                for c in list { ran += c.pollRing() }
+                return ran
+            },
+            prepareToBlock: { [unowned self] in
+                var arrived = false
+                for c in self.polled where c.ringPrepareToBlock() { arrived = true }
+                return arrived
+            })
+    }
+
+    func removePolled(_ channel: Channel) {
+        polled.removeAll { $0 === channel }
+        if polled.isEmpty { reactor.pollHooks = nil }
+    }
+
     /// Flushes every dirty channel now.
     package func flushAll() {
         scheduled = false
@@ -467,6 +498,7 @@ package final class Channel {
         if let r = rings {
             // Records committed and not published are dropped with the channel, as queued
             // frames the socket did not take.
+            if r.polled { flusher.removePolled(self) }
             r.close(reactor: reactor)
             rings = nil
         }
@@ -581,7 +613,8 @@ extension Channel {
     }
 
     /// Attaches `link`: its doorbell watched in the reactor, then a first drain and the sleep
-    /// announcement.
+    /// announcement. On a busy-polling reactor, the ring is read through the reactor's poll
+    /// hooks instead, and the sleep is announced only before the reactor blocks.
     private func start(_ link: SharedRingLink) {
         do {
             link.registration = try reactor.register(link.doorbell, interest: .readable) { [unowned self] _ in self.ringWoke() }
@@ -590,7 +623,13 @@ extension Channel {
             return end(.registrationFailed(error))
         }
         rings = link
-        settle()
+        if reactor.busyPoll != nil {
+            link.polled = true
+            flusher.addPolled(self)
+            drainRing()
+        } else {
+            settle()
+        }
     }
 
     /// The doorbell rang: clears it, withdraws the sleep announcement, reads the ring.
@@ -598,7 +637,39 @@ extension Channel {
         guard let r = rings, !isClosed else { return }
         SharedRingDoorbell.drain(r.doorbell)
         r.consumer.woke()
-        settle()
+        r.announced = false
+        if r.polled { drainRing() } else { settle() }
+    }
+
+    /// Whether the incoming ring holds a record not yet read (true too when its index is bad:
+    /// reading it then ends the channel).
+    fileprivate func ringHasUnread() -> Bool {
+        guard let r = rings, !isClosed else { return false }
+        return (try? r.consumer.hasUnread()) ?? true
+    }
+
+    /// Once per reactor iteration on a polling reactor: withdraws a sleep announcement, reads
+    /// the ring. Returns how many records were delivered.
+    fileprivate func pollRing() -> Int {
+        guard let r = rings, !isClosed else { return 0 }
+        if r.announced {
+            r.consumer.woke()
+            r.announced = false
+        }
+        guard (try? r.consumer.hasUnread()) ?? true else { return 0 }
+        return drainRing()
+    }
+
+    /// Before the polling reactor blocks: announces the sleep; true if a record arrived meanwhile.
+    fileprivate func ringPrepareToBlock() -> Bool {
+        guard let r = rings, !isClosed else { return false }
+        do {
+            if try r.consumer.prepareToSleep() {
+                r.announced = true
+                return false
+            }
+        } catch {}
+        return true
     }
 
     /// Reads the incoming ring until it is empty and the sleep is announced with nothing
@@ -618,19 +689,22 @@ extension Channel {
     /// Delivers every record published in the incoming ring, each through ``onFrame`` as a
     /// frame, from a private copy of its payload; releases them. A record the peer may not
     /// send there, or an inconsistent index, ends the channel with a violation.
-    private func drainRing() {
-        guard let r = rings else { return }
+    @discardableResult
+    private func drainRing() -> Int {
+        guard let r = rings else { return 0 }
         var count = 0
         do {
             while let record = try r.consumer.next() {
                 let flags = FrameFlags(rawValue: record.flags)
                 guard let type = FrameType(rawValue: record.kind), r.accepts(type, flags: flags) else {
-                    return end(.violation(ProtocolViolation("\(r.consumer.ring): a record of kind \(record.kind), flags \(record.flags)",
+                    end(.violation(ProtocolViolation("\(r.consumer.ring): a record of kind \(record.kind), flags \(record.flags)",
                                                             kind: .frame)))
+                    return count
                 }
                 guard record.payload.count <= maxPayload else {
-                    return end(.violation(ProtocolViolation("\(r.consumer.ring): a payload of \(record.payload.count) bytes exceeds \(maxPayload)",
+                    end(.violation(ProtocolViolation("\(r.consumer.ring): a payload of \(record.payload.count) bytes exceeds \(maxPayload)",
                                                             kind: .frame)))
+                    return count
                 }
                 r.scratch.removeAll(keepingCapacity: r.scratch.capacity <= Wire.retainedBufferCapacity)
                 r.scratch.append(contentsOf: record.payload)
@@ -638,11 +712,13 @@ extension Channel {
                 if count & 31 == 0, r.consumer.release() { r.ringPeer() }
                 let header = FrameHeader(type: type, flags: flags, length: record.payload.count, id: record.id)
                 r.scratch.withUnsafeBytes { onFrame(header, $0) }
-                if isClosed { return }
+                if isClosed { return count }
             }
         } catch {
-            return end(.violation(ProtocolViolation(error.description, kind: .frame)))
+            end(.violation(ProtocolViolation(error.description, kind: .frame)))
+            return count
         }
         if r.consumer.release() { r.ringPeer() }
+        return count
     }
 }

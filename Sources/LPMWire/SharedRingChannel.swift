@@ -27,6 +27,10 @@ final class SharedRingLink {
     let maxOutgoingPayload: Int
     /// Records committed and not yet published.
     @exclusivity(unchecked) var unpublished = false
+    /// Read through the reactor's poll hooks (a busy-polling reactor), not after each doorbell.
+    @exclusivity(unchecked) var polled = false
+    /// Whether this side announced that it sleeps on its incoming ring.
+    @exclusivity(unchecked) var announced = false
 
     /// Takes ownership of `mapping` and of both doorbells.
     init(side: Side, mapping: consuming SharedRingMapping, doorbell: CInt, peerDoorbell: CInt) throws(SharedRingError) {

@@ -61,10 +61,13 @@ struct RingTransportTests {
         await s.hardKill()  // (these workers do not handle a soft kill)
     }
 
-    @Test("payloads of every size, some too large for a record and some beyond a full ring, all come back intact")
-    func sizes() async throws {
+    @Test("payloads of every size, some too large for a record and some beyond a full ring, all come back intact (busy polling: µs)",
+          arguments: [0, 50])
+    func sizes(_ busyPollMicroseconds: Int) async throws {
         // 4 KiB rings: a record takes at most 2032 bytes, and a burst fills the ring.
-        let (s, log) = try await startOnline(ringConfig(count: 2, ringBytes: 4096))
+        var c = ringConfig(count: 2, ringBytes: 4096)
+        if busyPollMicroseconds > 0 { c.busyPoll = .microseconds(busyPollMicroseconds) }
+        let (s, log) = try await startOnline(c)
         let sizes = [0, 1, 7, 8, 100, 1000, 1991, 1992, 2008, 2032, 2033, 5000, 100_000, 1 << 20]
         try await withThrowingTaskGroup(of: Bool.self) { group in
             for round in 0..<20 {
@@ -83,9 +86,12 @@ struct RingTransportTests {
         await s.softKill()
     }
 
-    @Test("a cancel never overtakes its request: requests cancelled at once leave nothing in flight in the worker")
-    func cancelAfterRequest() async throws {
-        let (s, _) = try await startOnline(ringConfig("never-count"))
+    @Test("a cancel never overtakes its request: requests cancelled at once leave nothing in flight in the worker (busy polling: µs)",
+          arguments: [0, 50])
+    func cancelAfterRequest(_ busyPollMicroseconds: Int) async throws {
+        var c = ringConfig("never-count")
+        if busyPollMicroseconds > 0 { c.busyPoll = .microseconds(busyPollMicroseconds) }
+        let (s, _) = try await startOnline(c)
         let results = Mutex<[SupervisorError.Code?]>([])
         for i in 0..<500 {
             let handle = s.enqueue(Array("n\(i)".utf8)) { r in
