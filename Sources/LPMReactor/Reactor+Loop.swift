@@ -1,3 +1,5 @@
+import CLoop
+
 /// The loop's own state: the buffers it reuses each iteration and its settings.
 struct LoopState {
     /// Events of the current wait; its capacity is kept from one iteration to the next.
@@ -96,8 +98,15 @@ extension Reactor {
         let start = Sys.monotonicNanoseconds()
         let limit = min(busyPoll, wait ?? Int64.max)
         repeat {
-            if let hooks, hooks.hasWork() { return try backend.wait(timeoutNanoseconds: 0, into: &events) }
             try backend.wait(timeoutNanoseconds: 0, into: &events)
+            if let hooks, events.isEmpty {
+                // The hooks' memory, a few rounds between two polls of the backend (a system
+                // call); the backend is polled once per iteration all the same.
+                for _ in 0..<64 {
+                    if hooks.hasWork() { return }
+                    cloop_cpu_relax()
+                }
+            }
         } while events.isEmpty && Sys.monotonicNanoseconds() &- start < limit
         // (Jobs from other threads wake the eventfd, which is one of the polled descriptors.)
         if events.isEmpty {

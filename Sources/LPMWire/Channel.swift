@@ -706,12 +706,21 @@ extension Channel {
                                                             kind: .frame)))
                     return count
                 }
-                r.scratch.removeAll(keepingCapacity: r.scratch.capacity <= Wire.retainedBufferCapacity)
-                r.scratch.append(contentsOf: record.payload)
-                count &+= 1
-                if count & 31 == 0, r.consumer.release() { r.ringPeer() }
                 let header = FrameHeader(type: type, flags: flags, length: record.payload.count, id: record.id)
-                r.scratch.withUnsafeBytes { onFrame(header, $0) }
+                count &+= 1
+                if r.copiesPayloads && flags.contains(.batch) {
+                    // The peer can still write the shared bytes, and a batch's decoder reads a
+                    // length, then the bytes it covers: it gets a private copy. Other payloads
+                    // are read once (copied into the request or the response) where they are.
+                    r.scratch.removeAll(keepingCapacity: r.scratch.capacity <= Wire.retainedBufferCapacity)
+                    r.scratch.append(contentsOf: record.payload)
+                    if count & 31 == 0, r.consumer.release() { r.ringPeer() }
+                    r.scratch.withUnsafeBytes { onFrame(header, $0) }
+                } else {
+                    onFrame(header, record.payload)
+                    if isClosed { return count }
+                    if count & 31 == 0, r.consumer.release() { r.ringPeer() }
+                }
                 if isClosed { return count }
             }
         } catch {

@@ -73,7 +73,9 @@ guard let jobArgument = args.first else { usage() }
 /// `rt-*-rings` and `burst*-rings`: the same job with the shared-memory transport (the names end in `_rings`).
 let withRings = jobArgument.hasSuffix("-rings")
 let job = withRings ? String(jobArgument.dropLast(6)) : jobArgument
-let transport: Transport = withRings ? .sharedMemory() : .socket
+/// LPM_BENCH_RING_BYTES: each ring's size (default: the transport's).
+let transport: Transport = !withRings ? .socket
+    : getenv("LPM_BENCH_RING_BYTES").flatMap { Int(String(cString: $0)) }.map { .sharedMemory(ringBytes: $0) } ?? .sharedMemory()
 let ringTag = withRings ? "_rings" : ""
 let countArg = args.count > 1 ? Int(args[1]) : nil
 if args.count > 1 && countArg == nil { usage() }
