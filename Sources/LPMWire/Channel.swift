@@ -693,6 +693,8 @@ extension Channel {
     private func drainRing() -> Int {
         guard let r = rings else { return 0 }
         var count = 0
+        r.delivering = true
+        defer { r.delivering = false }
         do {
             while let record = try r.consumer.next() {
                 let flags = FrameFlags(rawValue: record.flags)

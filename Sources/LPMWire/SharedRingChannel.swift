@@ -34,6 +34,9 @@ final class SharedRingLink {
     @exclusivity(unchecked) var polled = false
     /// Whether this side announced that it sleeps on its incoming ring.
     @exclusivity(unchecked) var announced = false
+    /// Whether a record read in place is being delivered: a close then leaves the mapping to
+    /// `deinit` (the delivery still points into it).
+    @exclusivity(unchecked) var delivering = false
 
     /// Takes ownership of `mapping` and of both doorbells.
     init(side: Side, mapping: consuming SharedRingMapping, doorbell: CInt, peerDoorbell: CInt) throws(SharedRingError) {
@@ -93,7 +96,7 @@ final class SharedRingLink {
         registration = nil
         FileDescriptor.closeRaw(doorbell)
         FileDescriptor.closeRaw(peerDoorbell)
-        mapping.take()?.unmap()
+        if !delivering { mapping.take()?.unmap() }
     }
 
     deinit { mapping.take()?.unmap() }

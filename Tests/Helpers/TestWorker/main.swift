@@ -29,7 +29,8 @@
 //   raw-echo        (no worker runtime) announces batches only, echoes on the socket
 //   ring-kind, ring-length, ring-tail, ring-flags  (no worker runtime) announces rings,
 //                   then spoils the response ring on the first request (RawRingWorker.swift)
-//   never-count     never answers, except "count": the number of other requests in flight
+//   never-count     never answers, except "count": the number of other requests in flight,
+//                   and "block:MS[:padding]": blocks the thread MS ms, then answers "blocked"
 //   transport       answers "rings" when the channel has rings attached, else "socket"
 //   bad-batch       (no worker runtime) announces batches when ready, answers every request
 //                   with a malformed batched response
@@ -301,7 +302,13 @@ worker.onRequest { request in
     case "never-count":
         // "count": answers with how many other requests are in flight here; any other payload
         // is never answered (and leaves the in-flight list only when cancelled).
-        if request.data == Array("count".utf8) { request.respond(String(worker.requests().count - 1)) }
+        let text = String(decoding: request.data, as: UTF8.self)
+        if text == "count" { request.respond(String(worker.requests().count - 1)) }
+        if text.hasPrefix("block:"), let ms = UInt32(text.split(separator: ":")[1]) {
+            // Blocks the worker's thread: what arrives meanwhile waits in the ring and the socket.
+            usleep(ms * 1000)
+            request.respond("blocked")
+        }
     case "transport":
         request.respond(worker.usesRings ? "rings" : "socket")
     case "big":
