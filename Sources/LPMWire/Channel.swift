@@ -599,14 +599,20 @@ extension Channel {
         guard handOver.isComplete else { return }
         let h = handOver
         handOver = SharedRingHandOver()
-        let link: SharedRingLink
+        let mapping: SharedRingMapping
         do {
-            let mapping = try SharedRingMapping.attach(descriptor: h.object)
-            FileDescriptor.closeRaw(h.object)
-            link = try SharedRingLink(side: .worker, mapping: mapping, doorbell: h.doorbell, peerDoorbell: h.peerDoorbell)
+            mapping = try SharedRingMapping.attach(descriptor: h.object)
         } catch {
             var rest = h
             rest.closeAll()
+            throw ProtocolViolation("\(error)", kind: .frame)
+        }
+        FileDescriptor.closeRaw(h.object)  // the mapping keeps the object
+        let link: SharedRingLink
+        do {
+            // On failure it has closed both doorbells and unmapped the object.
+            link = try SharedRingLink(side: .worker, mapping: mapping, doorbell: h.doorbell, peerDoorbell: h.peerDoorbell)
+        } catch {
             throw ProtocolViolation("\(error)", kind: .frame)
         }
         start(link)
