@@ -11,7 +11,9 @@ struct LoopState {
     /// ``Reactor/iterationNanoseconds``).
     var iterationNanoseconds: Int64 = Sys.monotonicNanoseconds()
     var busyPollNanoseconds: Int64 = Sys.environment("LPM_BUSY_POLL_US").flatMap { Int64($0) }.map { $0 * 1000 } ?? 0
-    var pollHooks: Reactor.PollHooks?
+    /// The poll hooks, each with its token (``Reactor/addPollHooks(_:)``).
+    var pollHooks: [(token: Int, hooks: Reactor.PollHooks)] = []
+    var nextPollHooksToken = 0
 
     init() { events.reserveCapacity(64) }
 }
@@ -57,7 +59,7 @@ extension Reactor {
             handler(ready)
             ran += 1
         }
-        if let hooks = loop.pollHooks { ran += hooks.run() }
+        if !loop.pollHooks.isEmpty { ran += runPollHooks() }
         ran += runExpiredTimers()
         ran += runJobs()
         return ran
@@ -80,37 +82,61 @@ extension Reactor {
         }
     }
 
-    /// The poll hooks (one set per reactor; `nil`: none). Reactor thread only.
-    package var pollHooks: PollHooks? {
-        get { loop.pollHooks }
-        set { loop.pollHooks = newValue }
+    /// Adds poll hooks; returns the token that removes them. Reactor thread only.
+    package func addPollHooks(_ hooks: PollHooks) -> Int {
+        loop.nextPollHooksToken += 1
+        loop.pollHooks.append((loop.nextPollHooksToken, hooks))
+        return loop.nextPollHooksToken
+    }
+
+    /// Removes the poll hooks added with `token`. Reactor thread only.
+    package func removePollHooks(_ token: Int) {
+        loop.pollHooks.removeAll { $0.token == token }
+    }
+
+    private func runPollHooks() -> Int {
+        var ran = 0
+        for h in loop.pollHooks { ran += h.hooks.run() }
+        return ran
+    }
+
+    private func pollHooksHaveWork() -> Bool {
+        for h in loop.pollHooks where h.hooks.hasWork() { return true }
+        return false
+    }
+
+    /// Every set's `prepareToBlock` (each announces its sleep); true if any found work.
+    private func preparePollHooksToBlock() -> Bool {
+        var arrived = false
+        for h in loop.pollHooks where h.hooks.prepareToBlock() { arrived = true }
+        return arrived
     }
 
     private func waitForEvents(_ wait: Int64?, into events: inout [BackendEvent]) throws(SyscallError) {
         let busyPoll = loop.busyPollNanoseconds
         guard busyPoll > 0 && wait != 0 else {
-            if wait != 0, let hooks = loop.pollHooks, hooks.prepareToBlock() { return try backend.wait(timeoutNanoseconds: 0, into: &events) }
+            if wait != 0, !loop.pollHooks.isEmpty, preparePollHooksToBlock() { return try backend.wait(timeoutNanoseconds: 0, into: &events) }
             return try backend.wait(timeoutNanoseconds: wait, into: &events)
         }
-        let hooks = loop.pollHooks
+        let hooks = !loop.pollHooks.isEmpty
         // Poll without blocking for a while before sleeping: trades CPU for the wake-up
         // latency of a blocking wait (large when the peer runs on another CPU).
         let start = Sys.monotonicNanoseconds()
         let limit = min(busyPoll, wait ?? Int64.max)
         repeat {
             try backend.wait(timeoutNanoseconds: 0, into: &events)
-            if let hooks, events.isEmpty {
+            if hooks, events.isEmpty {
                 // The hooks' memory, a few rounds between two polls of the backend (a system
                 // call); the backend is polled once per iteration all the same.
                 for _ in 0..<64 {
-                    if hooks.hasWork() { return }
+                    if pollHooksHaveWork() { return }
                     cloop_cpu_relax()
                 }
             }
         } while events.isEmpty && Sys.monotonicNanoseconds() &- start < limit
         // (Jobs from other threads wake the eventfd, which is one of the polled descriptors.)
         if events.isEmpty {
-            if let hooks, hooks.prepareToBlock() { return }
+            if hooks, preparePollHooksToBlock() { return }
             let left = wait.map { max(0, $0 &- (Sys.monotonicNanoseconds() &- start)) }
             try backend.wait(timeoutNanoseconds: left, into: &events)
         }

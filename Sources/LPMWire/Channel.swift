@@ -50,12 +50,14 @@ package final class ChannelFlusher {
 
     /// The channels with rings on a busy-polling reactor: read through the reactor's poll hooks.
     @exclusivity(unchecked) private var polled: [Channel] = []
+    /// This flusher's poll hooks on the reactor, while it has polled channels.
+    @exclusivity(unchecked) private var pollHooksToken: Int?
 
     /// Reads `channel`'s incoming ring through the reactor's poll hooks from now on.
     func addPolled(_ channel: Channel) {
         polled.append(channel)
-        guard polled.count == 1 else { return }
-        reactor.pollHooks = Reactor.PollHooks(
+        guard pollHooksToken == nil else { return }
+        pollHooksToken = reactor.addPollHooks(Reactor.PollHooks(
             hasWork: { [unowned self] in
                 for c in self.polled where c.ringHasUnread() { return true }
                 return false
@@ -71,12 +73,15 @@ package final class ChannelFlusher {
                 var arrived = false
                 for c in self.polled where c.ringPrepareToBlock() { arrived = true }
                 return arrived
-            })
+            }))
     }
 
     func removePolled(_ channel: Channel) {
         polled.removeAll { $0 === channel }
-        if polled.isEmpty { reactor.pollHooks = nil }
+        if polled.isEmpty, let token = pollHooksToken {
+            reactor.removePollHooks(token)
+            pollHooksToken = nil
+        }
     }
 
     /// Flushes every dirty channel now.

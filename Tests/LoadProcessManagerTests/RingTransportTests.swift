@@ -1,5 +1,6 @@
 import Glibc
 import LoadProcessManager
+import LPMReactor
 import Synchronization
 import Testing
 
@@ -132,6 +133,32 @@ struct RingTransportTests {
             #expect(await eventually(seconds: 5) { (try? await s.enqueue("count").text) == "0" }, "round \(round)")
         }
         await s.hardKill()
+    }
+
+    @Test("two supervisors with rings on one busy-polling reactor: both pools' answers arrive")
+    func twoPoolsOneReactor() throws {
+        let reactor = try Reactor()
+        defer { reactor.close() }
+        reactor.busyPoll = .microseconds(50)
+        final class Box: @unchecked Sendable { var answered = [0, 0]; var stopped = 0 }  // reactor thread only
+        let box = Box()
+        var pools: [Supervisor] = []
+        for k in 0..<2 {
+            var c = ringConfig("transport")
+            c.busyPoll = .microseconds(50)
+            let s = Supervisor(c, reactor: reactor)
+            s.start(completion: { _ in })
+            for _ in 0..<200 {
+                s.enqueue(Array("x".utf8)) { r in if case .success(let w) = r, w.text == "rings" { box.answered[k] += 1 } }
+            }
+            pools.append(s)
+        }
+        let deadline = ContinuousClock.now + .seconds(30)
+        while box.answered != [200, 200] && ContinuousClock.now < deadline { try reactor.runOnce(timeout: .milliseconds(10)) }
+        #expect(box.answered == [200, 200])
+        for s in pools { s.softKill { box.stopped += 1 } }
+        while box.stopped < 2 && ContinuousClock.now < deadline { try reactor.runOnce(timeout: .milliseconds(10)) }
+        #expect(box.stopped == 2)
     }
 
     @Test("a worker that spoils its response ring is a protocol violation: killed, replaced, nothing leaked",
