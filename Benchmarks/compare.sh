@@ -169,6 +169,15 @@ for rep in $(seq 1 "$REPS"); do
             for api in rt-async rt-executor rt-handler rt-chained; do
                 run "$b.$place" "${P[@]}" "$LPM" "$api" "$RT_N" --backend "$b"
             done
+            # The shared-memory transport; with busy polling (50 µs, both sides) unpinned only,
+            # beside the socket transport with the same polling.
+            for api in rt-async rt-executor rt-chained; do
+                run "$b.$place" "${P[@]}" "$LPM" "$api-rings" "$RT_N" --backend "$b"
+                if [ $place = unpinned ]; then
+                    run "$b.poll" env LPM_BUSY_POLL_US=50 "$LPM" "$api" "$RT_N" --backend "$b"
+                    run "$b.poll" env LPM_BUSY_POLL_US=50 "$LPM" "$api-rings" "$RT_N" --backend "$b"
+                fi
+            done
         done
         run "auto.$place" "${P[@]}" "$LPM" reactor-pingpong-thread "$RT_N"
     done
@@ -183,6 +192,8 @@ for rep in $(seq 1 "$REPS"); do
         run "$b" "$LPM" burst-async "$BURST_N" --backend "$b"
         run "$b" "$LPM" burst-executor "$BURST_N" --backend "$b"
         run "$b" "$LPM" burst-batched "$BURST_N" --backend "$b"
+        run "$b" "$LPM" burst-rings "$BURST_N" --backend "$b"
+        run "$b" "$LPM" burst-executor-rings "$BURST_N" --backend "$b"
     done
 
     step "  spawn and crash"
@@ -423,6 +434,15 @@ for place in pinned unpinned; do
         trow "Supervisor+Worker, async API on the supervisor's executor [$b]" "$b.$place" lpm_rt_executor_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns 1.3
         trow "Supervisor+Worker, completion handler [$b]" "$b.$place" lpm_rt_handler_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns 1.2
         trow "Supervisor+Worker, chained on reactor thread [$b]" "$b.$place" lpm_rt_chained_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns 1.2
+        trow "  shared-memory rings, async API, against sockets [$b]" "$b.$place" lpm_rt_async_rings_64B ns "sockets" "$b.$place" lpm_rt_async_64B ns 1.0
+        trow "  shared-memory rings, async API on the executor, against sockets [$b]" "$b.$place" lpm_rt_executor_rings_64B ns "sockets" "$b.$place" lpm_rt_executor_64B ns 1.0
+        trow "  shared-memory rings, chained, against sockets [$b]" "$b.$place" lpm_rt_chained_rings_64B ns "sockets" "$b.$place" lpm_rt_chained_64B ns 1.0
+        if [ $place = unpinned ]; then
+            trow "  busy polling 50 µs, sockets, chained [$b]" "$b.poll" lpm_rt_chained_64B ns "C rings" "c.$place" c_ring_pingpong_poll_64B ns
+            trow "  busy polling 50 µs, rings, chained (target <= 3 µs) [$b]" "$b.poll" lpm_rt_chained_rings_64B ns "sockets" "$b.poll" lpm_rt_chained_64B ns
+            trow "  busy polling 50 µs, rings, async API on the executor (target <= 5 µs) [$b]" "$b.poll" lpm_rt_executor_rings_64B ns "sockets" "$b.poll" lpm_rt_executor_64B ns
+            trow "  busy polling 50 µs, rings, async API [$b]" "$b.poll" lpm_rt_async_rings_64B ns "sockets" "$b.poll" lpm_rt_async_64B ns
+        fi
     done
     trow "reactor ping-pong, 2 threads [auto]" "auto.$place" reactor_pingpong_threads_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns
 done
@@ -438,6 +458,8 @@ for b in "${BACKENDS[@]}"; do
     rrow "  async API, 512 tasks, against the handler burst [$b]" "$b" lpm_burst_async_2w "req/s" "handler" "$b" lpm_burst_2w 0.80
     rrow "  async API, 512 tasks on the supervisor's executor, against the handler burst [$b]" "$b" lpm_burst_executor_2w "req/s" "handler" "$b" lpm_burst_2w 0.80
     rrow "Supervisor burst of $BURST_N, enqueue(contentsOf:) [$b]" "$b" lpm_burst_batched_2w "req/s" "C" c c_echo_epoll_batched_2x256x64B 0.40
+    rrow "  shared-memory rings, handler API, against sockets (target >= 1.5x) [$b]" "$b" lpm_burst_2w_rings "req/s" "sockets" "$b" lpm_burst_2w 1.5
+    rrow "  shared-memory rings, async API on the executor, against sockets [$b]" "$b" lpm_burst_executor_2w_rings "req/s" "sockets" "$b" lpm_burst_executor_2w
 done
 for b in "${BACKENDS[@]}"; do
     prow "  supervisor CPU per request, burst [$b]" "$b" lpm_burst_2w_supervisor_cpu "time:ns"

@@ -1,3 +1,5 @@
+import CLoop
+
 /// The loop's own state: the buffers it reuses each iteration and its settings.
 struct LoopState {
     /// Events of the current wait; its capacity is kept from one iteration to the next.
@@ -9,6 +11,9 @@ struct LoopState {
     /// ``Reactor/iterationNanoseconds``).
     var iterationNanoseconds: Int64 = Sys.monotonicNanoseconds()
     var busyPollNanoseconds: Int64 = Sys.environment("LPM_BUSY_POLL_US").flatMap { Int64($0) }.map { $0 * 1000 } ?? 0
+    /// The poll hooks, each with its token (``Reactor/addPollHooks(_:)``).
+    var pollHooks: [(token: Int, hooks: Reactor.PollHooks)] = []
+    var nextPollHooksToken = 0
 
     init() { events.reserveCapacity(64) }
 }
@@ -54,25 +59,84 @@ extension Reactor {
             handler(ready)
             ran += 1
         }
+        if !loop.pollHooks.isEmpty { ran += runPollHooks() }
         ran += runExpiredTimers()
         ran += runJobs()
         return ran
     }
 
+    /// Work that is not a descriptor's readiness: memory another process writes (shared-memory
+    /// rings). ``run`` runs it once per iteration, after the ready callbacks; while busy
+    /// polling, ``hasWork`` ends the polling as soon as it returns true; before a blocking wait,
+    /// ``prepareToBlock`` arranges to be woken through a watched descriptor, and returns true
+    /// when work arrived meanwhile (the wait then does not block).
+    package struct PollHooks {
+        package var hasWork: () -> Bool
+        package var run: () -> Int
+        package var prepareToBlock: () -> Bool
+
+        package init(hasWork: @escaping () -> Bool, run: @escaping () -> Int, prepareToBlock: @escaping () -> Bool) {
+            self.hasWork = hasWork
+            self.run = run
+            self.prepareToBlock = prepareToBlock
+        }
+    }
+
+    /// Adds poll hooks; returns the token that removes them. Reactor thread only.
+    package func addPollHooks(_ hooks: PollHooks) -> Int {
+        loop.nextPollHooksToken += 1
+        loop.pollHooks.append((loop.nextPollHooksToken, hooks))
+        return loop.nextPollHooksToken
+    }
+
+    /// Removes the poll hooks added with `token`. Reactor thread only.
+    package func removePollHooks(_ token: Int) {
+        loop.pollHooks.removeAll { $0.token == token }
+    }
+
+    private func runPollHooks() -> Int {
+        var ran = 0
+        for h in loop.pollHooks { ran += h.hooks.run() }
+        return ran
+    }
+
+    private func pollHooksHaveWork() -> Bool {
+        for h in loop.pollHooks where h.hooks.hasWork() { return true }
+        return false
+    }
+
+    /// Every set's `prepareToBlock` (each announces its sleep); true if any found work.
+    private func preparePollHooksToBlock() -> Bool {
+        var arrived = false
+        for h in loop.pollHooks where h.hooks.prepareToBlock() { arrived = true }
+        return arrived
+    }
+
     private func waitForEvents(_ wait: Int64?, into events: inout [BackendEvent]) throws(SyscallError) {
         let busyPoll = loop.busyPollNanoseconds
         guard busyPoll > 0 && wait != 0 else {
+            if wait != 0, !loop.pollHooks.isEmpty, preparePollHooksToBlock() { return try backend.wait(timeoutNanoseconds: 0, into: &events) }
             return try backend.wait(timeoutNanoseconds: wait, into: &events)
         }
+        let hooks = !loop.pollHooks.isEmpty
         // Poll without blocking for a while before sleeping: trades CPU for the wake-up
         // latency of a blocking wait (large when the peer runs on another CPU).
         let start = Sys.monotonicNanoseconds()
         let limit = min(busyPoll, wait ?? Int64.max)
         repeat {
             try backend.wait(timeoutNanoseconds: 0, into: &events)
+            if hooks, events.isEmpty {
+                // The hooks' memory, a few rounds between two polls of the backend (a system
+                // call); the backend is polled once per iteration all the same.
+                for _ in 0..<64 {
+                    if pollHooksHaveWork() { return }
+                    cloop_cpu_relax()
+                }
+            }
         } while events.isEmpty && Sys.monotonicNanoseconds() &- start < limit
         // (Jobs from other threads wake the eventfd, which is one of the polled descriptors.)
         if events.isEmpty {
+            if hooks, preparePollHooksToBlock() { return }
             let left = wait.map { max(0, $0 &- (Sys.monotonicNanoseconds() &- start)) }
             try backend.wait(timeoutNanoseconds: left, into: &events)
         }

@@ -8,6 +8,9 @@ package struct WorkerCapabilities: OptionSet, Sendable, Hashable {
     package init(rawValue: UInt32) { self.rawValue = rawValue }
     /// The worker takes batched requests (``Batch``) and answers each with one batched response.
     package static let batches = WorkerCapabilities(rawValue: 1)
+    /// The worker can exchange requests and answers through shared-memory rings: the supervisor
+    /// may hand them over (``FrameType/rings``) and send requests through them.
+    package static let rings = WorkerCapabilities(rawValue: 2)
 
     /// The capabilities a `ready` frame's payload announces.
     package static func decode(_ payload: UnsafeRawBufferPointer) -> WorkerCapabilities {

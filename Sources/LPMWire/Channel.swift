@@ -48,6 +48,42 @@ package final class ChannelFlusher {
         }
     }
 
+    /// The channels with rings on a busy-polling reactor: read through the reactor's poll hooks.
+    @exclusivity(unchecked) private var polled: [Channel] = []
+    /// This flusher's poll hooks on the reactor, while it has polled channels.
+    @exclusivity(unchecked) private var pollHooksToken: Int?
+
+    /// Reads `channel`'s incoming ring through the reactor's poll hooks from now on.
+    func addPolled(_ channel: Channel) {
+        polled.append(channel)
+        guard pollHooksToken == nil else { return }
+        pollHooksToken = reactor.addPollHooks(Reactor.PollHooks(
+            hasWork: { [unowned self] in
+                for c in self.polled where c.ringHasUnread() { return true }
+                return false
+            },
+            run: { [unowned self] in
+                var ran = 0
+                // A channel may close (and leave the list) while one delivers.
+                let list = self.polled
+                for c in list { ran += c.pollRing() }
+                return ran
+            },
+            prepareToBlock: { [unowned self] in
+                var arrived = false
+                for c in self.polled where c.ringPrepareToBlock() { arrived = true }
+                return arrived
+            }))
+    }
+
+    func removePolled(_ channel: Channel) {
+        polled.removeAll { $0 === channel }
+        if polled.isEmpty, let token = pollHooksToken {
+            reactor.removePollHooks(token)
+            pollHooksToken = nil
+        }
+    }
+
     /// Flushes every dirty channel now.
     package func flushAll() {
         scheduled = false
@@ -99,6 +135,22 @@ package final class Channel {
     @exclusivity(unchecked) package var onFrame: (FrameHeader, UnsafeRawBufferPointer) -> Void = { _, _ in }
     /// Called once when the channel stops for any reason other than ``close()``.
     package var onEnd: (ChannelEnd) -> Void = { _ in }
+
+    /// The supervisor's side: the capacity of each ring to offer a worker whose `ready` frame
+    /// announces ``WorkerCapabilities/rings`` (``offerRings(capacity:)``); `nil`, never.
+    @exclusivity(unchecked) package var ringOffer: Int?
+    /// The worker's side: whether ``FrameType/rings`` frames are taken (the worker announced
+    /// the capability). A channel that does not take them delivers them like any frame.
+    @exclusivity(unchecked) package var acceptsRings = false
+    /// The rings attached, if any: requests and answers that fit go through them.
+    @exclusivity(unchecked) private var rings: SharedRingLink?
+    /// The ring descriptors received so far, on the worker's side.
+    @exclusivity(unchecked) private var handOver = SharedRingHandOver()
+    /// A ring failure met while queueing (a peer's index out of range): the channel ends at the
+    /// next flush, as for ``refusedOutput``.
+    @exclusivity(unchecked) private var ringFailure: SharedRingError?
+    /// Whether shared-memory rings are attached to this channel.
+    package var usesRings: Bool { rings != nil }
 
     /// The most bytes queued for the peer before a frame is refused: at least one maximum-size
     /// frame, so a large request or response can always be queued. Past it the peer is taken
@@ -152,7 +204,21 @@ package final class Channel {
 
     /// Queues a frame; `write` appends exactly `length` payload bytes to the buffer it is given.
     package func send(_ type: FrameType, id: UInt64, flags: FrameFlags = [], length: Int, _ write: (inout [UInt8]) -> Void) {
-        guard !isClosed, admit() else { return }
+        guard !isClosed else { return }
+        if rings != nil {
+            scratch.removeAll(keepingCapacity: scratch.capacity <= Wire.retainedBufferCapacity)
+            write(&scratch)
+            precondition(scratch.count == length, "frame payload length mismatch")
+            let sent = scratch.withUnsafeBytes { bytes in
+                ringWrite(type, flags: flags, id: id, length: length) { $0.copyMemory(from: bytes.baseAddress!, byteCount: length) }
+            }
+            if sent { return }
+            guard admit() else { return }
+            out.appendFrameHeader(type, flags: flags, length: length, id: id)
+            out.append(scratch)
+            return markDirty()
+        }
+        guard admit() else { return }
         out.appendFrameHeader(type, flags: flags, length: length, id: id)
         scratch.removeAll(keepingCapacity: scratch.capacity <= Wire.retainedBufferCapacity)
         write(&scratch)
@@ -164,8 +230,21 @@ package final class Channel {
     /// Queues a request frame: its header and `head` in one copy, then `payload` (the request
     /// path: two appends to the buffer where the general `send(_:id:flags:length:_:)` makes four).
     package func send(_ type: FrameType, id: UInt64, flags: FrameFlags = [], head: RequestHead, payload: [UInt8]) {
-        guard !isClosed, admit() else { return }
+        guard !isClosed else { return }
         let length = RequestHead.size + payload.count
+        if rings != nil {
+            let sent = ringWrite(type, flags: flags, id: id, length: length) { room in
+                // The head (the id's 16 bytes, createdAt), then the payload.
+                withUnsafeBytes(of: (head.id.bytes, head.createdAt.littleEndian)) {
+                    room.copyMemory(from: $0.baseAddress!, byteCount: RequestHead.size)
+                }
+                payload.withUnsafeBytes {
+                    if $0.count > 0 { (room + RequestHead.size).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                }
+            }
+            if sent { return }
+        }
+        guard admit() else { return }
         precondition(length <= Int(UInt32.max), "frame payload too long")
         let first = FrameHeader.firstWord(type, flags: flags, length: length)
         // 40 bytes, no padding: the frame header's two words, the id's 16 bytes, createdAt.
@@ -214,7 +293,16 @@ package final class Channel {
 
     /// Queues a frame whose payload is `payload`.
     package func send(_ type: FrameType, id: UInt64, payload: [UInt8]) {
-        guard !isClosed, admit() else { return }
+        guard !isClosed else { return }
+        if rings != nil {
+            let sent = payload.withUnsafeBytes { bytes in
+                ringWrite(type, flags: [], id: id, length: bytes.count) { room in
+                    if bytes.count > 0 { room.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
+                }
+            }
+            if sent { return }
+        }
+        guard admit() else { return }
         out.appendFrameHeader(type, length: payload.count, id: id)
         out.append(payload)
         markDirty()
@@ -229,10 +317,16 @@ package final class Channel {
     }
 
     /// Writes what is queued, as far as the socket takes it; waits for writability for the rest.
+    /// Records in the ring are published first: a frame on the socket never arrives before a
+    /// record queued ahead of it is visible (see ``drainRing()``).
     func flush() {
         isDirty = false
         guard !isClosed else { return }
         if refusedOutput { return end(.violation(.peerNotReading(queued: pendingOutput))) }
+        if let r = rings {
+            if let failure = ringFailure { return end(.violation(ProtocolViolation(failure.description, kind: .frame))) }
+            r.publish()
+        }
         guard outStart < out.count else { return }
         while outStart < out.count {
             let start = outStart, fd = self.fd
@@ -298,6 +392,8 @@ package final class Channel {
             }
             if n == 0 {
                 deliver()
+                // Records published before the peer closed are delivered too.
+                if rings != nil { drainRing() }
                 if !isClosed { end(.endOfFile) }
                 return
             }
@@ -315,7 +411,19 @@ package final class Channel {
         do {
             try decoder.decode { header, payload in
                 if self.isClosed { throw Stop() }
-                if header.flags.announcesDescriptor {
+                if self.rings != nil {
+                    // Whatever the peer published in the ring before it sent this frame comes
+                    // first: a cancel never overtakes its request, an exit never its answers.
+                    self.drainRing()
+                    if self.isClosed { throw Stop() }
+                }
+                if header.type == .rings && self.acceptsRings {
+                    try self.receiveRings(header)
+                } else if header.type == .ready, let capacity = self.ringOffer, self.rings == nil,
+                          WorkerCapabilities.decode(payload).contains(.rings) {
+                    self.offerRings(capacity: capacity)
+                    self.onFrame(header, payload)
+                } else if header.flags.announcesDescriptor {
                     try self.deliverWithDescriptor(header, payload)
                 } else {
                     self.onFrame(header, payload)
@@ -363,6 +471,7 @@ package final class Channel {
     /// exits, so that no answer is lost).
     package func flushBlocking() {
         guard !isClosed else { return }
+        rings?.publish()
         while outStart < out.count {
             var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
             flush()
@@ -391,8 +500,247 @@ package final class Channel {
         }
         if let r = registration { reactor.deregisterInternal(r) }
         registration = nil
+        if let r = rings {
+            // Records committed and not published are dropped with the channel, as queued
+            // frames the socket did not take.
+            if r.polled { flusher.removePolled(self) }
+            r.close(reactor: reactor)
+            rings = nil
+        }
+        handOver.closeAll()
         FileDescriptor.closeRaw(fd)
         out.removeAll(shrinkingAbove: 0, to: 0)
         outStart = 0
+    }
+}
+
+// MARK: Shared-memory rings
+
+extension Channel {
+    /// Writes a frame into the outgoing ring if one is attached, the frame may travel there and
+    /// fits; `fill` writes exactly `length` payload bytes at the pointer it is given. Returns
+    /// false when the socket must take the frame (no ring, a frame the ring does not carry, too
+    /// large, or the ring is full).
+    @inline(__always)
+    private func ringWrite(_ type: FrameType, flags: FrameFlags, id: UInt64, length: Int,
+                           _ fill: (UnsafeMutableRawPointer) -> Void) -> Bool {
+        guard let r = rings, length <= r.maxOutgoingPayload, r.carries(type, flags: flags) else { return false }
+        let room: UnsafeMutableRawBufferPointer?
+        do {
+            room = try r.producer.reserve(payload: length)
+        } catch {
+            // The peer's index is inconsistent: the channel ends at the next flush; the frame
+            // is dropped with it (its request is settled as the peer's are on a violation).
+            if ringFailure == nil { ringFailure = error }
+            if !isDirty { isDirty = true; flusher.markDirty(self) }
+            return true
+        }
+        guard let room, let base = room.baseAddress else { return false }
+        fill(base)
+        r.producer.commit(length: length, kind: type.rawValue, flags: flags.rawValue, id: id)
+        r.unpublished = true
+        if !isDirty { isDirty = true; flusher.markDirty(self) }
+        return true
+    }
+
+    /// The supervisor's side: creates a worker's ring object and both doorbells, hands them
+    /// over on the socket (three ``FrameType/rings`` frames) and attaches the rings. Requests
+    /// may go through them at once: the worker drains its ring when it attaches. If any step
+    /// fails, the channel stays on the socket alone.
+    package func offerRings(capacity: Int) {
+        guard rings == nil, !isClosed else { return }
+        var object: FileDescriptor?
+        let mapping: SharedRingMapping
+        do {
+            mapping = try SharedRingMapping.create(requestCapacity: capacity, responseCapacity: capacity, descriptor: &object)
+        } catch { return }
+        let memfd = object.take()!.release()
+        var fds: [CInt] = [memfd]
+        // Ours, the worker's, and a copy of each to pass (the channel closes what it passes).
+        do throws(SyscallError) {
+            for _ in 0..<2 { fds.append(try Sys.eventfd().release()) }
+            for i in 1...2 { fds.append(try Sys.duplicate(fds[i]).release()) }
+        } catch {
+            for fd in fds { FileDescriptor.closeRaw(fd) }
+            mapping.unmap()
+            return
+        }
+        let (mine, theirs, mineCopy, theirsCopy) = (fds[1], fds[2], fds[3], fds[4])
+        let link: SharedRingLink
+        do {
+            link = try SharedRingLink(side: .supervisor, mapping: mapping, doorbell: mine, peerDoorbell: theirs)
+        } catch {
+            for fd in [memfd, mineCopy, theirsCopy] { FileDescriptor.closeRaw(fd) }
+            return
+        }
+        send(.rings, id: 0, passing: memfd, payload: [])
+        send(.rings, id: 1, passing: theirsCopy, payload: [])
+        send(.rings, id: 2, passing: mineCopy, payload: [])
+        if isClosed {
+            link.close(reactor: reactor)
+            return
+        }
+        start(link)
+    }
+
+    /// The worker's side: one ring descriptor arrived; with the third, the rings are attached.
+    private func receiveRings(_ header: FrameHeader) throws(ProtocolViolation) {
+        guard header.flags.announcesDescriptor, !incomingFDs.isEmpty else {
+            throw ProtocolViolation("a rings frame without its descriptor", kind: .descriptor)
+        }
+        let fd = incomingFDs.removeFirst()
+        guard rings == nil else {
+            FileDescriptor.closeRaw(fd)
+            throw ProtocolViolation("rings handed over twice", kind: .frame)
+        }
+        switch header.id {
+        case 0 where handOver.object < 0: handOver.object = fd
+        case 1 where handOver.doorbell < 0: handOver.doorbell = fd
+        case 2 where handOver.peerDoorbell < 0: handOver.peerDoorbell = fd
+        default:
+            FileDescriptor.closeRaw(fd)
+            throw ProtocolViolation("unexpected rings frame \(header.id)", kind: .frame)
+        }
+        guard handOver.isComplete else { return }
+        let h = handOver
+        handOver = SharedRingHandOver()
+        let mapping: SharedRingMapping
+        do {
+            mapping = try SharedRingMapping.attach(descriptor: h.object)
+        } catch {
+            var rest = h
+            rest.closeAll()
+            throw ProtocolViolation("\(error)", kind: .frame)
+        }
+        FileDescriptor.closeRaw(h.object)  // the mapping keeps the object
+        let link: SharedRingLink
+        do {
+            // On failure it has closed both doorbells and unmapped the object.
+            link = try SharedRingLink(side: .worker, mapping: mapping, doorbell: h.doorbell, peerDoorbell: h.peerDoorbell)
+        } catch {
+            throw ProtocolViolation("\(error)", kind: .frame)
+        }
+        start(link)
+    }
+
+    /// Attaches `link`: its doorbell watched in the reactor, then a first drain and the sleep
+    /// announcement. On a busy-polling reactor, the ring is read through the reactor's poll
+    /// hooks instead, and the sleep is announced only before the reactor blocks.
+    private func start(_ link: SharedRingLink) {
+        do {
+            link.registration = try reactor.register(link.doorbell, interest: .readable) { [unowned self] _ in self.ringWoke() }
+        } catch {
+            link.close(reactor: reactor)
+            return end(.registrationFailed(error))
+        }
+        rings = link
+        if reactor.busyPoll != nil {
+            link.polled = true
+            flusher.addPolled(self)
+            drainRing()
+        } else {
+            settle()
+        }
+    }
+
+    /// The doorbell rang: clears it, withdraws the sleep announcement, reads the ring.
+    private func ringWoke() {
+        guard let r = rings, !isClosed else { return }
+        SharedRingDoorbell.drain(r.doorbell)
+        r.consumer.woke()
+        r.announced = false
+        if r.polled { drainRing() } else { settle() }
+    }
+
+    /// Whether the incoming ring holds a record not yet read (true too when its index is bad:
+    /// reading it then ends the channel).
+    fileprivate func ringHasUnread() -> Bool {
+        guard let r = rings, !isClosed else { return false }
+        return (try? r.consumer.hasUnread()) ?? true
+    }
+
+    /// Once per reactor iteration on a polling reactor: withdraws a sleep announcement, reads
+    /// the ring. Returns how many records were delivered.
+    fileprivate func pollRing() -> Int {
+        guard let r = rings, !isClosed else { return 0 }
+        if r.announced {
+            r.consumer.woke()
+            r.announced = false
+        }
+        guard (try? r.consumer.hasUnread()) ?? true else { return 0 }
+        return drainRing()
+    }
+
+    /// Before the polling reactor blocks: announces the sleep; true if a record arrived meanwhile.
+    fileprivate func ringPrepareToBlock() -> Bool {
+        guard let r = rings, !isClosed else { return false }
+        do {
+            if try r.consumer.prepareToSleep() {
+                r.announced = true
+                return false
+            }
+        } catch {}
+        return true
+    }
+
+    /// Reads the incoming ring until it is empty and the sleep is announced with nothing
+    /// arrived meanwhile (the handshake of docs/PROTOCOL.md, "Memory order").
+    private func settle() {
+        while !isClosed, let r = rings {
+            drainRing()
+            guard !isClosed else { return }
+            do {
+                if try r.consumer.prepareToSleep() { return }
+            } catch {
+                return end(.violation(ProtocolViolation(error.description, kind: .frame)))
+            }
+        }
+    }
+
+    /// Delivers every record published in the incoming ring, each through ``onFrame`` as a
+    /// frame, from a private copy of its payload; releases them. A record the peer may not
+    /// send there, or an inconsistent index, ends the channel with a violation.
+    @discardableResult
+    private func drainRing() -> Int {
+        guard let r = rings else { return 0 }
+        var count = 0
+        r.delivering = true
+        defer { r.delivering = false }
+        do {
+            while let record = try r.consumer.next() {
+                let flags = FrameFlags(rawValue: record.flags)
+                guard let type = FrameType(rawValue: record.kind), r.accepts(type, flags: flags) else {
+                    end(.violation(ProtocolViolation("\(r.consumer.ring): a record of kind \(record.kind), flags \(record.flags)",
+                                                            kind: .frame)))
+                    return count
+                }
+                guard record.payload.count <= maxPayload else {
+                    end(.violation(ProtocolViolation("\(r.consumer.ring): a payload of \(record.payload.count) bytes exceeds \(maxPayload)",
+                                                            kind: .frame)))
+                    return count
+                }
+                let header = FrameHeader(type: type, flags: flags, length: record.payload.count, id: record.id)
+                count &+= 1
+                if r.copiesPayloads && flags.contains(.batch) {
+                    // The peer can still write the shared bytes, and a batch's decoder reads a
+                    // length, then the bytes it covers: it gets a private copy. Other payloads
+                    // are read once (copied into the request or the response) where they are.
+                    r.scratch.removeAll(keepingCapacity: r.scratch.capacity <= Wire.retainedBufferCapacity)
+                    r.scratch.append(contentsOf: record.payload)
+                    if count & 31 == 0, r.consumer.release() { r.ringPeer() }
+                    r.scratch.withUnsafeBytes { onFrame(header, $0) }
+                } else {
+                    onFrame(header, record.payload)
+                    if isClosed { return count }
+                    if count & 31 == 0, r.consumer.release() { r.ringPeer() }
+                }
+                if isClosed { return count }
+            }
+        } catch {
+            end(.violation(ProtocolViolation(error.description, kind: .frame)))
+            return count
+        }
+        if r.consumer.release() { r.ringPeer() }
+        return count
     }
 }

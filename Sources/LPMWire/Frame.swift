@@ -78,6 +78,11 @@ import LPMReactor
     /// W→S: the response stream of request `id` is complete. Payload: a ``StreamEnd`` (u64 byte
     /// count, u8 status: 0 complete, 1 the worker failed to produce it).
     case streamEnd = 18
+    /// S→W, only to a worker whose `ready` announced ``WorkerCapabilities/rings``: hands over
+    /// one descriptor of its shared-memory rings (docs/PROTOCOL.md, "Hand-over and
+    /// negotiation"). id: 0 the ring object (a memfd), 1 the worker's doorbell, 2 the
+    /// supervisor's doorbell (eventfds). No payload.
+    case rings = 19
 }
 
 /// Frame flags.

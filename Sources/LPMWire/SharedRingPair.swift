@@ -5,7 +5,7 @@ import Synchronization
 /// A worker's ring object mapped into this process: the request ring and the response ring in
 /// one `MAP_SHARED` mapping of a memfd. See docs/PROTOCOL.md, "Shared-memory rings".
 ///
-/// The supervisor creates the object (``create(requestCapacity:responseCapacity:)``), hands its
+/// The supervisor creates the object (``create(requestCapacity:responseCapacity:descriptor:)``), hands its
 /// descriptor to the worker, and takes the request producer and the response consumer; the
 /// worker attaches (``attach(descriptor:)``) and takes the request consumer and the response
 /// producer. Unmap with ``unmap()``; a mapping dropped while mapped is unmapped by `deinit` and

@@ -119,6 +119,7 @@ public final class Worker {
         // `unowned` costs two atomic operations per frame, and `unowned(unsafe)` still a retain.
         let unmanaged = Unmanaged.passUnretained(self)
         channel.onFrame = { header, payload in unmanaged._withUnsafeGuaranteedRef { $0.frame(header, payload) } }
+        channel.acceptsRings = true
         channel.onEnd = { [unowned self] end in
             switch end {
             case .endOfFile: self.exit(code: 0)  // the supervisor is gone
@@ -176,8 +177,9 @@ public final class Worker {
     public func ready() {
         guard state != .ready else { return }
         state = .ready
-        // Announces batches: the supervisor's `map` may send several requests in one frame.
-        channel.send(.ready, id: 0, length: 4) { WorkerCapabilities.batches.encode(into: &$0) }
+        // Announces batches (the supervisor's `map` may send several requests in one frame) and
+        // rings (a supervisor configured for shared memory hands them over in answer).
+        channel.send(.ready, id: 0, length: 4) { WorkerCapabilities([.batches, .rings]).encode(into: &$0) }
         if softKillRequested { maybeFinishSoftKill() }
     }
 
@@ -188,6 +190,10 @@ public final class Worker {
         state = .busy
         channel.send(.busy)
     }
+
+    /// Whether shared-memory rings are attached to this worker's channel (the supervisor's
+    /// transport is `.sharedMemory` and answered the announcement).
+    package var usesRings: Bool { channel.usesRings }
 
     /// The requests received and not yet answered.
     public func requests() -> [Request] {
@@ -294,7 +300,7 @@ public final class Worker {
             channel.send(.pong, id: h.id)
         case .pong:
             break
-        case .ready, .busy, .response, .ack, .error, .healthReport, .socketClosed, .streamEnd:
+        case .ready, .busy, .response, .ack, .error, .healthReport, .socketClosed, .streamEnd, .rings:
             violation("unexpected frame \(h.type) from the supervisor")
         }
     }

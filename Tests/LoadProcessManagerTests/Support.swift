@@ -21,8 +21,13 @@ func testConfig(_ mode: String = "echo", count: Int = 2, env: [String: String] =
     c.count = count
     c.shutdownSignals = []
     if runsWithTemplate { c.template = WorkerTemplate() }
+    if runsWithRings { c.transport = .sharedMemory() }
     return c
 }
+
+/// Whether the suites run with the shared-memory transport (`LPM_TEST_RINGS=1` in the test
+/// process's environment): every pool of ``testConfig(_:count:env:)`` then offers rings.
+let runsWithRings = getenv("LPM_TEST_RINGS").map { String(cString: $0) == "1" } ?? false
 
 /// Whether the suites run with a worker template (`LPM_TEST_TEMPLATE=1` in the test process's
 /// environment): every pool of ``testConfig(_:count:env:)`` then forks its workers from one.

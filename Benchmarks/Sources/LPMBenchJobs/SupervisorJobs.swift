@@ -53,8 +53,10 @@ public final class Pool: Sendable {
 
     /// The configuration every job uses: the no-op worker, `count` workers, `maxInFlight`
     /// requests per worker, a restart budget that never runs out.
-    public static func configuration(workerPath: String, count: Int, maxInFlight: Int = 64) -> SupervisorConfiguration {
+    public static func configuration(workerPath: String, count: Int, maxInFlight: Int = 64,
+                                     transport: Transport = .socket) -> SupervisorConfiguration {
         var config = SupervisorConfiguration(workerPath: workerPath, count: count)
+        config.transport = transport
         config.maxConcurrentRequestsPerWorker = maxInFlight
         config.restarts = Int.max / 2
         config.maxRestartsInInterval = .seconds(1)
@@ -72,8 +74,10 @@ public final class Pool: Sendable {
     }
 
     /// Creates, starts, and waits until every worker is ready.
-    public convenience init(workerPath: String, count: Int, maxInFlight: Int = 64, payloadSize: Int = 64) throws {
-        try self.init(Pool.configuration(workerPath: workerPath, count: count, maxInFlight: maxInFlight), payloadSize: payloadSize)
+    public convenience init(workerPath: String, count: Int, maxInFlight: Int = 64, payloadSize: Int = 64,
+                            transport: Transport = .socket) throws {
+        try self.init(Pool.configuration(workerPath: workerPath, count: count, maxInFlight: maxInFlight, transport: transport),
+                      payloadSize: payloadSize)
         try startAndWait()
     }
 

@@ -15,6 +15,7 @@
 //   rt-handler N             the same, completion-handler API, caller blocks between (1e5)
 //   rt-chained N             the same, each completion enqueues the next (reactor thread) (1e5)
 //   rt-executor N            the async API from a task on the supervisor's executor (1e5)
+//   rt-*-rings, burst*-rings  the same jobs with the shared-memory transport (names end in _rings)
 //   burst N                  Supervisor + 2 workers, 256 in flight each: N at once, handler API (1e6)
 //   burst-async N            the same from 512 tasks through the async API (1e6)
 //   burst-batched N          the same handed over in one enqueue(contentsOf:) call (1e6)
@@ -68,7 +69,14 @@ if let i = args.firstIndex(of: "--chunk") {
     mapChunk = k
     args.removeSubrange(i...(i + 1))
 }
-guard let job = args.first else { usage() }
+guard let jobArgument = args.first else { usage() }
+/// `rt-*-rings` and `burst*-rings`: the same job with the shared-memory transport (the names end in `_rings`).
+let withRings = jobArgument.hasSuffix("-rings")
+let job = withRings ? String(jobArgument.dropLast(6)) : jobArgument
+/// LPM_BENCH_RING_BYTES: each ring's size (default: the transport's).
+let transport: Transport = !withRings ? .socket
+    : getenv("LPM_BENCH_RING_BYTES").flatMap { Int(String(cString: $0)) }.map { .sharedMemory(ringBytes: $0) } ?? .sharedMemory()
+let ringTag = withRings ? "_rings" : ""
 let countArg = args.count > 1 ? Int(args[1]) : nil
 if args.count > 1 && countArg == nil { usage() }
 
@@ -167,7 +175,7 @@ do {
     case "rt-async", "rt-handler", "rt-chained", "rt-executor":
         let tag = try supervisorTag()
         let n = countArg ?? 100_000
-        let pool = try Pool(workerPath: try benchWorkerPath(), count: 1)
+        let pool = try Pool(workerPath: try benchWorkerPath(), count: 1, transport: transport)
         let self0 = ProcessFigures.usage()
         var ns: UInt64 = 0
         switch job {
@@ -191,15 +199,15 @@ do {
         let self1 = ProcessFigures.usage()
         pool.stop()
         let api = job.dropFirst(3)
-        emit("lpm_rt_\(api)_64B_\(tag)", Double(ns) / Double(n), "ns/rt")
+        emit("lpm_rt_\(api)\(ringTag)_64B_\(tag)", Double(ns) / Double(n), "ns/rt")
         let total = Double(n + warmCount(n))
-        emit("lpm_rt_\(api)_supervisor_cpu_\(tag)", Double((self1 - self0).cpuNs) / total, "ns/rt")
-        emit("lpm_rt_\(api)_supervisor_csw_\(tag)", Double((self1 - self0).voluntarySwitches + (self1 - self0).involuntarySwitches) / total, "switches/rt")
+        emit("lpm_rt_\(api)\(ringTag)_supervisor_cpu_\(tag)", Double((self1 - self0).cpuNs) / total, "ns/rt")
+        emit("lpm_rt_\(api)\(ringTag)_supervisor_csw_\(tag)", Double((self1 - self0).voluntarySwitches + (self1 - self0).involuntarySwitches) / total, "switches/rt")
 
     case "burst", "burst-async", "burst-batched", "burst-executor":
         let tag = try supervisorTag()
         let n = countArg ?? 1_000_000
-        let pool = try Pool(workerPath: try benchWorkerPath(), count: 2, maxInFlight: 256)
+        let pool = try Pool(workerPath: try benchWorkerPath(), count: 2, maxInFlight: 256, transport: transport)
         let warm = min(n, 20_000)
         func once(_ k: Int) throws {
             switch job {
@@ -220,7 +228,7 @@ do {
         // The workers are reaped now: their CPU time shows in RUSAGE_CHILDREN (warm-up included).
         let children1 = ProcessFigures.usage(children: true)
         let name = ["burst-async": "lpm_burst_async_2w", "burst-batched": "lpm_burst_batched_2w",
-                    "burst-executor": "lpm_burst_executor_2w"][job] ?? "lpm_burst_2w"
+                    "burst-executor": "lpm_burst_executor_2w"][job].map { $0 + ringTag } ?? "lpm_burst_2w\(ringTag)"
         emit("\(name)_\(tag)", Double(n) / (Double(ns) / 1e9), "req/s")
         emit("\(name)_supervisor_cpu_\(tag)", Double((self1 - self0).cpuNs) / Double(n), "ns/req")
         emit("\(name)_workers_cpu_\(tag)", Double((children1 - children0).cpuNs) / Double(n + warm), "ns/req")

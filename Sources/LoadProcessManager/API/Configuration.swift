@@ -214,6 +214,10 @@ public struct SupervisorConfiguration: Sendable {
     /// different CPUs, for CPU spent spinning while idle. `nil` (the default): off. See
     /// `Reactor.busyPoll`.
     public var busyPoll: Duration? = nil
+    /// How requests and answers travel between the supervisor and each worker: ``Transport/socket``
+    /// (the default), or ``Transport/sharedMemory(ringBytes:)``, rings in shared memory beside the
+    /// socket for the workers that can use them. See ``Transport``.
+    public var transport: Transport = .socket
     /// Where the supervisor logs what happens to its workers (start, exit, restart, budget,
     /// violations, spawn failures, recycling, kill phases), with structured metadata (`slot`,
     /// `pid`, `status`, `reason`...). Nothing is logged per request above `debug`. Default: a
@@ -256,6 +260,45 @@ public struct SupervisorConfiguration: Sendable {
         self.executable = Executable(path: path)
         self.count = count
     }
+}
+
+/// How requests and answers travel between the supervisor and its workers
+/// (``SupervisorConfiguration/transport``).
+///
+/// - ``socket``: every frame crosses the worker's socketpair: a `send` and a `recv` per message
+///   and side, and a wake-up of the peer. Works with every worker, in any language.
+/// - ``sharedMemory(ringBytes:)``: each worker whose runtime announces it in its `ready` frame
+///   (the Swift runtime does) also gets a request ring and a response ring in one shared memory
+///   object (`memfd_create`), with an eventfd doorbell each way that is rung only when the
+///   other side announced it sleeps. Requests and answers that fit in a ring record go there;
+///   larger ones, descriptors, streams and control frames (pings, kills, events) stay on the
+///   socket, and so does every worker that does not announce the rings. With
+///   ``SupervisorConfiguration/busyPoll`` the reactors poll before sleeping, as on sockets.
+///   Costs two rings of `ringBytes` of memory per worker, two eventfds and a mapping.
+public struct Transport: Sendable, Hashable, CustomStringConvertible {
+    /// Each ring's data area in bytes (a power of two); 0 for the socket transport.
+    public let ringBytes: Int
+
+    private init(ringBytes: Int) { self.ringBytes = ringBytes }
+
+    /// The socketpair alone (the default).
+    public static let socket = Transport(ringBytes: 0)
+
+    /// Shared-memory rings beside the socket, for the workers that announce them.
+    /// - Parameter ringBytes: each ring's size, rounded up to a power of two from 4 KiB to
+    ///   1 GiB. A record takes up to half a ring: a request or answer larger than
+    ///   `ringBytes / 2 - 16` bytes (40 less for a request: its head) goes over the socket.
+    ///   Default 256 KiB.
+    public static func sharedMemory(ringBytes: Int = 256 << 10) -> Transport {
+        var n = 4096
+        while n < min(ringBytes, 1 << 30) { n <<= 1 }
+        return Transport(ringBytes: n)
+    }
+
+    /// Whether this is the shared-memory transport.
+    public var usesSharedMemory: Bool { ringBytes > 0 }
+
+    public var description: String { usesSharedMemory ? "sharedMemory(ringBytes: \(ringBytes))" : "socket" }
 }
 
 /// Per-request options (`enqueue(payload, options)`); `nil` fields take the configuration's.

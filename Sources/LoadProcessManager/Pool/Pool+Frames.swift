@@ -45,7 +45,7 @@ extension Pool {
             guard let core = w.streams.removeValue(forKey: h.id) else { return }
             core.markEnd(count: Int(truncatingIfNeeded: end.count), ok: end.ok)
             pump()
-        case .request, .broadcast, .healthRequest, .softKill, .hardKill, .cancel:
+        case .request, .broadcast, .healthRequest, .softKill, .hardKill, .cancel, .rings:
             violation(w, "a worker may not send \(h.type) frames")
         }
     }

@@ -280,6 +280,8 @@ final class Pool {
     func install(slot i: Int, _ spawned: (pid: pid_t, channel: CInt)) throws(SupervisorError) {
         let channel = Channel(fd: spawned.channel, reactor: reactor, flusher: flusher, maxPayload: config.maxPayload,
                               outgoingLimit: config.maxQueuedBytesPerWorker)
+        // Rings are offered when the worker's ready frame announces them (the channel answers it).
+        if config.transport.usesSharedMemory { channel.ringOffer = config.transport.ringBytes }
         let w = WorkerProcess(slot: i, pid: spawned.pid, channel: channel, statm: StatmReader(pid: spawned.pid))
         if let n = config.recycleAfterRequests, n > 0 {
             // Jitter (up to a tenth more), so that workers started together do not all recycle at once.

@@ -26,6 +26,12 @@
 //   getenv          answers with the value of the variable the payload names ("<unset>" when unset)
 //   cloexec         answers with fcntl(3, F_GETFD) & FD_CLOEXEC
 //   fail-x          fails requests whose payload starts with "x", echoes the others
+//   raw-echo        (no worker runtime) announces batches only, echoes on the socket
+//   ring-kind, ring-length, ring-tail, ring-flags  (no worker runtime) announces rings,
+//                   then spoils the response ring on the first request (RawRingWorker.swift)
+//   never-count     never answers, except "count": the number of other requests in flight,
+//                   and "block:MS[:padding]": blocks the thread MS ms, then answers "blocked"
+//   transport       answers "rings" when the channel has rings attached, else "socket"
 //   bad-batch       (no worker runtime) announces batches when ready, answers every request
 //                   with a malformed batched response
 //   reuse-check     "later:X" kept and answered with its payload 20 ms later; "keep:X" keeps
@@ -215,6 +221,7 @@ if mode == "crash-on-start" { exit(3) }
 // In one slot only: speaks the protocol by hand on the channel `connect()` checked (nothing
 // was sent on it yet).
 if mode == "bad-batch" { badBatchWorker() }
+if mode == "raw-echo" || mode.hasPrefix("ring-") { rawRingWorker(mode) }
 /// The payload arrays the reuse-check mode keeps (main-actor state, like the handler).
 var keptPayloads: [[UInt8]] = []
 /// The requests the reuse-check mode holds after answering them.
@@ -292,6 +299,18 @@ worker.onRequest { request in
         worker.emit("hello", request.data) { reply in request.respond(reply) }
     case "pid":
         request.respond(String(getpid()))
+    case "never-count":
+        // "count": answers with how many other requests are in flight here; any other payload
+        // is never answered (and leaves the in-flight list only when cancelled).
+        let text = String(decoding: request.data, as: UTF8.self)
+        if text == "count" { request.respond(String(worker.requests().count - 1)) }
+        if text.hasPrefix("block:"), let ms = UInt32(text.split(separator: ":")[1]) {
+            // Blocks the worker's thread: what arrives meanwhile waits in the ring and the socket.
+            usleep(ms * 1000)
+            request.respond("blocked")
+        }
+    case "transport":
+        request.respond(worker.usesRings ? "rings" : "socket")
     case "big":
         let size = getenv("LPM_TEST_SIZE").flatMap { Int(String(cString: $0)) } ?? 1024
         request.respond([UInt8](repeating: 0x5A, count: size))
