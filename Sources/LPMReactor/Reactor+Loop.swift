@@ -170,6 +170,14 @@ extension Reactor {
         _ = shared.submitLocal(.closure(job))
     }
 
+    /// Runs `job` on this thread at the end of the current iteration, like ``execute(_:)``, for
+    /// an object that is its own job: no closure context, and the object is held strongly while
+    /// queued (no unowned reference to load when it runs). Reactor thread only.
+    package func execute(job: any ReactorJob) {
+        checkThread()
+        _ = shared.submitLocal(.object(job))
+    }
+
     /// Makes ``run()`` return after the current iteration. Reactor thread only; other threads
     /// use ``Handle/stop()``.
     public func stop() {
