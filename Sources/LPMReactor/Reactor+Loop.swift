@@ -45,7 +45,7 @@ extension Reactor {
         }
         var events = loop.events
         loop.events = []  // keeps `events` uniquely referenced: no copy on append
-        events.removeAll(keepingCapacity: true)
+        events.removeAllKeepingCapacity()
         defer { loop.events = events }
         do {
             try waitForEvents(wait, into: &events)
@@ -207,7 +207,7 @@ extension Reactor {
                 }
             }
             ran += jobs.count
-            jobs.removeAll(keepingCapacity: true)
+            jobs.removeAllKeepingCapacity()
         }
         return ran
     }

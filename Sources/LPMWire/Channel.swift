@@ -90,9 +90,7 @@ package final class ChannelFlusher {
             dirty[i].flush()
             i += 1
         }
-        // One by one: `removeAll(keepingCapacity:)` goes through a generic `replaceSubrange`,
-        // several times the cost for the one or two channels a flush usually has.
-        while dirty.popLast() != nil {}
+        dirty.removeAllKeepingCapacity()
     }
 }
 
@@ -371,7 +369,7 @@ package final class Channel {
             // After a burst or a large frame, its memory goes back.
             out.removeAll(shrinkingAbove: Wire.retainedBufferCapacity, to: Self.outgoingCapacity)
             outStart = 0
-            outgoingFDs.removeAll(keepingCapacity: true)
+            outgoingFDs.removeAllKeepingCapacity()
             if waitingForWritable {
                 waitingForWritable = false
                 watch(.readable)
