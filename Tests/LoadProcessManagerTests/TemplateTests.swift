@@ -98,6 +98,9 @@ struct TemplateTests {
             try await leavesNothingBehind {
                 var c = templateConfig("pid", count: 1)
                 c.restarts = 1000
+                // Generous: on a loaded machine a fork order may take more than the default 1 s,
+                // and its fallback to exec would be counted below as a template failure.
+                c.template?.forkTimeout = .seconds(30)
                 let (s, log) = try await startOnline(c)
                 let template = try #require(templatePID(log))
                 let pid = try #require(pid_t(try await s.enqueue("x").text))
@@ -112,7 +115,9 @@ struct TemplateTests {
                     while let p = pid_t((try? await s.enqueue("x").text) ?? ""), p == victim {}
                 }
                 #expect(log.count { if case .templateUnavailable = $0 { return true }; return false } == 0)
-                #expect(threadCountNow() == threads, "threads unchanged over the crash cycles")
+                // A leak would be one or more threads per cycle; the default pool may keep an
+                // extra thread a while after a busy moment, so the count is given time to settle.
+                #expect(await eventually(seconds: 20) { threadCountNow() <= threads }, "threads unchanged over the crash cycles")
                 await s.softKill()
             }
         }
