@@ -227,6 +227,16 @@ struct SharedRingControl {
         head = (block + SharedRingLayout.headOffset).assumingMemoryBound(to: UInt64.self)
         consumerSleeping = (block + SharedRingLayout.consumerSleepingOffset).assumingMemoryBound(to: UInt32.self)
     }
+
+    /// Both indices as a side finds them when it attaches (acquire loads), checked against each
+    /// other: the producer's within a capacity of the consumer's, neither misaligned.
+    func attachedIndices(_ geometry: SharedRingGeometry, ring: SharedRingDirection) throws(SharedRingError) -> (head: UInt64, tail: UInt64) {
+        let h = cloop_atomic_load_n_u64_acquire(head)
+        let t = cloop_atomic_load_n_u64_acquire(tail)
+        try geometry.checkHead(h, lastHead: 0, published: t, ring: ring)
+        try geometry.checkTail(t, lastTail: 0, head: h, ring: ring)
+        return (h, t)
+    }
 }
 
 /// The producer's side of one ring: reserve room, write the payload in place, commit, publish.
@@ -263,10 +273,7 @@ package struct SharedRingProducer {
         self.geometry = geometry
         self.control = SharedRingControl(control)
         self.data = data
-        let t = cloop_atomic_load_n_u64_acquire(self.control.tail)
-        let h = cloop_atomic_load_n_u64_acquire(self.control.head)
-        try geometry.checkTail(t, lastTail: 0, head: h, ring: ring)
-        try geometry.checkHead(h, lastHead: 0, published: t, ring: ring)
+        let (h, t) = try self.control.attachedIndices(geometry, ring: ring)
         tail = t
         publishedTail = t
         head = h
@@ -396,10 +403,7 @@ package struct SharedRingConsumer {
         self.geometry = geometry
         self.control = SharedRingControl(control)
         self.data = data
-        let h = cloop_atomic_load_n_u64_acquire(self.control.head)
-        let t = cloop_atomic_load_n_u64_acquire(self.control.tail)
-        try geometry.checkHead(h, lastHead: 0, published: t, ring: ring)
-        try geometry.checkTail(t, lastTail: 0, head: h, ring: ring)
+        let (h, t) = try self.control.attachedIndices(geometry, ring: ring)
         head = h
         cursor = h
         tail = t
