@@ -214,6 +214,9 @@ struct AdaptivePoolTests {
         c.scaling.growAfterQueueWait = nil
         c.scaling.growAfterSaturation = .milliseconds(100)
         c.scaling.saturatedAt = 1
+        // Both workers idle together this long shrinks the pool: longer than a stall of the load
+        // task on a loaded machine (it shrank once after 1.1 s with 0.5 s).
+        c.scaling.idleTimeout = .seconds(3)
         let (s, log) = try await startOnline(c)
         let stop = Atomic<Bool>(false)
         // One request in flight at all times: the one worker stays saturated.
