@@ -503,7 +503,10 @@ struct SupervisorEmitTests {
         }
         // No handler for this event on the worker: no reply ever comes; the worker's death fails it.
         async let pending = s.request(event: "unanswered", to: pids[0])
-        try await Task.sleep(for: .milliseconds(100))
+        // Time for the event to reach the worker (sent before the death, it fails with the death;
+        // one still on its way would find no such worker). It failed once with 100 ms on a
+        // loaded machine.
+        try await Task.sleep(for: .milliseconds(500))
         kill(pids[0], SIGKILL)
         do { _ = try await pending; Issue.record("answered") } catch let error as SupervisorError {
             #expect(error.code == .workerExited)
