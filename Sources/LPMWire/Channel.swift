@@ -389,24 +389,43 @@ package final class Channel {
     private func handle(_ ready: Reactor.Readiness) {
         if ready.contains(.writable) { flush() }
         guard !isClosed, ready.contains(.readable) || ready.contains(.hangup) || ready.contains(.error) else { return }
+        _ = readOnce()
+    }
+
+    /// One read, and the delivery of every frame it completes. Returns whether bytes came and the
+    /// channel is still open (`false`: the read would block, or the channel ended).
+    private func readOnce() -> Bool {
         do {
-            guard let n = try decoder.receive(from: fd, descriptors: &incomingFDs) else { return }
+            guard let n = try decoder.receive(from: fd, descriptors: &incomingFDs) else { return false }
             if decoder.descriptorsTruncated {
-                return end(.violation(ProtocolViolation("more descriptors in one message than fit (MSG_CTRUNC)", kind: .descriptor)))
+                end(.violation(ProtocolViolation("more descriptors in one message than fit (MSG_CTRUNC)", kind: .descriptor)))
+                return false
             }
             if n == 0 {
                 deliver()
                 // Records published before the peer closed are delivered too.
                 if rings != nil { drainRing() }
                 if !isClosed { end(.endOfFile) }
-                return
+                return false
             }
         } catch {
             end(.failed(error))
-            return
+            return false
         }
         deliver()
         if !incomingFDs.isEmpty { checkHeldDescriptors() }
+        return !isClosed
+    }
+
+    /// Reads and delivers everything the peer sent that is not read yet, up to its end of file (or
+    /// a read that would block): for a peer known to be gone, whose exit was seen before its end
+    /// of file (a reactor reads a socket once per readiness, so a worker that answered many
+    /// requests and exited can leave answers in the socket when its exit is handled). The
+    /// channel then ends as it would on its own.
+    package func readRemaining() {
+        guard !isClosed else { return }
+        while readOnce() {}
+        if !isClosed && rings != nil { drainRing() }
     }
 
     private struct Stop: Error {}

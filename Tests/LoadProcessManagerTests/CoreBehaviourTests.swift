@@ -230,3 +230,31 @@ struct BackoffPoisonTests {
         await s.hardKill()
     }
 }
+
+@Suite("A worker's last answers", .timeLimit(.minutes(1)))
+struct LastAnswersTests {
+    @Test("a worker that answers many requests at once and exits: every answer is delivered, none failed or retried")
+    func answersBeforeExit() async throws {
+        let n = 256
+        var c = testConfig("answer-all-exit", count: 1, env: ["LPM_TEST_HOLD": "\(n)"])
+        c.maxConcurrentRequestsPerWorker = n
+        c.retries = 0
+        let (s, log) = try await startOnline(c)
+        let results = await withTaskGroup(of: (Int, Result<WorkerResponse, SupervisorError>).self) { group in
+            for i in 0..<n { group.addTask { (i, await outcome(s, "a\(i)")) } }
+            return await group.reduce(into: [(Int, Result<WorkerResponse, SupervisorError>)]()) { $0.append($1) }
+        }
+        #expect(results.count == n)
+        // 128 KiB of answers, then the exit: the supervisor reads a socket once per readiness, so
+        // the exit is usually seen with answers still unread. Each must come through.
+        for (i, r) in results {
+            switch r {
+            case .success(let w): #expect(w.text.hasPrefix("a\(i).") && w.data.count == 512 && w.attempts == 1, "request \(i)")
+            case .failure(let e): Issue.record("request \(i) failed: \(e)")
+            }
+        }
+        #expect(await log.wait { if case .workerExited = $0 { return true }; return false }, "the worker exited")
+        await s.softKill()
+    }
+}
+

@@ -14,9 +14,14 @@ struct RecycleTests {
         c.restarts = 0  // recycling must not need the budget
         let (s, log) = try await startOnline(c)
         var pids = Set<String>()
-        for _ in 0..<40 {
+        // With exec the second recycle comes at about the 22nd request; a worker forked from the
+        // template replaces the old one when the fork is done, and the old one answers meanwhile
+        // (longer on a loaded machine), so the loop goes on until both came (with a bound).
+        var sent = 0
+        while (log.count(isRecycled) < 2 || pids.count < 3) && sent < 5000 {
             let r = try await s.enqueue("x")
             pids.insert(r.text)
+            sent += 1
         }
         #expect(log.count(isRecycled) >= 2, "\(log.all)")
         #expect(pids.count >= 3, "answered by \(pids)")

@@ -301,17 +301,16 @@ public final class Supervisor: Sendable {
 
     /// Replaces the worker `pid`: a fresh worker starts in its slot first, then the old one gets
     /// nothing new, finishes its requests (its soft-kill handler runs) and exits. Not charged to
-    /// the restart budget. `completion` gets `nil` once the replacement is spawned, or the error
-    /// (no running worker has that pid, the replacement could not be spawned, the pool is shut
-    /// down). In async code, use ``restart(pid:)``.
+    /// the restart budget. `completion` gets `nil` once the replacement exists (spawned, or
+    /// forked from the worker template and announced: until then the old worker still takes
+    /// requests), or the error (no running worker has that pid, the replacement could not be
+    /// started, the pool is shut down). In async code, use ``restart(pid:)``.
     public func restart(pid: pid_t, completion: @escaping @Sendable (SupervisorError?) -> Void) {
-        let ok = onLoop { pool in
-            do throws(SupervisorError) { try pool.restart(pid: pid); completion(nil) } catch { completion(error) }
-        }
+        let ok = onLoop { pool in pool.restart(pid: pid) { completion($0) } }
         if !ok { CallerTrampoline.run { completion(SupervisorError(.shutDown, "the pool is stopped")) } }
     }
 
-    /// ``restart(pid:completion:)``, returning once the replacement is spawned.
+    /// ``restart(pid:completion:)``, returning once the replacement exists.
     public func restart(pid: pid_t) async throws(SupervisorError) {
         let error: SupervisorError? = await withUnsafeContinuation { c in restart(pid: pid, completion: { c.resume(returning: $0) }) }
         if let error { throw error }

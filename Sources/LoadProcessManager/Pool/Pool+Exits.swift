@@ -8,6 +8,11 @@ extension Pool {
     func exited(_ w: WorkerProcess, _ status: Reactor.ExitStatus) {
         let i = w.slot
         w.watch = nil
+        // What it sent before it went (answers still in its socket or ring when the exit is seen
+        // first) is read and delivered now, so that no answer is lost, none is retried, and no
+        // request is failed that was answered; it gets no new request meanwhile.
+        w.exitSeen = true
+        w.channel.readRemaining()
         w.channel.close()
         w.statm.close()
         guard case .reap(let cause) = w.lifecycle.handle(.exited) else { return }

@@ -55,7 +55,9 @@ extension Pool {
     }
 
     /// Recycles the worker `pid` (``Supervisor/restart(pid:)``).
-    func restart(pid: pid_t) throws(SupervisorError) {
+    /// Returns the slot whose worker is being replaced.
+    @discardableResult
+    func restart(pid: pid_t) throws(SupervisorError) -> Int {
         defer { deliver() }
         guard phase == .running else { throw SupervisorError(.shutDown, "restart(pid: \(pid)): the pool is not running") }
         guard let i = slots.indices.first(where: { slots[$0].membership == .active && slots[$0].process?.pid == pid }),
@@ -63,6 +65,19 @@ extension Pool {
             throw SupervisorError(.invalidArgument, "restart(pid: \(pid)): no running worker of the pool has that pid")
         }
         if let error = recycle(slot: i, reason: "restart(pid:)") { throw error }
+        return i
+    }
+
+    /// ``restart(pid:)``, completing once the replacement exists, the same with or without a
+    /// template: spawned with exec at once, or ordered from the template and announced (until
+    /// then the old worker still takes requests). `spawnFailed` if no replacement came of it
+    /// (the old worker then stays).
+    func restart(pid: pid_t, completion: @escaping (SupervisorError?) -> Void) {
+        let i: Int
+        do { i = try restart(pid: pid) } catch { return completion(error) }
+        guard template.pending[i] != nil else { return completion(nil) }
+        template.resizeWaiters.append(ResizeWaiter(slots: [i], grewNow: false, replacing: pid, completion: completion))
+        settleResizeWaiters()
     }
 
     /// Checks the per-worker recycling limits after `w` answered a request.

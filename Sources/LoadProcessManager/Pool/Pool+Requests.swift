@@ -146,7 +146,7 @@ extension Pool {
     private func candidate(_ s: UnsafeBufferPointer<WorkerSlot>, _ i: Int) -> DispatchPolicy.Candidate {
         guard s[i].membership == .active, let process = process(s, i) else { return .ineligible }
         return process._withUnsafeGuaranteedRef { w in
-            guard w.lifecycle.acceptsWork else { return .ineligible }
+            guard w.lifecycle.acceptsWork, !w.exitSeen else { return .ineligible }
             return .init(eligible: true, load: w.load, rss: w.rss, sockets: w.sockets,
                          takesBatches: w.capabilities.contains(.batches))
         }

@@ -36,7 +36,9 @@ extension Pool {
         for w in done {
             if phase == .softKilling || phase == .hardKilling || phase == .stopped {
                 w.completion(SupervisorError(.shutDown, "the pool was shut down before its new workers started"))
-            } else if !w.grewNow && !w.slots.contains(where: { slots[$0].process != nil }) {
+            } else if let old = w.replacing, w.slots.allSatisfy({ slots[$0].process?.pid == old }) {
+                w.completion(SupervisorError(.spawnFailed, "the replacement of worker \(old) could not be started (see the workerSpawnFailed events); it stays"))
+            } else if w.replacing == nil && !w.grewNow && !w.slots.contains(where: { slots[$0].process != nil }) {
                 w.completion(SupervisorError(.spawnFailed, "no worker could be started (see the workerSpawnFailed events)"))
             } else {
                 w.completion(nil)
@@ -128,5 +130,8 @@ struct ResizeWaiter {
     let slots: [Int]
     /// Whether the same resize added a worker at once (with exec, or in a pool not started).
     let grewNow: Bool
+    /// For a restart: the pid of the worker being replaced (the slot still holds it if the
+    /// replacement failed).
+    var replacing: pid_t? = nil
     let completion: (SupervisorError?) -> Void
 }

@@ -14,6 +14,8 @@ final class WorkerProcess {
     // Read or written for every request: `@exclusivity(unchecked)` for the reason given, and
     // measured, on the pool's own state (`Pool`): one thread, no overlapping access.
     @exclusivity(unchecked) var lifecycle: WorkerLifecycle = .starting
+    /// Its exit has been seen: what it sent before is being read, and it gets nothing new.
+    @exclusivity(unchecked) var exitSeen = false
     /// Requests in flight on it (pending, with `worker` equal to this slot in the request table).
     @exclusivity(unchecked) var inFlight = 0
     @exclusivity(unchecked) var rss = 0

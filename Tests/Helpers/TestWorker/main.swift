@@ -378,6 +378,17 @@ worker.onRequest { request in
         request.respond(getenv(String(decoding: request.data, as: UTF8.self)).map { String(cString: $0) } ?? "<unset>")
     case "cloexec":
         request.respond(String(fcntl(3, F_GETFD) & FD_CLOEXEC))
+    case "answer-all-exit":
+        // Holds requests until LPM_TEST_HOLD have come, answers them all at once (512 bytes
+        // each: more than one read of the supervisor's, less than the socket holds), then exits
+        // 0 once the answers are written (a job queued behind the iteration's flush).
+        heldRequests.append(request)
+        let hold = getenv("LPM_TEST_HOLD").flatMap { Int(String(cString: $0)) } ?? 100
+        if heldRequests.count == hold {
+            for r in heldRequests { r.respond(r.data + [UInt8](repeating: 0x2E, count: max(0, 512 - r.data.count))) }
+            heldRequests = []
+            worker.reactor.execute { _ in _exit(0) }
+        }
     case "reuse-check":
         let text = String(decoding: request.data, as: UTF8.self)
         if text.hasPrefix("later:") {
