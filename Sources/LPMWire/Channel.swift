@@ -421,10 +421,12 @@ package final class Channel {
     /// a read that would block): for a peer known to be gone, whose exit was seen before its end
     /// of file (a reactor reads a socket once per readiness, so a worker that answered many
     /// requests and exited can leave answers in the socket when its exit is handled). The
-    /// channel then ends as it would on its own.
+    /// channel then ends as it would on its own. Bounded (256 reads): a dead peer's socket holds
+    /// what its buffer holds, but a process that inherited the peer's end could still be writing.
     package func readRemaining() {
         guard !isClosed else { return }
-        while readOnce() {}
+        var reads = 0
+        while reads < 256 && readOnce() { reads += 1 }
         if !isClosed && rings != nil { drainRing() }
     }
 
