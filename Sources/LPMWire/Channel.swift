@@ -209,26 +209,10 @@ package final class Channel {
     /// Queues a frame; `write` appends exactly `length` payload bytes to the buffer it is given.
     package func send(_ type: FrameType, id: UInt64, flags: FrameFlags = [], length: Int, _ write: (inout [UInt8]) -> Void) {
         guard !isClosed else { return }
-        if rings != nil {
-            scratch.removeAll(keepingCapacity: scratch.capacity <= Wire.retainedBufferCapacity)
-            write(&scratch)
-            precondition(scratch.count == length, "frame payload length mismatch")
-            let sent = scratch.withUnsafeBytes { bytes in
-                ringWrite(type, flags: flags, id: id, length: length) { $0.copyMemory(from: bytes.baseAddress!, byteCount: length) }
-            }
-            if sent { return }
-            guard admit() else { return }
-            out.appendFrameHeader(type, flags: flags, length: length, id: id)
-            out.append(scratch)
-            return markDirty()
-        }
-        guard admit() else { return }
-        out.appendFrameHeader(type, flags: flags, length: length, id: id)
         scratch.removeAll(keepingCapacity: scratch.capacity <= Wire.retainedBufferCapacity)
         write(&scratch)
         precondition(scratch.count == length, "frame payload length mismatch")
-        out.append(scratch)
-        markDirty()
+        scratch.withUnsafeBytes { queue(type, flags: flags, id: id, $0) }
     }
 
     /// Queues a request frame: its header and `head` in one copy, then `payload` (the request
@@ -298,17 +282,19 @@ package final class Channel {
     /// Queues a frame whose payload is `payload`.
     package func send(_ type: FrameType, id: UInt64, payload: [UInt8]) {
         guard !isClosed else { return }
-        if rings != nil {
-            let sent = payload.withUnsafeBytes { bytes in
-                ringWrite(type, flags: [], id: id, length: bytes.count) { room in
-                    if bytes.count > 0 { room.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
-                }
-            }
-            if sent { return }
-        }
+        payload.withUnsafeBytes { queue(type, flags: [], id: id, $0) }
+    }
+
+    /// Queues a frame whose payload is `bytes`: as a ring record if the channel has rings and the
+    /// record fits, else on the socket.
+    @inline(__always)
+    private func queue(_ type: FrameType, flags: FrameFlags, id: UInt64, _ bytes: UnsafeRawBufferPointer) {
+        if rings != nil, ringWrite(type, flags: flags, id: id, length: bytes.count, { room in
+            if bytes.count > 0 { room.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
+        }) { return }
         guard admit() else { return }
-        out.appendFrameHeader(type, length: payload.count, id: id)
-        out.append(payload)
+        out.appendFrameHeader(type, flags: flags, length: bytes.count, id: id)
+        out.append(bytes)
         markDirty()
     }
 
