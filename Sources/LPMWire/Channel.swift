@@ -180,6 +180,17 @@ package final class Channel {
         self.outgoingLimit = max(outgoingLimit, Wire.headerSize + maxPayload)
     }
 
+    /// A payload this channel delivered, kept past the delivery: the storage to hold and where
+    /// the bytes are in it. A payload read from the socket is lent from the receive buffer (no
+    /// copy: the decoder never writes those bytes again while the storage is held); one from a
+    /// ring, whose bytes the peer reuses, is copied. An empty payload needs no storage.
+    package func keep(_ payload: UnsafeRawBufferPointer) -> (storage: ByteStorage?, bytes: UnsafeRawBufferPointer) {
+        guard payload.count > 0 else { return (nil, UnsafeRawBufferPointer(start: nil, count: 0)) }
+        if let owner = decoder.lend(payload) { return (owner, payload) }
+        let copy = ByteStorage.copy(payload)
+        return (copy, UnsafeRawBufferPointer(start: copy.base, count: payload.count))
+    }
+
     /// The decoding buffer's size in bytes (for tests: it comes back down after a large frame).
     package var receiveCapacity: Int { decoder.capacity }
 

@@ -210,6 +210,11 @@ extension UnsafeRawBufferPointer {
 package final class FrameDecoder {
     /// The largest payload accepted.
     package let maxPayload: Int
+    /// The buffer the reads go to; payloads decoded from it may be lent (``lend(_:)``), so it
+    /// is written in place only where no lent payload lies: after ``end``, or anywhere once
+    /// nobody else holds it.
+    @exclusivity(unchecked) private var owner: ByteStorage
+    /// `owner`'s first byte.
     @exclusivity(unchecked) private var storage: UnsafeMutableRawPointer
     /// The buffer's size in bytes: the initial capacity, or more while a large frame is read.
     @exclusivity(unchecked) package private(set) var capacity: Int
@@ -232,10 +237,9 @@ package final class FrameDecoder {
         self.maxPayload = maxPayload
         self.capacity = capacity
         initialCapacity = capacity
-        storage = .allocate(byteCount: capacity, alignment: 16)
+        owner = ByteStorage.make(capacity: capacity)
+        storage = owner.base
     }
-
-    deinit { storage.deallocate() }
 
     /// Bytes buffered and not yet decoded.
     package var bufferedCount: Int { end - start }
@@ -250,30 +254,51 @@ package final class FrameDecoder {
 
     /// Makes room for at least `count` more bytes at the end.
     private func reserve(_ count: Int) {
-        if start == end { start = 0; end = 0 }
+        // Bytes before `start` are decoded: they may be moved over only if no payload among
+        // them is lent. A shared buffer takes reads after its last byte while there is room,
+        // then the undecoded bytes move to a new one (the lent ones stay with their holders).
+        if start == end && isKnownUniquelyReferenced(&owner) { start = 0; end = 0 }
         if capacity - end >= count { return }
+        let pending = end - start
+        guard isKnownUniquelyReferenced(&owner) else {
+            return resize(to: grown(initialCapacity, toHold: pending, plus: count))
+        }
         if start > 0 {
-            (storage + 0).copyMemory(from: storage + start, byteCount: end - start)
-            end -= start
+            (storage + 0).copyMemory(from: storage + start, byteCount: pending)
+            end = pending
             start = 0
             if capacity - end >= count { return }
         }
-        // Doubling as bytes arrive, up to one maximum-size frame and a read's room.
-        var newCapacity = capacity
-        while newCapacity - end < count { newCapacity *= 2 }
-        newCapacity = min(newCapacity, max(end + count, Wire.headerSize + maxPayload + Self.readRoom))
-        resize(to: newCapacity)
+        resize(to: grown(capacity, toHold: pending, plus: count))
+    }
+
+    /// `from`, doubled until `held` bytes and `count` more fit, up to one maximum-size frame and
+    /// a read's room.
+    private func grown(_ from: Int, toHold held: Int, plus count: Int) -> Int {
+        var newCapacity = from
+        while newCapacity - held < count { newCapacity *= 2 }
+        return min(newCapacity, max(held + count, Wire.headerSize + maxPayload + Self.readRoom))
     }
 
     /// Moves the undecoded bytes to a new buffer of `newCapacity` bytes (at least that many).
+    /// The old one goes when nobody holds a payload lent from it.
     private func resize(to newCapacity: Int) {
-        let bigger = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
-        bigger.copyMemory(from: storage + start, byteCount: end - start)
-        storage.deallocate()
-        storage = bigger
+        let bigger = ByteStorage.make(capacity: newCapacity)
+        bigger.base.copyMemory(from: storage + start, byteCount: end - start)
+        owner = bigger
+        storage = bigger.base
         capacity = newCapacity
         end -= start
         start = 0
+    }
+
+    /// The storage holding `payload`, one that ``decode(_:)`` passed: whoever keeps it may
+    /// read `payload` for as long as it does (those bytes are never written again). `nil` for
+    /// bytes from elsewhere.
+    package func lend(_ payload: UnsafeRawBufferPointer) -> ByteStorage? {
+        guard let p = payload.baseAddress, UnsafeRawPointer(storage) <= p,
+              p + payload.count <= UnsafeRawPointer(storage + capacity) else { return nil }
+        return owner
     }
 
     /// Reads from `fd` into the buffer; the corresponding C function is `read(2)`.
@@ -335,7 +360,6 @@ package final class FrameDecoder {
             start += Wire.headerSize + length
             try body(header, payload)
         }
-        if start == end { start = 0; end = 0 }
         if capacity > Wire.retainedBufferCapacity { shrink() }
     }
 
@@ -351,8 +375,7 @@ package final class FrameDecoder {
     }
 
     private func fail(_ reason: String) throws {
-        start = 0
-        end = 0
+        start = end
         throw ProtocolViolation(reason)
     }
 }

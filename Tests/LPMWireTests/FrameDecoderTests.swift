@@ -81,4 +81,70 @@ struct FrameDecoderTests {
         }
         #expect(seen.count == 10_000)
     }
+
+    /// The bytes frame `i` carries in the lending tests: a length and a pattern of its own.
+    private static func lendingPayload(_ i: Int) -> [UInt8] {
+        let n = i % 97 == 0 ? 300_000 : i % 13 == 0 ? 5_000 : 1 + (i &* 7919) % 300
+        return (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ i) }
+    }
+
+    @Test("a lent payload keeps its bytes while held: through later reads, compaction, growth and shrinking")
+    func lentPayloadsStay() throws {
+        // A small buffer: growth for the 5,000-byte frames, past the retained size for the
+        // 300,000-byte ones (and a shrink after them), compaction all along.
+        let d = FrameDecoder(maxPayload: 1 << 20, capacity: 1024)
+        var stream: [UInt8] = []
+        var ends: [Int] = []
+        for i in 0..<400 {
+            stream.appendFrame(.response, id: UInt64(i), payload: Self.lendingPayload(i))
+            ends.append(stream.count)
+        }
+        var kept: [(id: UInt64, storage: ByteStorage, bytes: UnsafeRawBufferPointer)] = []
+        var decoded = 0
+        var at = 0, step = 0
+        while at < stream.count {
+            // Pieces of varying sizes, most of them cutting a frame.
+            step += 1
+            // Every third piece ends where a frame does (the buffer is then all decoded).
+            let n = step % 3 == 0 ? ends.first { $0 > at }! - at : min(stream.count - at, [1, 17, 700, 4096, 70_000][step % 5])
+            stream[at..<at + n].withUnsafeBytes { d.append($0) }
+            at += n
+            try d.decode { h, p in
+                decoded += 1
+                if h.id % 3 == 0, let storage = d.lend(p) { kept.append((h.id, storage, p)) }
+            }
+        }
+        #expect(decoded == 400)
+        #expect(kept.count == 134)
+        let wrong = kept.filter { Array($0.bytes) != Self.lendingPayload(Int($0.id)) }.map(\.id)
+        #expect(wrong.isEmpty, "payloads overwritten while lent: \(wrong)")
+        #expect(d.capacity <= Wire.retainedBufferCapacity, "the buffer shrank back after the large frames")
+    }
+
+    @Test("a buffer nothing is lent from is reused: no new storage per read, even with each payload lent and let go")
+    func unlentBufferIsReused() throws {
+        let d = FrameDecoder(capacity: 4096)
+        // Weak: it does not count as a holder (a new storage would free the first: nil here).
+        weak var first: ByteStorage?
+        var same = 0
+        for round in 0..<1000 {
+            var bytes: [UInt8] = []
+            for k in 0..<3 { bytes.appendFrame(.response, id: UInt64(k), payload: Array(repeating: UInt8(truncatingIfNeeded: round), count: 700)) }
+            bytes.withUnsafeBytes { d.append($0) }
+            try d.decode { _, p in
+                // Lent and dropped at once, as a handler that reads the answer and returns.
+                guard let s = d.lend(p) else { return }
+                if round == 0 && first == nil { first = s }
+                if s === first { same += 1 }
+            }
+        }
+        #expect(same == 3000)
+    }
+
+    @Test("payloads from elsewhere are not lent")
+    func lendsOnlyItsOwn() {
+        let d = FrameDecoder()
+        let outside: [UInt8] = [1, 2, 3]
+        #expect(outside.withUnsafeBytes { d.lend($0) } == nil)
+    }
 }

@@ -356,7 +356,7 @@ struct SubmissionIndexTests {
 @Suite("BatchReader: a batch's answers, decoded as they are read")
 struct BatchReaderTests {
     private func response(_ data: [UInt8]) -> WorkerResponse {
-        WorkerResponse(data: data, id: .zero, createdAt: 0, stream: nil, workerPID: 42, attempts: 1)
+        WorkerResponse(bytes: ResponseBytes(data), id: .zero, createdAt: 0, stream: nil, workerPID: 42, attempts: 1)
     }
 
     private func answers(_ items: [(Bool, String)], count: UInt32? = nil) -> [UInt8] {

@@ -19,7 +19,8 @@ func ringMappings(_ pid: pid_t) -> Int {
     var n = 0
     var line = [CChar](repeating: 0, count: 4096)
     while fgets(&line, Int32(line.count), f) != nil {
-        if String(cString: line).contains("memfd:lpm-rings") { n += 1 }
+        let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if text.contains("memfd:lpm-rings") { n += 1 }
     }
     return n
 }

@@ -100,7 +100,7 @@ public final class Pool: Sendable {
     public func roundTripsAsync(_ n: Int) async throws {
         for _ in 0..<n {
             let r = try await supervisor.enqueue(payload)
-            if r.data.count != payload.count { throw BenchError("wrong answer: \(r.data.count) bytes") }
+            if r.bytes.count != payload.count { throw BenchError("wrong answer: \(r.bytes.count) bytes") }
         }
     }
 
@@ -111,7 +111,7 @@ public final class Pool: Sendable {
         try await withTaskExecutorPreference(supervisor.executor) {
             for _ in 0..<n {
                 let r = try await supervisor.enqueue(payload)
-                if r.data.count != payload.count { throw BenchError("wrong answer: \(r.data.count) bytes") }
+                if r.bytes.count != payload.count { throw BenchError("wrong answer: \(r.bytes.count) bytes") }
             }
         }
     }

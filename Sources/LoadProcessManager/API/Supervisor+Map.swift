@@ -27,16 +27,17 @@ public struct MapOptions: Sendable {
 
 /// One answer of ``Supervisor/map(_:options:)``: the bytes a worker answered for one input.
 ///
-/// A chunk's answers arrive in one buffer; each `MapResponse` is a slice of it (``bytes``), so
+/// A chunk's answers arrive in one buffer; each `MapResponse` is a view of it (``bytes``), so
 /// reading a result neither allocates nor copies. ``data`` copies the bytes into an array of
-/// their own (each time it is read): read ``bytes`` or ``text`` where a slice will do. A result
-/// kept keeps its chunk's buffer alive; keep ``data`` instead to hold one answer for long.
+/// their own (each time it is read): read ``bytes`` or ``text`` where a view will do. A result
+/// kept keeps the buffer it was read into alive (see ``ResponseBytes``); keep ``data`` instead
+/// to hold one answer for long.
 /// A map's answers carry no stream (an item of a chunk cannot answer with one; a streamed
 /// answer to an input sent as a request of its own is closed).
 public struct MapResponse: Sendable {
-    /// The answer's bytes, in the buffer of the chunk's answers: its indices are that buffer's
-    /// (`bytes.startIndex` is not 0); `bytes.count`, iteration and `withUnsafeBytes` are free.
-    public let bytes: ArraySlice<UInt8>
+    /// The answer's bytes, in the buffer of the chunk's answers; `bytes.count`, iteration and
+    /// `withUnsafeBytes` are free.
+    public let bytes: ResponseBytes
     /// The input's request id, a version 4 UUID (the chunk's: the inputs of a chunk share it).
     public let id: RequestID
     /// When the request was enqueued: nanoseconds on `CLOCK_MONOTONIC`.
@@ -46,13 +47,12 @@ public struct MapResponse: Sendable {
     /// How many attempts it took (1 unless retried; a chunk is retried whole).
     public let attempts: Int
 
-    /// The bytes as an array of their own: a copy, made at each read (free when the answer is
-    /// the whole buffer, as for a chunk of one input).
+    /// The bytes as an array of their own: a copy, made at each read.
     public var data: [UInt8] { Array(bytes) }
     /// The bytes as UTF-8 text.
-    public var text: String { String(decoding: bytes, as: UTF8.self) }
+    public var text: String { bytes.withUnsafeBytes { String(decoding: $0, as: UTF8.self) } }
 
-    init(bytes: ArraySlice<UInt8>, id: RequestID, createdAt: UInt64, workerPID: pid_t, attempts: Int) {
+    init(bytes: ResponseBytes, id: RequestID, createdAt: UInt64, workerPID: pid_t, attempts: Int) {
         self.bytes = bytes
         self.id = id
         self.createdAt = createdAt
@@ -62,7 +62,7 @@ public struct MapResponse: Sendable {
 
     /// The answer to an input sent as a request of its own.
     init(_ r: WorkerResponse) {
-        self.init(bytes: r.data[...], id: r.id, createdAt: r.createdAt, workerPID: r.workerPID, attempts: r.attempts)
+        self.init(bytes: r.bytes, id: r.id, createdAt: r.createdAt, workerPID: r.workerPID, attempts: r.attempts)
     }
 }
 

@@ -6,9 +6,16 @@ import LPMWire
 public typealias WorkerExitStatus = Reactor.ExitStatus
 
 /// The answer to a request.
+///
+/// Its bytes are a view of the buffer the answer was read into (``bytes``: no copy, no
+/// allocation); ``data`` copies them into an array of their own each time it is read.
 public struct WorkerResponse: Sendable {
-    /// The data the worker responded with (empty after `ack()`).
-    public let data: [UInt8]
+    /// The bytes the worker answered (none after `ack()`), where they were read: see
+    /// ``ResponseBytes`` for what keeping them keeps.
+    public let bytes: ResponseBytes
+    /// The bytes as an array of their own: a copy, made at each read (read ``bytes`` where a
+    /// view will do).
+    public var data: [UInt8] { Array(bytes) }
     /// The request's id, a version 4 UUID.
     public let id: RequestID
     /// When the request was enqueued: nanoseconds on `CLOCK_MONOTONIC`.
@@ -22,8 +29,8 @@ public struct WorkerResponse: Sendable {
     /// How many attempts it took (1 unless retried).
     public let attempts: Int
 
-    /// The data as UTF-8 text.
-    public var text: String { String(decoding: data, as: UTF8.self) }
+    /// The bytes as UTF-8 text.
+    public var text: String { bytes.withUnsafeBytes { String(decoding: $0, as: UTF8.self) } }
 }
 
 /// A worker's figures, as ``Supervisor/health()`` reports them.

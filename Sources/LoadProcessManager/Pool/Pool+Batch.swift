@@ -119,10 +119,10 @@ struct BatchResults: Sendable {
 }
 
 /// Reads the results of a ``BatchResults`` in order, decoding each answer as it is read: a
-/// response is a slice of the batched answer's payload (no copy).
+/// response is a view of the batched answer's payload (no copy).
 struct BatchReader {
     /// The batched answer's payload and what its answers share, when the batch has one.
-    private var payload: [UInt8] = []
+    private var payload = ResponseBytes()
     /// Where each answer ends in `payload`, times 2, plus 1 for a failure: found in one walk of
     /// the payload when the reader is made, so that reading an answer is a load, not a decode.
     private var ends: [Int] = []
@@ -141,12 +141,12 @@ struct BatchReader {
         count = results.count
         switch results.storage {
         case .answers(let r):
-            payload = r.data
+            payload = r.bytes
             id = r.id
             createdAt = r.createdAt
             workerPID = r.workerPID
             attempts = r.attempts
-            ends = Self.ends(of: r.data, count: count)
+            ends = Self.ends(of: r.bytes, count: count)
             if ends.count < count {
                 // The pool checked the whole answer before accepting it (one per item, each
                 // inside the payload): this is only a guard. The items from the first that does
@@ -165,7 +165,7 @@ struct BatchReader {
 
     /// The ends of the first `count` answers of a batched response's payload (fewer if one does
     /// not fit in it), as ``ends`` holds them.
-    private static func ends(of payload: [UInt8], count: Int) -> [Int] {
+    private static func ends(of payload: ResponseBytes, count: Int) -> [Int] {
         [Int](unsafeUninitializedCapacity: count) { ends, found in
             payload.withUnsafeBytes { p in
                 var at = 4
@@ -194,11 +194,11 @@ struct BatchReader {
         if _fastPath(i < ends.count) {
             let e = ends[i], start = offset + 5, end = e >> 1
             offset = end
-            let bytes = payload[start..<end]
+            let bytes = payload.view(start, end)
             if e & 1 == 0 {
                 return .success(MapResponse(bytes: bytes, id: id, createdAt: createdAt, workerPID: workerPID, attempts: attempts))
             }
-            return .failure(SupervisorError(.workerError, String(decoding: bytes, as: UTF8.self), requestID: id,
+            return .failure(SupervisorError(.workerError, bytes.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }, requestID: id,
                                             workerPID: workerPID, attempts: attempts))
         }
         if let error { return .failure(error) }

@@ -121,7 +121,10 @@ extension Pool {
             answerNow((consume f).completion, .failure(SupervisorError(.workerError, String(decoding: payload, as: UTF8.self),
                                                                        requestID: id, workerPID: w.pid, attempts: attempts)))
         } else {
-            answerNow((consume f).completion, .success(WorkerResponse(data: Array(payload), id: id, createdAt: createdAt,
+            // The bytes stay where they were read (the receive buffer is lent, not copied).
+            let kept = w.channel.keep(payload)
+            answerNow((consume f).completion, .success(WorkerResponse(bytes: ResponseBytes(storage: kept.storage, bytes: kept.bytes),
+                                                                      id: id, createdAt: createdAt,
                                                                       stream: stream, workerPID: w.pid, attempts: attempts)))
         }
         pump()

@@ -148,7 +148,7 @@ extension Pool {
         return process._withUnsafeGuaranteedRef { w in
             guard w.lifecycle.acceptsWork, !w.exitSeen else { return .ineligible }
             return .init(eligible: true, load: w.load, rss: w.rss, sockets: w.sockets,
-                         takesBatches: w.capabilities.contains(.batches))
+                         takesBatches: w.capabilities.takesBatches)
         }
     }
 
