@@ -23,3 +23,37 @@ package final class ByteStorage: ManagedBuffer<Int, UInt8> {
         withUnsafeMutablePointerToElements { UnsafeMutableRawPointer($0) }
     }
 }
+
+/// Copies of short-lived payloads, packed into shared blocks: each copy is a view of a block
+/// (no allocation of its own), and a block is reused once nobody holds a view of it, or left to
+/// its holders when full. For payloads whose own memory is reused at once (a ring's records).
+package struct ByteArena {
+    private var block: ByteStorage
+    private var used = 0
+    private let blockSize: Int
+
+    package init(blockSize: Int = 64 * 1024) {
+        self.blockSize = blockSize
+        block = ByteStorage.make(capacity: blockSize)
+    }
+
+    /// A copy of `bytes` (not empty), and the storage that holds it. A payload over a quarter
+    /// of a block gets a block of its own.
+    package mutating func copy(_ bytes: UnsafeRawBufferPointer) -> (storage: ByteStorage, bytes: UnsafeRawBufferPointer) {
+        let n = bytes.count
+        guard n <= blockSize / 4 else {
+            let own = ByteStorage.copy(bytes)
+            return (own, UnsafeRawBufferPointer(start: own.base, count: n))
+        }
+        if isKnownUniquelyReferenced(&block) {
+            used = 0  // every view of it is gone
+        } else if blockSize - used < n {
+            block = ByteStorage.make(capacity: blockSize)  // the full one stays with its views
+            used = 0
+        }
+        let at = block.base + used
+        if let from = bytes.baseAddress { at.copyMemory(from: from, byteCount: n) }
+        used += (n + 7) & ~7
+        return (block, UnsafeRawBufferPointer(start: at, count: n))
+    }
+}

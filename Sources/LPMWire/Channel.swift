@@ -187,9 +187,13 @@ package final class Channel {
     package func keep(_ payload: UnsafeRawBufferPointer) -> (storage: ByteStorage?, bytes: UnsafeRawBufferPointer) {
         guard payload.count > 0 else { return (nil, UnsafeRawBufferPointer(start: nil, count: 0)) }
         if let owner = decoder.lend(payload) { return (owner, payload) }
-        let copy = ByteStorage.copy(payload)
-        return (copy, UnsafeRawBufferPointer(start: copy.base, count: payload.count))
+        if keptCopies == nil { keptCopies = ByteArena() }
+        let copy = keptCopies!.copy(payload)
+        return (copy.storage, copy.bytes)
     }
+
+    /// Where payloads from the ring are copied when kept (made at the first).
+    @exclusivity(unchecked) private var keptCopies: ByteArena?
 
     /// The decoding buffer's size in bytes (for tests: it comes back down after a large frame).
     package var receiveCapacity: Int { decoder.capacity }

@@ -32,7 +32,7 @@ extension Supervisor {
 extension WorkerResponse {
     /// The data decoded from JSON.
     public func decode<T: Decodable>(_ type: T.Type, decoder: JSONDecoder = JSONDecoder()) throws -> T {
-        try decoder.decode(type, from: Data(data))
+        try decoder.decode(type, from: Data(bytes))
     }
 }
 

@@ -288,8 +288,8 @@ final class Runner: Sendable {
     private func complete(_ index: Int, bytes: Int, _ result: Result<WorkerResponse, SupervisorError>) {
         switch result {
         case .success(let response):
-            if response.data.contains(10) {
-                record(index, bytes: bytes, .failure("the answer contains a newline (\(response.data.count) bytes from worker \(response.workerPID))"))
+            if response.bytes.contains(10) {
+                record(index, bytes: bytes, .failure("the answer contains a newline (\(response.bytes.count) bytes from worker \(response.workerPID))"))
             } else {
                 record(index, bytes: bytes, .answer(response.data))
             }

@@ -147,4 +147,27 @@ struct FrameDecoderTests {
         let outside: [UInt8] = [1, 2, 3]
         #expect(outside.withUnsafeBytes { d.lend($0) } == nil)
     }
+
+    @Test("an arena's block is reused once its copies are let go; kept copies keep theirs")
+    func arena() {
+        var arena = ByteArena(blockSize: 4096)
+        weak var first: ByteStorage?
+        var same = 0
+        for round in 0..<1000 {
+            let bytes = [UInt8](repeating: UInt8(truncatingIfNeeded: round), count: 300)
+            let copy = bytes.withUnsafeBytes { arena.copy($0) }
+            if round == 0 { first = copy.storage }
+            if copy.storage === first { same += 1 }
+            #expect(Array(copy.bytes) == bytes)
+        }
+        #expect(same == 1000, "a block nobody holds is reused")
+        var kept: [(storage: ByteStorage, bytes: UnsafeRawBufferPointer)] = []
+        for round in 0..<100 {
+            kept.append([UInt8](repeating: UInt8(round), count: 300).withUnsafeBytes { arena.copy($0) })
+        }
+        #expect(Set(kept.map { ObjectIdentifier($0.storage) }).count >= 100 * 304 / 4096)
+        #expect(kept.enumerated().allSatisfy { i, k in k.bytes.allSatisfy { $0 == UInt8(i) } })
+        let large = [UInt8](repeating: 9, count: 2000).withUnsafeBytes { arena.copy($0) }
+        #expect(large.storage !== kept.last?.storage && large.bytes.count == 2000, "over a quarter of a block: a block of its own")
+    }
 }

@@ -1,6 +1,7 @@
 import Glibc
 import LPMReactor
 import LPMWire
+import Synchronization
 
 /// Runs a pool of worker processes and hands them requests.
 ///
@@ -204,8 +205,37 @@ public final class Supervisor: Sendable {
     ///   `.queueFull`, `.shutDown`, `.noWorkers`, `.payloadTooLarge`, `.workerError`,
     ///   `.cancelled`, `.invalidArgument` (a negative timeout or retry count).
     public func enqueue(_ payload: [UInt8], options: RequestOptions = RequestOptions()) async throws(SupervisorError) -> WorkerResponse {
-        // The ticket (one allocation) is what a cancellation finds the request by, even one
-        // that comes before the request reaches the pool.
+        let box = self.box
+        if box.reactor.isOnReactorThread { return try await enqueueWithTicket(payload, options) }
+        // From another thread: through the inbox, as a request with a handler is (no allocation
+        // of its own). Its submission number is what a cancellation finds it by, behind it in
+        // the inbox; `submitted` hands that number to the cancellation handler (0: not submitted
+        // yet; `.max`: cancelled first, and the submitter sends the cancellation itself).
+        let submitted = Atomic<UInt64>(0)
+        let result: Result<WorkerResponse, SupervisorError> = await withTaskCancellationHandler {
+            await withUnsafeContinuation { c in
+                // Cancelled already (the handler runs first then): never sent, answered here.
+                guard submitted.load(ordering: .acquiring) != .max else {
+                    return c.resume(returning: .failure(SupervisorError(.cancelled, "the request was cancelled before it was queued")))
+                }
+                guard let n = box.submit(.request(payload, options, .continuation(c))) else {
+                    return c.resume(returning: .failure(SupervisorError(.shutDown, "the pool is stopped")))
+                }
+                if !submitted.compareExchange(expected: 0, desired: n, ordering: .acquiringAndReleasing).exchanged {
+                    _ = box.submit(.cancel(n))
+                }
+            }
+        } onCancel: {
+            let n = submitted.exchange(.max, ordering: .acquiringAndReleasing)
+            if n != 0 && n != .max { _ = box.submit(.cancel(n)) }
+        }
+        return try result.get()
+    }
+
+    /// ``enqueue(_:options:)`` from the reactor thread (a task on ``executor``): admitted at
+    /// once, with no hop. The ticket (one allocation) is what a cancellation, from any thread,
+    /// finds the request by, even one that comes before the request reaches the pool.
+    private func enqueueWithTicket(_ payload: [UInt8], _ options: RequestOptions) async throws(SupervisorError) -> WorkerResponse {
         let ticket = RequestTicket(payload, options)
         let box = self.box
         let result: Result<WorkerResponse, SupervisorError> = await withTaskCancellationHandler {
