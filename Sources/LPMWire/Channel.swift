@@ -351,6 +351,13 @@ package final class Channel {
             }
             switch result {
             case .failure(let error):
+                // The peer is gone (EPIPE, ECONNRESET: it closed its end, or exited). What it
+                // sent before it went is still in the socket: it is read and delivered first,
+                // as before an end of file, and then the channel ends (at that end of file, or
+                // with this error). Ended at once, a worker's last answers were lost with the
+                // socket when a frame went to it just after it exited (a ping, a health request).
+                outStart = out.count
+                readRemaining()
                 end(.failed(error))
                 return
             case .success(.processed(let n)):

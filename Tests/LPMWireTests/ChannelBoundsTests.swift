@@ -9,8 +9,8 @@ private final class Harness {
     let reactor: Reactor
     let flusher: ChannelFlusher
     let channel: Channel
-    /// The peer's end (non-blocking), owned by the harness.
-    let peer: CInt
+    /// The peer's end (non-blocking), owned by the harness (-1 once ``closePeer()`` closed it).
+    private(set) var peer: CInt
     var ends: [ChannelEnd] = []
     var frames: [FrameHeader] = []
 
@@ -65,10 +65,16 @@ private final class Harness {
         }
     }
 
+    /// Closes the peer's end, as a peer that exits.
+    func closePeer() {
+        FileDescriptor.closeRaw(peer)
+        peer = -1
+    }
+
     deinit {
         channel.close()
         reactor.close()
-        FileDescriptor.closeRaw(peer)
+        if peer >= 0 { FileDescriptor.closeRaw(peer) }
     }
 }
 
@@ -139,6 +145,22 @@ struct ChannelBoundsTests {
         #expect(mostQueued <= limit + Wire.headerSize)
         #expect(h.ends.first?.description == "protocol violation: the peer does not read: \(queued) bytes queued")
         #expect(h.channel.isClosed)
+    }
+
+    @Test("a write to a peer that has gone reads what it sent first: its last frames are delivered, then the channel ends once")
+    func lastFramesBeforeBrokenPipe() throws {
+        let h = try Harness()
+        var bytes: [UInt8] = []
+        for i in 0..<50 { bytes.appendFrame(.response, id: UInt64(i + 1), payload: [UInt8](repeating: 7, count: 100)) }
+        #expect(write(h.peer, bytes, bytes.count) == bytes.count)
+        h.closePeer()
+        // A frame to the peer, written before the reactor saw the socket readable: EPIPE.
+        h.channel.send(.ping, id: 99)
+        h.flusher.flushAll()
+        #expect(h.frames.map(\.id) == (1...50).map(UInt64.init), "every frame the peer sent before it went")
+        #expect(h.ends.count == 1)
+        try h.spin()
+        #expect(h.ends.count == 1 && h.frames.count == 50)
     }
 
     @Test("the outgoing limit is never below one maximum-size frame, which can always be queued")

@@ -401,12 +401,17 @@ final class Answers: Sendable {
     private let done = Semaphore()
     private let left: Counter
     private let failures = Tally()
+    /// The first failure, for the report.
+    private let firstFailure = Mutex<SupervisorError?>(nil)
 
     init(_ n: Int) { left = Counter(n) }
 
     /// Records one answer (any thread).
     func record(_ result: Result<WorkerResponse, SupervisorError>) {
-        if case .failure = result { failures.add() }
+        if case .failure(let error) = result {
+            failures.add()
+            firstFailure.withLock { if $0 == nil { $0 = error } }
+        }
         if left.decrement() { done.signal() }
     }
 
@@ -416,6 +421,8 @@ final class Answers: Sendable {
     /// Waits for every answer; throws if they do not all come in time, or if any failed.
     func wait(seconds: Double, what: String) throws {
         guard done.wait(seconds: seconds) else { throw BenchError("\(what) timed out with \(left.current) left") }
-        if failures.value > 0 { throw BenchError("\(failures.value) of the \(what) failed") }
+        if failures.value > 0 {
+            throw BenchError("\(failures.value) of the \(what) failed; the first: \(firstFailure.withLock { $0 }.map { "\($0)" } ?? "?")")
+        }
     }
 }
