@@ -246,6 +246,9 @@ public final class Worker {
     // MARK: Frames
 
     private func frame(_ h: FrameHeader, _ payload: UnsafeRawBufferPointer) {
+        // Exiting: a last write that found the supervisor gone reads what it sent (the channel
+        // delivers a peer's last frames before it ends); nothing of it is run any more.
+        if _slowPath(exiting) { return }
         frameThread = pthread_self()
         switch h.type {
         case .request:
