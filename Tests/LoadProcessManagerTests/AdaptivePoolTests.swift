@@ -186,7 +186,10 @@ struct AdaptivePoolTests {
         #expect(await s.status().workers == 2, "count is the size at start")
         try await s.resize(5)
         var st = await s.status()
-        #expect(st.workers == 5 && st.minimumWorkers == 1 && st.maximumWorkers == 5)
+        // 5 now, unless this task was starved past the idle timeout (seen once at the start of
+        // the parallel suite) and idleness shrank the pool first: then a shrink from 5 says it was.
+        let shrankFrom5 = log.count { if case .poolScaled(5, let to, _) = $0 { return to < 5 }; return false } > 0
+        #expect((st.workers == 5 || shrankFrom5) && st.minimumWorkers == 1 && st.maximumWorkers == 5, "\(st)")
         #expect(await log.wait(shrankTo(1)), "\(log.all.filter(isScaled))")
         // The retired workers drain before they leave the count: wait for it (a hang guard only).
         _ = await eventually { await s.status().workers == 1 }

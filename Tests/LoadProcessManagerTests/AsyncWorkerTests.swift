@@ -9,16 +9,18 @@ import Testing
 /// (`lpm-test-worker`'s `async-*` and `task-trap` modes).
 @Suite("Async workers", .serialized, .timeLimit(.minutes(2)))
 struct AsyncWorkerTests {
-    /// Sends `long` then, once it is in flight, `short`, to one worker: an async handler that
-    /// awaits lets the second finish first.
+    /// Sends `long` then, once it is pending, `short`, to one worker: an async handler that
+    /// awaits lets the second finish first. `long` ("hold") waits until another request has
+    /// completed, so it can only finish if `short` ran while it was suspended (no timing: with
+    /// a 3 s sleep as the long one, a worker starved of CPU for seconds, as at the start of the
+    /// parallel suite, fired both timers together, the long one first).
     private func interleave(_ mode: String) async throws {
         let (s, log) = try await startOnline(testConfig(mode, count: 1))
-        // Long enough that the short one overtakes it even on a loaded machine.
-        let long = Task { try await s.enqueue("3000").text }
+        let long = Task { try await s.enqueue("hold").text }
         #expect(await eventually { await s.status().pending == 1 })
         let short = try await s.enqueue("20").text
         #expect(short == "20:1:main", "the short request finished first, on the worker's (main) thread")
-        #expect(try await long.value == "3000:2:main")
+        #expect(try await long.value == "hold:2:main")
         // Many at once on one worker: every one answered, each once.
         let answers = try await withThrowingTaskGroup(of: String.self) { group in
             for i in 0..<40 { group.addTask { try await s.enqueue(String(i % 5 * 10)).text } }

@@ -191,10 +191,11 @@ struct BackoffPoisonTests {
         var c = testConfig("exit-on-request", count: 1)
         c.restarts = 1
         c.maxRestartsInInterval = .seconds(60)
-        // Long enough that the request in between does not miss the gap on a loaded machine
-        // (700 ms was missed once, the whole suite running in parallel with rings on: the slot
-        // came back first and the request went to the new worker, which exits on any request).
-        c.afterBudgetSpent = .backoff(initial: .seconds(2), maximum: .seconds(8))
+        // Long enough that the request in between does not miss the gap on a slow machine: 700 ms
+        // and then 2 s were missed (the suite in parallel with rings on; the first run after a
+        // build, with the page cache cold: this test took 16 s), the slot coming back first and
+        // the request going to the new worker, which exits on any request.
+        c.afterBudgetSpent = .backoff(initial: .seconds(10), maximum: .seconds(40))
         let (s, log) = try await startOnline(c)
         _ = try? await s.enqueue("die 1")  // crash, restart (charged)
         #expect(await log.wait(isRestart))
@@ -207,12 +208,12 @@ struct BackoffPoisonTests {
         let between = await outcome(s, "between")
         #expect(between.error?.code == .noWorkers, "\(between)")
         // The slot comes back by itself.
-        #expect(await log.wait(for: 2, isRestart), "back without a resize")
+        #expect(await log.wait(for: 2, seconds: 60, isRestart), "back without a resize")
         #expect(await log.wait(for: 3, isOnline))
         _ = try? await s.enqueue("die 3")  // crash again: refused again, the delay doubles
         #expect(await log.wait(for: 2, scheduled))
         let delays = log.all.compactMap { e -> Duration? in if case .workerRestartScheduled(_, let d) = e { return d }; return nil }
-        #expect(delays.prefix(2) == [.seconds(2), .seconds(4)], "\(delays)")
+        #expect(delays.prefix(2) == [.seconds(10), .seconds(20)], "\(delays)")
         await s.hardKill()
         #expect(await s.status().isShutDown)
     }

@@ -427,9 +427,19 @@ worker.onRequest { request in
 /// Completion ranks and the main-thread check, for the async modes.
 final class AsyncLog {
     var completed = 0
+    /// A "hold" request waiting for another request to complete.
+    var held: CheckedContinuation<Void, Never>?
     func complete(_ payload: [UInt8]) -> String {
         completed += 1
         return "\(String(decoding: payload, as: UTF8.self)):\(completed):\(Wire.isMainThread ? "main" : "other")"
+    }
+
+    /// Lets a "hold" request go on, after another request completed.
+    func releaseHeld() {
+        if let waiting = held {
+            held = nil
+            waiting.resume()
+        }
     }
 }
 
@@ -442,9 +452,15 @@ struct AsyncFailure: Error, CustomStringConvertible {
 nonisolated func setUpNonisolated(_ worker: Worker) {
     let log = AsyncLog()
     worker.onRequest { request in
-        let ms = Int(String(decoding: request.data, as: UTF8.self)) ?? 0
-        try await Task.sleep(for: .milliseconds(ms))
+        // "hold" waits until another request completes; a number is milliseconds to sleep.
+        let text = String(decoding: request.data, as: UTF8.self)
+        if text == "hold" {
+            await withCheckedContinuation { log.held = $0 }
+        } else {
+            try await Task.sleep(for: .milliseconds(Int(text) ?? 0))
+        }
         request.respond(log.complete(request.data))
+        if text != "hold" { log.releaseHeld() }
     }
 }
 
@@ -468,9 +484,15 @@ nonisolated func spin(milliseconds ms: Int) -> Int {
         setUpNonisolated(worker)
     case "async-sleep":
         worker.onRequest { request in
-            let ms = Int(String(decoding: request.data, as: UTF8.self)) ?? 0
-            try await Task.sleep(for: .milliseconds(ms))
+            // "hold" waits until another request completes; a number is milliseconds to sleep.
+            let text = String(decoding: request.data, as: UTF8.self)
+            if text == "hold" {
+                await withCheckedContinuation { log.held = $0 }
+            } else {
+                try await Task.sleep(for: .milliseconds(Int(text) ?? 0))
+            }
             request.respond(log.complete(request.data))
+            if text != "hold" { log.releaseHeld() }
         }
     case "async-cancel":
         worker.onRequest { request in
