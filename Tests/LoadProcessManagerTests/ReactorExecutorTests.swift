@@ -60,4 +60,25 @@ struct ReactorExecutorTests {
         #expect(await s.status().pending == 0)
         await s.hardKill()
     }
+
+    @Test("from an actor, enqueue runs and resumes on it (nonisolated(nonsending)); a cancelled caller still gets cancelled")
+    func fromTheMainActor() async throws {
+        let (s, _) = try await startOnline(testConfig("echo", count: 1))
+        let texts = try await Task { @MainActor in
+            var out: [String] = []
+            for i in 0..<20 {
+                out.append(try await s.enqueue(Array("main \(i)".utf8)).text)
+                MainActor.assertIsolated("resumed on the main actor")
+            }
+            return out
+        }.value
+        #expect(texts == (0..<20).map { "main \($0)" })
+        let (never, _) = try await startOnline(testConfig("never", count: 1))
+        let task = Task { @MainActor in await outcome(never, "in flight") }
+        #expect(await eventually { await never.status().pending == 1 })
+        task.cancel()
+        #expect((await task.value).error?.code == .cancelled)
+        await never.hardKill()
+        await s.softKill()
+    }
 }

@@ -201,10 +201,14 @@ public final class Supervisor: Sendable {
     /// Cancelling the calling task answers the request with `cancelled` at once: a queued
     /// request leaves the queue; one in flight is cancelled on its worker too (its `onCancel`
     /// handler runs) and the worker's late answer is dropped.
+    ///
+    /// It runs on the caller's executor (`nonisolated(nonsending)`): handing the request over
+    /// takes no hop of its own, from an actor or from a task on ``executor``, and the answer
+    /// resumes the caller where it was.
     /// - Throws: ``SupervisorError``: `.timedOut`, `.workerExited`, `.protocolViolation`,
     ///   `.queueFull`, `.shutDown`, `.noWorkers`, `.payloadTooLarge`, `.workerError`,
     ///   `.cancelled`, `.invalidArgument` (a negative timeout or retry count).
-    public func enqueue(_ payload: [UInt8], options: RequestOptions = RequestOptions()) async throws(SupervisorError) -> WorkerResponse {
+    public nonisolated(nonsending) func enqueue(_ payload: [UInt8], options: RequestOptions = RequestOptions()) async throws(SupervisorError) -> WorkerResponse {
         let box = self.box
         if box.reactor.isOnReactorThread { return try await enqueueWithTicket(payload, options) }
         // From another thread: through the inbox, as a request with a handler is (no allocation
@@ -235,7 +239,7 @@ public final class Supervisor: Sendable {
     /// ``enqueue(_:options:)`` from the reactor thread (a task on ``executor``): admitted at
     /// once, with no hop. The ticket (one allocation) is what a cancellation, from any thread,
     /// finds the request by, even one that comes before the request reaches the pool.
-    private func enqueueWithTicket(_ payload: [UInt8], _ options: RequestOptions) async throws(SupervisorError) -> WorkerResponse {
+    private nonisolated(nonsending) func enqueueWithTicket(_ payload: [UInt8], _ options: RequestOptions) async throws(SupervisorError) -> WorkerResponse {
         let ticket = RequestTicket(payload, options)
         let box = self.box
         let result: Result<WorkerResponse, SupervisorError> = await withTaskCancellationHandler {
@@ -256,7 +260,7 @@ public final class Supervisor: Sendable {
     }
 
     /// Queues a UTF-8 string payload and waits for the answer.
-    public func enqueue(_ text: String, options: RequestOptions = RequestOptions()) async throws(SupervisorError) -> WorkerResponse {
+    public nonisolated(nonsending) func enqueue(_ text: String, options: RequestOptions = RequestOptions()) async throws(SupervisorError) -> WorkerResponse {
         try await enqueue(Array(text.utf8), options: options)
     }
 
