@@ -169,14 +169,10 @@ struct BatchReader {
         [Int](unsafeUninitializedCapacity: count) { ends, found in
             payload.withUnsafeBytes { p in
                 var at = 4
-                while found < count {
-                    guard p.count - at >= 5 else { return }
-                    let n = Int(p.readLittleEndian(at: at + 1, as: UInt32.self))
-                    guard n <= p.count - at - 5 else { return }
-                    let end = at + 5 + n
-                    ends.initializeElement(at: found, to: end << 1 | (p[at] == 0 ? 0 : 1))
+                while found < count, let answer = Batch.answer(in: p, at: at) {
+                    ends.initializeElement(at: found, to: answer.next << 1 | (answer.ok ? 0 : 1))
                     found += 1
-                    at = end
+                    at = answer.next
                 }
             }
         }
