@@ -731,7 +731,7 @@ extension Channel {
     }
 
     /// Delivers every record published in the incoming ring, each through ``onFrame`` as a
-    /// frame, from a private copy of its payload; releases them. A record the peer may not
+    /// frame, its payload in the shared memory; releases them. A record the peer may not
     /// send there, or an inconsistent index, ends the channel with a violation.
     @discardableResult
     private func drainRing() -> Int {
@@ -754,20 +754,11 @@ extension Channel {
                 }
                 let header = FrameHeader(type: type, flags: flags, length: record.payload.count, id: record.id)
                 count &+= 1
-                if r.copiesPayloads && flags.contains(.batch) {
-                    // The peer can still write the shared bytes, and a batch's decoder reads a
-                    // length, then the bytes it covers: it gets a private copy. Other payloads
-                    // are read once (copied into the request or the response) where they are.
-                    r.scratch.removeAll(keepingCapacity: r.scratch.capacity <= Wire.retainedBufferCapacity)
-                    r.scratch.append(contentsOf: record.payload)
-                    if count & 31 == 0, r.consumer.release() { r.ringPeer() }
-                    r.scratch.withUnsafeBytes { onFrame(header, $0) }
-                } else {
-                    onFrame(header, record.payload)
-                    if isClosed { return count }
-                    if count & 31 == 0, r.consumer.release() { r.ringPeer() }
-                }
+                // Delivered where it is: the peer can still write the shared bytes, so what is
+                // kept is copied first and read there (``keep(_:)``), a batch's lengths included.
+                onFrame(header, record.payload)
                 if isClosed { return count }
+                if count & 31 == 0, r.consumer.release() { r.ringPeer() }
             }
         } catch {
             end(.violation(ProtocolViolation(error.description, kind: .frame)))

@@ -20,12 +20,6 @@ final class SharedRingLink {
     /// The peer's doorbell.
     let peerDoorbell: CInt
     @exclusivity(unchecked) var registration: Reactor.Registration?
-    /// Where a batched record's payload is copied before delivery: the peer can still write
-    /// the shared bytes, and a batch's decoder must not read a length there twice.
-    @exclusivity(unchecked) var scratch: [UInt8] = []
-    /// Whether batched payloads are copied before delivery: on the supervisor's side, which
-    /// does not trust the worker.
-    var copiesPayloads: Bool { side == .supervisor }
     /// The largest payload a record takes in the outgoing ring.
     let maxOutgoingPayload: Int
     /// Records committed and not yet published.

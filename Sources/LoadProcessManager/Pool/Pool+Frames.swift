@@ -100,10 +100,14 @@ extension Pool {
             if let fd = w.channel.takeDescriptor() { FileDescriptor.closeRaw(fd) }
             return violation(w, "a response may carry a descriptor only as a stream")
         }
+        // The answer's bytes as kept for the caller: lent from the receive buffer, or a copy of a
+        // ring record (which the worker can still write): a batch is checked on the bytes its
+        // reader walks later, not on the shared ones.
+        let kept = h.type == .error ? nil : w.channel.keep(payload)
         if table[index].isBatch && h.type == .response {
             // One answer per item, in a well-formed batch, or the worker broke the protocol.
             let expected = table[index].payload.withUnsafeBytes { $0.readLittleEndian(at: 0, as: UInt32.self) }
-            guard h.flags.contains(.batch), let n = Batch.answerCount(payload), n == Int(expected) else {
+            guard h.flags.contains(.batch), let n = Batch.answerCount(kept!.bytes), n == Int(expected) else {
                 return violation(w, "malformed answer to batched request \(h.id) (\(expected) items)")
             }
         }
@@ -121,9 +125,7 @@ extension Pool {
             answerNow((consume f).completion, .failure(SupervisorError(.workerError, String(decoding: payload, as: UTF8.self),
                                                                        requestID: id, workerPID: w.pid, attempts: attempts)))
         } else {
-            // The bytes stay where they were read (the receive buffer is lent, not copied).
-            let kept = w.channel.keep(payload)
-            answerNow((consume f).completion, .success(WorkerResponse(bytes: ResponseBytes(storage: kept.storage, bytes: kept.bytes),
+            answerNow((consume f).completion, .success(WorkerResponse(bytes: ResponseBytes(storage: kept!.storage, bytes: kept!.bytes),
                                                                       id: id, createdAt: createdAt,
                                                                       stream: stream, workerPID: w.pid, attempts: attempts)))
         }
