@@ -51,8 +51,9 @@
 //                   and "+cancelled" when Task.isCancelled was set, then rethrows
 //   async-throw     throws an error whose description is "async handler failed on purpose"
 //   async-silent    returns without answering
-//   async-detached  payload "spin:MS": burns MS ms of CPU in a detached task, answers "spun";
-//                   any other payload is answered at once
+//   async-detached  payload "spin:MS": burns CPU in a detached task until another request has
+//                   been answered (then answers "spun") or for MS ms at most (then answers
+//                   "spun alone"); any other payload is answered at once
 //   async-busy      says busy, sleeps LPM_TEST_DELAY_MS, answers, says ready
 //   async-stream    payload "N:seed": after a sleep, answers with a stream of N pattern bytes,
 //                   written in 64 KiB chunks with a sleep between them
@@ -141,6 +142,23 @@ Worker.preload {
     if getenv("LPM_TEST_PRELOAD_THREAD") != nil {
         var thread = pthread_t()
         _ = pthread_create(&thread, nil, sleepForever, nil)
+    }
+}
+
+/// The async-detached mode: a spin that ends once the loop has answered another request.
+enum Detached {
+    static let answered = Atomic<Bool>(false)
+
+    /// Burns CPU until another request has been answered (true) or `ms` have passed (false).
+    static func spin(milliseconds ms: Int) -> Bool {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let end = Int(now.tv_sec) * 1_000_000_000 + Int(now.tv_nsec) + ms * 1_000_000
+        repeat {
+            if answered.load(ordering: .acquiring) { return true }
+            clock_gettime(CLOCK_MONOTONIC, &now)
+        } while Int(now.tv_sec) * 1_000_000_000 + Int(now.tv_nsec) < end
+        return false
     }
 }
 
@@ -514,10 +532,15 @@ nonisolated func spin(milliseconds ms: Int) -> Int {
     case "async-detached":
         worker.onRequest { request in
             let text = String(decoding: request.data, as: UTF8.self)
-            guard text.hasPrefix("spin:"), let ms = Int(text.dropFirst(5)) else { return request.respond(text) }
-            // CPU-heavy work on another thread: the worker's loop stays free meanwhile.
-            _ = await Task.detached { spin(milliseconds: ms) }.value
-            request.respond("spun")
+            guard text.hasPrefix("spin:"), let ms = Int(text.dropFirst(5)) else {
+                request.respond(text)
+                Detached.answered.store(true, ordering: .releasing)
+                return
+            }
+            // CPU-heavy work on another thread: the worker's loop stays free meanwhile, and
+            // answers another request while this one spins (no race with the clock).
+            let together = await Task.detached { Detached.spin(milliseconds: ms) }.value
+            request.respond(together ? "spun" : "spun alone")
         }
     case "async-busy":
         worker.onRequest { request in
