@@ -194,14 +194,20 @@ public final class Pool: Sendable {
     public func burstAsync(_ n: Int, tasks: Int = 512, onExecutor: Bool = false) async throws {
         let supervisor = self.supervisor, payload = self.payload
         let failures = Tally()
-        let preference: (any TaskExecutor)? = onExecutor ? supervisor.executor : nil
+        @Sendable func run(_ count: Int) async {
+            for _ in 0..<count {
+                do { _ = try await supervisor.enqueue(payload) } catch { failures.add() }
+            }
+        }
         await withTaskGroup(of: Void.self) { group in
             for t in 0..<tasks {
                 let count = n / tasks + (t < n % tasks ? 1 : 0)
-                group.addTask(executorPreference: preference) {
-                    for _ in 0..<count {
-                        do { _ = try await supervisor.enqueue(payload) } catch { failures.add() }
-                    }
+                // Not `addTask(executorPreference: nil)`: that still gives each task a preference
+                // record, and the runtime then reads it under the task's lock at every hop.
+                if onExecutor {
+                    group.addTask(executorPreference: supervisor.executor) { await run(count) }
+                } else {
+                    group.addTask { await run(count) }
                 }
             }
         }
