@@ -428,9 +428,10 @@ package final class Channel {
     /// Reads and delivers everything the peer sent that is not read yet, up to its end of file (or
     /// a read that would block): for a peer known to be gone, whose exit was seen before its end
     /// of file (a reactor reads a socket once per readiness, so a worker that answered many
-    /// requests and exited can leave answers in the socket when its exit is handled). The
-    /// channel then ends as it would on its own. Bounded (256 reads): a dead peer's socket holds
-    /// what its buffer holds, but a process that inherited the peer's end could still be writing.
+    /// requests and exited can leave answers in the socket when its exit is handled), or before
+    /// judging that a peer did not answer. At an end of file the channel ends as it would on its
+    /// own. Bounded (256 reads): a dead peer's socket holds what its buffer holds, but a live
+    /// peer, or a process that inherited the peer's end, could still be writing.
     package func readRemaining() {
         guard !isClosed else { return }
         var reads = 0

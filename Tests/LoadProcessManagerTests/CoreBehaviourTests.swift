@@ -167,6 +167,20 @@ struct LivenessTests {
         await s.hardKill()
     }
 
+    @Test("a supervisor stalled while its worker answered: the pong behind the answers is read before the worker is judged, and it is kept")
+    func stalledSupervisor() async throws {
+        await #expect(processExitsWith: .success) {
+            try await leavesNothingBehind { try await stalledWhileAnswered(thenHang: false) }
+        }
+    }
+
+    @Test("answers a worker wrote before it was killed as unresponsive are delivered, not failed or run again")
+    func answersBeforeUnresponsiveKill() async throws {
+        await #expect(processExitsWith: .success) {
+            try await leavesNothingBehind { try await stalledWhileAnswered(thenHang: true) }
+        }
+    }
+
     @Test("idle and busy workers that answer pings are left alone")
     func healthyWorkers() async throws {
         var c = testConfig("slow", count: 2, env: ["LPM_TEST_DELAY_MS": "50"])
@@ -182,6 +196,58 @@ struct LivenessTests {
         #expect(log.count(isExit) == 0)
         await s.softKill()
     }
+}
+
+/// One worker holds 24 requests with its thread blocked (a ping it has not read is then
+/// outstanding); the reactor thread stalls for longer than `unresponsiveTimeout`, and meanwhile the
+/// worker answers all 24 (about 100 KB: more than one read of the supervisor's), then reads the
+/// ping and answers it, or (`thenHang`) hangs before reading it. Every request must succeed: a
+/// worker whose pong sits behind its answers is not unresponsive, and answers written before a
+/// kill are delivered.
+private func stalledWhileAnswered(thenHang: Bool) async throws {
+    let release = "/tmp/lpm-release-\(getpid())-\(UInt64.random(in: 1...UInt64.max))"
+    defer { unlink(release) }
+    var env = ["LPM_TEST_HOLD": "24", "LPM_TEST_RELEASE": release]
+    if thenHang { env["LPM_TEST_THEN_HANG"] = "1" }
+    var c = testConfig("answer-on-release", count: 1, env: env)
+    c.pingInterval = .milliseconds(20)
+    c.unresponsiveTimeout = .seconds(2)
+    c.retries = 0
+    let (s, log) = try await startOnline(c)
+    let pid = try #require(await s.health().first?.pid)
+    let answers = Task {
+        await withTaskGroup(of: (Int, Result<WorkerResponse, SupervisorError>).self) { group in
+            for i in 0..<24 { group.addTask { (i, await outcome(s, "r\(i)")) } }
+            return await group.reduce(into: [:]) { $0[$1.0] = $1.1 }
+        }
+    }
+    #expect(await eventually { await s.status().pending == 24 })
+    // The worker's thread is blocked now: a ping goes out within 20 ms and stays unanswered.
+    try await Task.sleep(for: .milliseconds(200))
+    // Stall the reactor thread for longer than unresponsiveTimeout; the worker answers meanwhile.
+    let stalled = Atomic<Bool>(false)
+    let stall = Task(executorPreference: s.executor) {
+        stalled.store(true, ordering: .releasing)
+        usleep(3_000_000)
+    }
+    while !stalled.load(ordering: .acquiring) { try await Task.sleep(for: .milliseconds(5)) }
+    close(creat(release, 0o600))
+    await stall.value
+    let results = await answers.value
+    #expect(results.count == 24)
+    for (i, r) in results {
+        guard case .success(let w) = r else { Issue.record("r\(i): \(r)"); continue }
+        #expect(w.bytes.count == 4096 && w.text.hasPrefix("r\(i)."), "r\(i)")
+    }
+    if thenHang {
+        #expect(await log.wait { if case .workerUnresponsive = $0 { return true }; return false })
+        #expect(await log.wait(isRestart), "replaced")
+    } else {
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(log.count { if case .workerUnresponsive = $0 { return true }; return false } == 0)
+        #expect(await s.health().first?.pid == pid, "the same worker serves")
+    }
+    await s.hardKill()
 }
 
 @Suite("Restart budget: backoff and poison requests", .serialized, .timeLimit(.minutes(2)))

@@ -184,13 +184,18 @@ extension Pool {
         }
     }
 
-    /// SIGKILL through the pidfd, and the channel closed; the exit arrives through the pidfd.
+    /// SIGKILL through the pidfd; the exit arrives through the pidfd. The channel stays open
+    /// until then: answers the worker sent before the signal landed are still read and
+    /// delivered (its exit reads the rest), so that a request it answered is neither retried
+    /// nor failed. Closed at once for a worker that broke the protocol (nothing more from it is
+    /// trusted) and in a hard kill (every request fails with `shutDown` anyway).
     private func killProcess(_ w: WorkerProcess) {
         if let watch = w.watch {
             // Fails only for a process already reaped (ESRCH): then it is gone anyway.
             try? reactor.signalChild(watch, SIGKILL)
         }
-        w.channel.close()
+        if case .stopping(.violation) = w.lifecycle { return w.channel.close() }
+        if phase == .hardKilling || w.watch == nil { w.channel.close() }
     }
 }
 

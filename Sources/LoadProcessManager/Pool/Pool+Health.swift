@@ -36,6 +36,11 @@ extension Pool {
             guard let w = s.process, w.watch != nil else { continue }
             if w.pingOutstanding != 0 {
                 guard now - w.pingSentAt > deadline else { continue }
+                // A reactor reads a socket once per readiness: after a stall of this thread (a
+                // blocking callback, a starved CPU), the answer can be in the socket behind
+                // everything else the worker sent meanwhile. Read all of it before judging.
+                w.channel.readRemaining()
+                guard w.pingOutstanding != 0, w.watch != nil, !w.exitSeen else { continue }
                 apply(w.lifecycle.handle(.unresponsive("no answer to a ping for \(config.unresponsiveTimeout)")), to: w)
             } else {
                 pingSequence &+= 1

@@ -39,6 +39,10 @@
 //                   request; "dump" / "dump-held" answer with the kept payloads / the held
 //                   requests' payloads, joined by ","; anything else is echoed (requests
 //                   answered at once and kept by nobody are reused)
+//   answer-on-release  holds requests until LPM_TEST_HOLD have come, then blocks its thread (no
+//                   ping read) until the file LPM_TEST_RELEASE exists, answers them all (4 KiB
+//                   each: several reads of the supervisor's, less than the socket holds) and goes
+//                   on, or with LPM_TEST_THEN_HANG set hangs for good once they are written
 //   off-thread      answers from another thread (a detached task): the runtime stops the worker
 //   task-trap       a synchronous handler whose answer comes from `Task { await ...; respond }`
 //                   (main-actor code: this file's top level), after LPM_TEST_DELAY_MS
@@ -406,6 +410,18 @@ worker.onRequest { request in
             for r in heldRequests { r.respond(r.data + [UInt8](repeating: 0x2E, count: max(0, 512 - r.data.count))) }
             heldRequests = []
             worker.reactor.execute { _ in _exit(0) }
+        }
+    case "answer-on-release":
+        heldRequests.append(request)
+        let hold = getenv("LPM_TEST_HOLD").flatMap { Int(String(cString: $0)) } ?? 24
+        if heldRequests.count == hold, let path = getenv("LPM_TEST_RELEASE").map({ String(cString: $0) }) {
+            while access(path, F_OK) != 0 { usleep(5_000) }
+            for r in heldRequests { r.respond(r.data + [UInt8](repeating: 0x2E, count: max(0, 4096 - r.data.count))) }
+            heldRequests = []
+            if getenv("LPM_TEST_THEN_HANG") != nil {
+                // A job runs after the iteration's flush: the answers are written, then nothing.
+                worker.reactor.execute { _ in while true { sleep(3600) } }
+            }
         }
     case "reuse-check":
         let text = String(decoding: request.data, as: UTF8.self)
