@@ -9,6 +9,31 @@ private func reactorThread(_ s: Supervisor) async -> pthread_t {
     }
 }
 
+/// An actor that lives on a supervisor's reactor thread (its executor is the reactor's).
+private actor OnReactor {
+    nonisolated let unownedExecutor: UnownedSerialExecutor
+    let supervisor: Supervisor
+
+    init(_ supervisor: Supervisor) {
+        self.supervisor = supervisor
+        unownedExecutor = supervisor.reactor.executor.asUnownedSerialExecutor()
+    }
+
+    func roundTrips(_ n: Int, loopThread: pthread_t) async throws -> [String] {
+        var out: [String] = []
+        for i in 0..<n {
+            out.append(try await supervisor.enqueue(Array("actor \(i)".utf8)).text)
+            assertIsolated("resumed on the actor")
+            #expect(pthread_self() == loopThread, "on the reactor thread")
+        }
+        return out
+    }
+
+    func request(_ text: String) async -> Result<WorkerResponse, SupervisorError> {
+        await outcome(supervisor, text)
+    }
+}
+
 @Suite("Async callers on the supervisor's executor", .timeLimit(.minutes(2)))
 struct ReactorExecutorTests {
     @Test("a task that prefers the supervisor's executor runs on the reactor thread, and its requests are answered there")
@@ -80,5 +105,22 @@ struct ReactorExecutorTests {
         #expect((await task.value).error?.code == .cancelled)
         await never.hardKill()
         await s.softKill()
+    }
+
+    @Test("from an actor on the reactor's serial executor: requests admitted and answered there, and cancelled")
+    func fromAnActorOnTheReactor() async throws {
+        let (s, _) = try await startOnline(testConfig("echo", count: 2))
+        let loopThread = await reactorThread(s)
+        let caller = OnReactor(s)
+        #expect(try await caller.roundTrips(50, loopThread: loopThread) == (0..<50).map { "actor \($0)" })
+        await s.softKill()
+        let (never, _) = try await startOnline(testConfig("never", count: 1))
+        let stuck = OnReactor(never)
+        let task = Task { await stuck.request("in flight") }
+        #expect(await eventually { await never.status().pending == 1 })
+        task.cancel()
+        #expect((await task.value).error?.code == .cancelled)
+        #expect(await never.status().pending == 0)
+        await never.hardKill()
     }
 }

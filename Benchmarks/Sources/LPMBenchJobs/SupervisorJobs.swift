@@ -116,6 +116,13 @@ public final class Pool: Sendable {
         }
     }
 
+    /// `n` sequential requests through the async API from an actor that lives on the reactor
+    /// thread (its executor is the reactor's serial executor): no hop either way, like
+    /// ``roundTripsAsyncOnExecutor(_:)``, and no task executor preference to look up.
+    public func roundTripsOnActor(_ n: Int) async throws {
+        try await ReactorCaller(supervisor).roundTrips(n, payload)
+    }
+
     /// `n` sequential requests through the completion-handler API; this thread blocks on a
     /// semaphore between them (the completion runs on the reactor thread).
     public func roundTripsHandler(_ n: Int) throws {
@@ -431,6 +438,25 @@ final class Answers: Sendable {
         guard done.wait(seconds: seconds) else { throw BenchError("\(what) timed out with \(left.current) left") }
         if failures.value > 0 {
             throw BenchError("\(failures.value) of the \(what) failed; the first: \(firstFailure.withLock { $0 }.map { "\($0)" } ?? "?")")
+        }
+    }
+}
+
+
+/// An actor on a supervisor's reactor thread (``Pool/roundTripsOnActor(_:)``).
+actor ReactorCaller {
+    nonisolated let unownedExecutor: UnownedSerialExecutor
+    let supervisor: Supervisor
+
+    init(_ supervisor: Supervisor) {
+        self.supervisor = supervisor
+        unownedExecutor = supervisor.reactor.executor.asUnownedSerialExecutor()
+    }
+
+    func roundTrips(_ n: Int, _ payload: [UInt8]) async throws {
+        for _ in 0..<n {
+            let r = try await supervisor.enqueue(payload)
+            if r.bytes.count != payload.count { throw BenchError("wrong answer: \(r.bytes.count) bytes") }
         }
     }
 }

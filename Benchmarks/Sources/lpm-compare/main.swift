@@ -15,6 +15,7 @@
 //   rt-handler N             the same, completion-handler API, caller blocks between (1e5)
 //   rt-chained N             the same, each completion enqueues the next (reactor thread) (1e5)
 //   rt-executor N            the async API from a task on the supervisor's executor (1e5)
+//   rt-actor N               the async API from an actor on the reactor's serial executor (1e5)
 //   rt-*-rings, burst*-rings  the same jobs with the shared-memory transport (names end in _rings)
 //   burst N                  Supervisor + 2 workers, 256 in flight each: N at once, handler API (1e6)
 //   burst-async N            the same from 512 tasks through the async API (1e6)
@@ -172,7 +173,7 @@ do {
         driver.close()
         emit("reactor_echo_batched_2x256x64B_\(driver.backend.rawValue)", Double(n) / (Double(ns) / 1e9), "msg/s")
 
-    case "rt-async", "rt-handler", "rt-chained", "rt-executor":
+    case "rt-async", "rt-handler", "rt-chained", "rt-executor", "rt-actor":
         let tag = try supervisorTag()
         let n = countArg ?? 100_000
         let pool = try Pool(workerPath: try benchWorkerPath(), count: 1, transport: transport)
@@ -188,6 +189,11 @@ do {
             try blocking { try await pool.roundTripsAsyncOnExecutor(warmCount(n)) }
             let t0 = monotonicNanoseconds()
             try blocking { try await pool.roundTripsAsyncOnExecutor(n) }
+            ns = monotonicNanoseconds() - t0
+        case "rt-actor":
+            try blocking { try await pool.roundTripsOnActor(warmCount(n)) }
+            let t0 = monotonicNanoseconds()
+            try blocking { try await pool.roundTripsOnActor(n) }
             ns = monotonicNanoseconds() - t0
         case "rt-handler":
             try pool.roundTripsHandler(warmCount(n))

@@ -203,58 +203,62 @@ public final class Supervisor: Sendable {
     /// handler runs) and the worker's late answer is dropped.
     ///
     /// It runs on the caller's executor (`nonisolated(nonsending)`): handing the request over
-    /// takes no hop of its own, from an actor or from a task on ``executor``, and the answer
-    /// resumes the caller where it was.
+    /// takes no hop of its own, from an actor or from a task on ``executor``. The answer resumes
+    /// a task on ``executor`` on the reactor thread, with no hop; a caller on an actor (the main
+    /// actor, say) is resumed on the global executor first, then on its actor (Swift resumes a
+    /// continuation so when the code awaiting it is not statically isolated).
     /// - Throws: ``SupervisorError``: `.timedOut`, `.workerExited`, `.protocolViolation`,
     ///   `.queueFull`, `.shutDown`, `.noWorkers`, `.payloadTooLarge`, `.workerError`,
     ///   `.cancelled`, `.invalidArgument` (a negative timeout or retry count).
     public nonisolated(nonsending) func enqueue(_ payload: [UInt8], options: RequestOptions = RequestOptions()) async throws(SupervisorError) -> WorkerResponse {
+        // The operation closure of `withTaskCancellationHandler` keeps an actor's isolation only
+        // when it captures an `isolated` parameter: in a `nonisolated(nonsending)` function it
+        // runs on the generic executor (Swift 6.3), a hop off the caller's actor and back per
+        // request. So a caller on an actor waits in `answer(_:_:on:)`. With no actor to keep
+        // (a task on ``executor``, or on the default pool), the wait is here: that form's hops
+        // to a `nil` isolation would be no-ops, but each reads the task's executor preference,
+        // under a lock in a task that has one, and the extra call costs the default pool too.
+        let isolation = #isolation
+        if let isolation { return try await answer(payload, options, on: isolation) }
         let box = self.box
-        if box.reactor.isOnReactorThread { return try await enqueueWithTicket(payload, options) }
-        // From another thread: through the inbox, as a request with a handler is (no allocation
-        // of its own). Its submission number is what a cancellation finds it by, behind it in
-        // the inbox; `submitted` hands that number to the cancellation handler (0: not submitted
-        // yet; `.max`: cancelled first, and the submitter sends the cancellation itself).
+        if box.reactor.isOnReactorThread {
+            let ticket = RequestTicket(payload, options)
+            let result: Result<WorkerResponse, SupervisorError> = await withTaskCancellationHandler {
+                await withUnsafeContinuation { c in box.admit(ticket, c) }
+            } onCancel: {
+                box.cancel(ticket)
+            }
+            return try result.get()
+        }
         let submitted = Atomic<UInt64>(0)
         let result: Result<WorkerResponse, SupervisorError> = await withTaskCancellationHandler {
-            await withUnsafeContinuation { c in
-                // Cancelled already (the handler runs first then): never sent, answered here.
-                guard submitted.load(ordering: .acquiring) != .max else {
-                    return c.resume(returning: .failure(SupervisorError(.cancelled, "the request was cancelled before it was queued")))
-                }
-                guard let n = box.submit(.request(payload, options, .continuation(c))) else {
-                    return c.resume(returning: .failure(SupervisorError(.shutDown, "the pool is stopped")))
-                }
-                if !submitted.compareExchange(expected: 0, desired: n, ordering: .acquiringAndReleasing).exchanged {
-                    _ = box.submit(.cancel(n))
-                }
-            }
+            await withUnsafeContinuation { c in box.submit(payload, options, c, submitted) }
         } onCancel: {
-            let n = submitted.exchange(.max, ordering: .acquiringAndReleasing)
-            if n != 0 && n != .max { _ = box.submit(.cancel(n)) }
+            box.cancel(submitted)
         }
         return try result.get()
     }
 
-    /// ``enqueue(_:options:)`` from the reactor thread (a task on ``executor``): admitted at
-    /// once, with no hop. The ticket (one allocation) is what a cancellation, from any thread,
-    /// finds the request by, even one that comes before the request reaches the pool.
-    private nonisolated(nonsending) func enqueueWithTicket(_ payload: [UInt8], _ options: RequestOptions) async throws(SupervisorError) -> WorkerResponse {
-        let ticket = RequestTicket(payload, options)
+    /// ``enqueue(_:options:)`` for a caller isolated to an actor: it stays there until the
+    /// answer comes (the same steps, in closures that capture the isolation).
+    private func answer(_ payload: [UInt8], _ options: RequestOptions, on caller: isolated any Actor) async throws(SupervisorError) -> WorkerResponse {
         let box = self.box
-        let result: Result<WorkerResponse, SupervisorError> = await withTaskCancellationHandler {
-            await withUnsafeContinuation { c in
-                ticket.completion = .continuation(c)
-                if box.reactor.isOnReactorThread, let pool = box.pool {
-                    // A task on the reactor's executor (see ``executor``): admitted now, no hop;
-                    // the answer resumes it on this thread.
-                    pool.enqueue(ticket)
-                } else if box.submit(.ticket(ticket)) == nil {
-                    c.resume(returning: .failure(SupervisorError(.shutDown, "the pool is stopped")))
-                }
+        if box.reactor.isOnReactorThread {
+            let ticket = RequestTicket(payload, options)
+            let result: Result<WorkerResponse, SupervisorError> = await withTaskCancellationHandler {
+                _ = caller  // isolated to it (see `enqueue`)
+                return await withUnsafeContinuation { c in box.admit(ticket, c) }
+            } onCancel: {
+                box.cancel(ticket)
             }
+            return try result.get()
+        }
+        let submitted = Atomic<UInt64>(0)
+        let result: Result<WorkerResponse, SupervisorError> = await withTaskCancellationHandler {
+            _ = caller  // isolated to it (see `enqueue`)
+            return await withUnsafeContinuation { c in box.submit(payload, options, c, submitted) }
         } onCancel: {
-            _ = box.submit(.cancelTicket(ticket))
+            box.cancel(submitted)
         }
         return try result.get()
     }
@@ -415,5 +419,50 @@ public final class Supervisor: Sendable {
     /// ``hardKill(completion:)``, waiting until every worker is reaped.
     public func hardKill() async {
         await withUnsafeContinuation { (c: UnsafeContinuation<Void, Never>) in hardKill(completion: { c.resume() }) }
+    }
+}
+
+// The steps of `Supervisor.enqueue`, shared with `answer(_:_:on:)`.
+extension Supervisor.PoolBox {
+    /// From the reactor thread: admits the ticket's request now (no hop; the answer resumes the
+    /// caller on this thread), or hands it over when the call has left the reactor thread.
+    fileprivate func admit(_ ticket: RequestTicket, _ c: UnsafeContinuation<Result<WorkerResponse, SupervisorError>, Never>) {
+        ticket.completion = .continuation(c)
+        if reactor.isOnReactorThread, let pool {
+            pool.enqueue(ticket)
+        } else if submit(.ticket(ticket)) == nil {
+            c.resume(returning: .failure(SupervisorError(.shutDown, "the pool is stopped")))
+        }
+    }
+
+    /// A ticket's cancellation, from any thread: it finds the request wherever it is, or
+    /// before it arrives.
+    fileprivate func cancel(_ ticket: RequestTicket) {
+        _ = submit(.cancelTicket(ticket))
+    }
+
+    /// From another thread: through the inbox, as a request with a handler is (no allocation
+    /// of its own). Its submission number is what a cancellation finds it by, behind it in the
+    /// inbox; `submitted` hands that number to the cancellation handler (0: not submitted yet;
+    /// `.max`: cancelled first, and the submitter sends the cancellation itself).
+    fileprivate func submit(_ payload: [UInt8], _ options: RequestOptions,
+                            _ c: UnsafeContinuation<Result<WorkerResponse, SupervisorError>, Never>,
+                            _ submitted: borrowing Atomic<UInt64>) {
+        // Cancelled already (the handler runs first then): never sent, answered here.
+        guard submitted.load(ordering: .acquiring) != .max else {
+            return c.resume(returning: .failure(SupervisorError(.cancelled, "the request was cancelled before it was queued")))
+        }
+        guard let n = submit(.request(payload, options, .continuation(c))) else {
+            return c.resume(returning: .failure(SupervisorError(.shutDown, "the pool is stopped")))
+        }
+        if !submitted.compareExchange(expected: 0, desired: n, ordering: .acquiringAndReleasing).exchanged {
+            _ = submit(.cancel(n))
+        }
+    }
+
+    /// A submitted request's cancellation, from any thread (see ``submit(_:_:_:_:)``).
+    fileprivate func cancel(_ submitted: borrowing Atomic<UInt64>) {
+        let n = submitted.exchange(.max, ordering: .acquiringAndReleasing)
+        if n != 0 && n != .max { _ = submit(.cancel(n)) }
     }
 }
