@@ -1,7 +1,7 @@
 import LPMTestSupport
 import CLoop
 import Glibc
-import LPMReactor
+@testable import LPMReactor
 import Synchronization
 import Testing
 
@@ -191,8 +191,12 @@ struct ReactorTests {
             let r = try Reactor(backend: .only(backend))
             var order: [Int] = []
             let delays = [30, 10, 20, 0, 10, 5]
+            // Deadlines from one base time: `schedule(after:)` reads the clock at each call, and a
+            // thread preempted between two calls would shift the later deadlines past the order
+            // this test expects (and the two 10 ms timers would not be due at the same instant).
+            let base = Sys.monotonicNanoseconds()
             for (i, d) in delays.enumerated() {
-                try r.schedule(after: .milliseconds(d)) { order.append(i) }
+                _ = r.timers.schedule(deadline: base &+ Int64(d) * 1_000_000) { order.append(i) }
             }
             try run(r) { order.count == delays.count }
             #expect(order == [3, 5, 1, 4, 2, 0])

@@ -183,7 +183,10 @@ struct AdaptivePoolTests {
         // even on a loaded machine.
         c.scaling.idleTimeout = .milliseconds(1500)
         let (s, log) = try await startOnline(c)
-        #expect(await s.status().workers == 2, "count is the size at start")
+        // 2, unless idleness already shrank it (a starved task, as below): a shrink from 2 says so.
+        let atStart = await s.status().workers
+        let shrankFrom2 = log.count { if case .poolScaled(2, let to, _) = $0 { return to < 2 }; return false } > 0
+        #expect(atStart == 2 || shrankFrom2, "count is the size at start: \(atStart)")
         try await s.resize(5)
         var st = await s.status()
         // 5 now, unless this task was starved past the idle timeout (seen once at the start of

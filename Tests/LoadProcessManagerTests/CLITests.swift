@@ -110,7 +110,9 @@ struct CLITests {
 
     @Test("--timeout fails slow requests with timedOut")
     func timeout() async throws {
-        let run = try await lpm(["run", "--workers", "1", "--timeout", "50ms"] + worker("slow") + [], input: "a\nb\n")
+        // A worker that never answers: one that answers late could still beat the timeout on
+        // a loaded machine (the supervisor reads answers before it runs its timers).
+        let run = try await lpm(["run", "--workers", "1", "--timeout", "50ms"] + worker("never") + [], input: "a\nb\n")
         #expect(run.status == 1)
         #expect(run.stderr.contains("lpm: line 1: timedOut"), "\(run.stderr)")
     }

@@ -35,7 +35,9 @@ struct RecycleTests {
         let (s, log) = try await startOnline(testConfig("slow", count: 1, env: ["LPM_TEST_DELAY_MS": "200"]))
         let old = try #require(await s.health().first?.pid)
         let inFlight = (0..<5).map { i in Task { await outcome(s, "held \(i)") } }
-        try await Task.sleep(for: .milliseconds(50))
+        // All five on the old worker before the restart: in flight (or, on a slow run, already
+        // answered, which the checks below accept too).
+        #expect(await eventually { await s.health().first.map { $0.inFlight + $0.completed } == 5 })
         try await s.restart(pid: old)
         for (i, t) in inFlight.enumerated() {
             let r = await t.value
@@ -64,6 +66,8 @@ struct RecycleTests {
                 answered.add(1, ordering: .relaxed)
             }
         }
+        // The load runs before the reload starts, so that it overlaps it.
+        #expect(await eventually { answered.load(ordering: .relaxed) > 0 })
         var executable = SupervisorConfiguration.Executable(path: sibling("lpm-test-worker"), environment: ["LPM_TEST_MODE": "echo"])
         executable.arguments = []
         try await s.reload(executable)

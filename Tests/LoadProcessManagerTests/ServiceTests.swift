@@ -20,7 +20,8 @@ struct ServiceTests {
             async let ran: Void = group.run()
             #expect(await log.wait(isOnline))
             async let answer = outcome(service.supervisor, "in flight")
-            try await Task.sleep(for: .milliseconds(50))
+            // Admitted before the signal (answered already, on a slow run, is fine too).
+            #expect(await eventually { await dispatched(service.supervisor) == 1 })
             kill(getpid(), SIGTERM)
             #expect((try? await answer.get())?.text == "in flight", "drained, not killed")
             try await ran
@@ -39,7 +40,7 @@ struct ServiceTests {
         let running = Task { try await group.run() }
         #expect(await log.wait(isOnline))
         async let answer = outcome(service.supervisor, "never answered")
-        try await Task.sleep(for: .milliseconds(50))
+        #expect(await eventually { await service.supervisor.status().pending == 1 })
         running.cancel()
         #expect(await answer.error?.code == .shutDown)
         _ = try? await running.value

@@ -13,7 +13,8 @@ struct SupervisorSignalTests {
             c.count = 2
             let (s, log) = try await startOnline(c)
             async let answer = s.enqueue("in flight during the signal")
-            try await Task.sleep(for: .milliseconds(20))
+            // Admitted before the signal (answered already, on a slow run, is fine too).
+            #expect(await eventually { await dispatched(s) == 1 })
             kill(getpid(), signal)
             // The accepted request is still answered before the pool stops.
             #expect((try? await answer)?.text == "in flight during the signal")
@@ -36,10 +37,10 @@ struct SupervisorSignalTests {
             c.softKillTimeout = nil  // only the second signal can end the drain
             let (s, log) = try await startOnline(c)
             async let answer = outcome(s, "never answered")
-            try await Task.sleep(for: .milliseconds(20))
+            #expect(await eventually { await s.status().pending == 1 })
             kill(getpid(), SIGTERM)
             #expect(await log.wait { if case .signalReceived = $0 { return true }; return false })
-            try await Task.sleep(for: .milliseconds(100))
+            #expect(await eventually { await s.status().isShutDown })
             let draining = await s.status()
             #expect(draining.isShutDown && draining.pending == 1, "still draining: \(draining)")
             kill(getpid(), SIGTERM)
@@ -76,7 +77,8 @@ struct SupervisorSignalTests {
             try await s.start()
             guard await log.wait(isOnline) else { exit(1) }
             async let answer = s.enqueue("in flight during SIGINT")
-            try await Task.sleep(for: .milliseconds(20))
+            // Admitted before the signal (answered already, on a slow run, is fine too).
+            guard await eventually({ await dispatched(s) == 1 }) else { exit(5) }
             kill(getpid(), SIGINT)
             // The accepted request is still answered before the pool stops.
             guard (try? await answer)?.text == "in flight during SIGINT" else { exit(4) }

@@ -121,6 +121,9 @@ struct StreamLeakTests {
             try await expectNothingLeft {
                 var c = testConfig("stream-exit", count: 1)
                 c.restarts = 2
+                // The slot stays down once the budget is spent (with the default backoff it would
+                // come back after 1 s, which a slow run could reach before the last upload).
+                c.afterBudgetSpent = .stop
                 let (s, _) = try await startOnline(c)
                 // The worker exits on the first chunk: the writes after it fail with EPIPE.
                 for _ in 0...c.restarts {

@@ -114,7 +114,11 @@ struct StreamSocketResizeTests {
             await settleChildProcess()
             try await Task.sleep(for: .milliseconds(1))
             let fds = openFDCount()
-            let (s, _) = try await startOnline(testConfig("socket-echo"))
+            var c = testConfig("socket-echo")
+            // No RSS sample: ties then go round robin. Once sampled, sequential requests all go
+            // to the worker with the lower RSS, and a slow run would get one sample in.
+            c.healthInterval = .seconds(3600)
+            let (s, _) = try await startOnline(c)
             let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             var addr = sockaddr_in()
             addr.sin_family = sa_family_t(AF_INET)

@@ -105,6 +105,13 @@ func eventually(seconds: Double = 60, _ condition: () async -> Bool) async -> Bo
     return await condition()
 }
 
+/// Requests the workers have taken, in flight or answered. Unlike `status().pending`, which a
+/// quick answer brings back to 0 before a slow poll sees it, it never goes down (while no worker
+/// is replaced): a test waits on it to know a request was admitted.
+func dispatched(_ s: Supervisor) async -> Int {
+    await s.health().reduce(0) { $0 + $1.inFlight + $1.completed }
+}
+
 /// Keeps every record logged through its ``logger``.
 final class LogRecords: Sendable {
     struct Record: Sendable { let level: Logger.Level; let message: String; let metadata: [String: String] }

@@ -9,6 +9,10 @@ private func isTemplateUnavailable(_ e: SupervisorEvent) -> Bool { if case .temp
 private func templateConfig(_ mode: String = "template-info", count: Int = 2, env: [String: String] = [:]) -> SupervisorConfiguration {
     var c = testConfig(mode, count: count, env: env)
     c.template = WorkerTemplate()
+    // Generous: on a loaded machine a fork order may take more than the default 1 s, and its
+    // fallback to exec would fail the checks that a worker was forked. Tests of the timeout
+    // itself set their own.
+    c.template?.forkTimeout = .seconds(30)
     return c
 }
 
