@@ -166,7 +166,7 @@ for rep in $(seq 1 "$REPS"); do
         [ "$HAVE_C" = 1 ] && [ $place = unpinned ] && run "c.$place" "$BASELINES" ring-pingpong "$C_RT_N" poll
         for b in "${BACKENDS[@]}"; do
             run "$b.$place" "${P[@]}" "$LPM" reactor-pingpong "$RT_N" --backend "$b"
-            for api in rt-async rt-executor rt-handler rt-chained; do
+            for api in rt-async rt-executor rt-actor rt-handler rt-chained; do
                 run "$b.$place" "${P[@]}" "$LPM" "$api" "$RT_N" --backend "$b"
             done
             # The shared-memory transport; with busy polling (50 µs, both sides) unpinned only,
@@ -430,8 +430,9 @@ for place in pinned unpinned; do
     [ $place = unpinned ] && trow "C shared-memory rings, busy polling, 2 processes" "c.$place" c_ring_pingpong_poll_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns
     for b in "${BACKENDS[@]}"; do
         trow "reactor ping-pong, 2 processes [$b]" "$b.$place" reactor_pingpong_processes_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns
-        trow "Supervisor+Worker, async API [$b]" "$b.$place" lpm_rt_async_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns 1.2
+        trow "Supervisor+Worker, async API, default pool [$b]" "$b.$place" lpm_rt_async_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns 2.0
         trow "Supervisor+Worker, async API on the supervisor's executor [$b]" "$b.$place" lpm_rt_executor_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns 1.3
+        trow "Supervisor+Worker, async API from an actor on the reactor's executor [$b]" "$b.$place" lpm_rt_actor_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns
         trow "Supervisor+Worker, completion handler [$b]" "$b.$place" lpm_rt_handler_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns 1.2
         trow "Supervisor+Worker, chained on reactor thread [$b]" "$b.$place" lpm_rt_chained_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns 1.2
         trow "  shared-memory rings, async API, against sockets [$b]" "$b.$place" lpm_rt_async_rings_64B ns "sockets" "$b.$place" lpm_rt_async_64B ns 1.0
