@@ -194,6 +194,7 @@ for rep in $(seq 1 "$REPS"); do
         run "$b" "$LPM" burst-batched "$BURST_N" --backend "$b"
         run "$b" "$LPM" burst-rings "$BURST_N" --backend "$b"
         run "$b" "$LPM" burst-executor-rings "$BURST_N" --backend "$b"
+        run "$b" "$LPM" map "$BURST_N" --chunk 1000 --backend "$b"
     done
 
     step "  spawn and crash"
@@ -465,6 +466,9 @@ done
 for b in "${BACKENDS[@]}"; do
     prow "  supervisor CPU per request, burst [$b]" "$b" lpm_burst_2w_supervisor_cpu "time:ns"
     prow "  workers' CPU per request, burst [$b]" "$b" lpm_burst_2w_workers_cpu "time:ns"
+done
+for b in "${BACKENDS[@]}"; do
+    rrow "Supervisor.map of $BURST_N 8-byte inputs, chunks of 1000, against Python Pool.map(chunksize=1000) [$b]" "$b" lpm_map_chunk1000_2w "req/s" "Python" peer py_multiprocessing_Pool_burst_chunksize1000 2.0
 done
 for p in py_multiprocessing_Pool_burst_chunksize1 py_multiprocessing_Pool_burst_chunksize1000 \
          py_ProcessPoolExecutor_burst_chunksize1 py_ProcessPoolExecutor_burst_chunksize1000 node_fork_ipc_burst; do
