@@ -2,7 +2,7 @@
 # compare.sh: LoadProcessManager against raw C baselines and peers, measured in the same run,
 # printed as a table (figure, baseline, ratio, target).
 #
-#   ./compare.sh                 full run (about 5 minutes on a 2-vCPU VM); medians of 3 runs
+#   ./compare.sh                 full run (about 12 minutes on a 2-vCPU VM); medians of 3 runs
 #   ./compare.sh --smoke         every job tiny (seconds), no timing assertions: for CI
 #   ./compare.sh --reps 5        more repetitions per figure
 #   ./compare.sh --no-build      reuse the binaries from the last build
