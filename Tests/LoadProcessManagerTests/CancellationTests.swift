@@ -101,7 +101,12 @@ struct CancellationTests {
 
     @Test("handles cancel the right requests in a burst from another thread (the inbox's batch spans several chunks)")
     func handleCancelsAcrossInboxChunks() async throws {
-        var c = testConfig("slow", count: 2, env: ["LPM_TEST_DELAY_MS": "1"])
+        // Each worker blocks its thread on its first request until the release file exists, so
+        // nothing is answered before every cancellation is submitted: each one must win (a slow
+        // worker instead let a starved test thread find every request answered already).
+        let release = "/tmp/lpm-release-\(getpid())-\(UInt64.random(in: 1...UInt64.max))"
+        defer { unlink(release) }
+        var c = testConfig("answer-on-release", count: 2, env: ["LPM_TEST_HOLD": "1", "LPM_TEST_RELEASE": release])
         c.maxConcurrentRequestsPerWorker = 4
         let (s, _) = try await startOnline(c)
         let n = 5_000
@@ -124,6 +129,10 @@ struct CancellationTests {
             }
             for i in stride(from: 0, to: n, by: 7) { handles[i].cancel() }
         }.value
+        // A status call is a reactor job queued after the inbox's: once it answers, every
+        // cancellation has reached the pool. Then the workers may answer.
+        _ = await s.status()
+        close(creat(release, 0o600))
         #expect(await eventually(seconds: 60) { answers.withLock { $0.count } == n }, "every request answered")
         let all = answers.withLock { $0 }
         var cancelled = 0
@@ -131,7 +140,9 @@ struct CancellationTests {
             let got = all[i] ?? []
             #expect(got.count == 1, "request \(i) answered \(got.count) times")
             switch got.first {
-            case .success(let w)?: #expect(w.text == "r\(i)", "request \(i) got another's answer")
+            case .success(let w)?:
+                #expect(i % 7 != 0, "request \(i) was answered, but its handle was cancelled first")
+                #expect(w.text.hasPrefix("r\(i)."), "request \(i) got another's answer")
             case .failure(let e)? where e.code == .cancelled:
                 #expect(i % 7 == 0, "request \(i) was cancelled, but its handle never was")
                 cancelled += 1
@@ -139,7 +150,7 @@ struct CancellationTests {
             case nil: break
             }
         }
-        #expect(cancelled > 0, "the cancellations reached queued requests")
+        #expect(cancelled == (n + 6) / 7, "every cancellation reached its request, queued or in flight")
         let status = await s.status()
         #expect(status.pending == 0 && status.queued == 0, "\(status)")
         await s.softKill()
