@@ -67,10 +67,13 @@ fi
 
 # ---------------------------------------------------------------- build
 BASELINES=$OUT/baselines
+PINGPONG_SYSCALLS=$OUT/pingpong_syscalls
 if [ "$BUILD" = 1 ]; then
     if [ -f Baselines/baselines.c ]; then
         echo "building the C baselines (gcc -O2)" >&2
         gcc -O2 -Wall -Wextra -o "$BASELINES" Baselines/baselines.c
+        # The ping-pong with a reactor's system calls (epoll; io_uring): needs liburing.
+        gcc -O2 -Wall -Wextra -o "$PINGPONG_SYSCALLS" Baselines/pingpong_syscalls.c -luring 2>>"$LOG" || rm -f "$PINGPONG_SYSCALLS"
     fi
     echo "building lpm-compare and bench-worker (swift build -c release)" >&2
     swift build -c release --product lpm-compare >>"$LOG" 2>&1 || { tail -30 "$LOG" >&2; exit 1; }
@@ -160,6 +163,10 @@ for rep in $(seq 1 "$REPS"); do
         P=(); [ $place = pinned ] && P=("${PIN[@]}")
         step "  round trips, $place"
         [ "$HAVE_C" = 1 ] && run "c.$place" "${P[@]}" "$BASELINES" pingpong "$C_RT_N"
+        if [ -x "$PINGPONG_SYSCALLS" ]; then
+            run "c.$place" "${P[@]}" "$PINGPONG_SYSCALLS" epoll "$C_RT_N"
+            run "c.$place" "${P[@]}" "$PINGPONG_SYSCALLS" uring "$C_RT_N"
+        fi
         # The same round trip over shared-memory rings: doorbells in both placements; busy
         # polling unpinned only (two spinning processes on one CPU measure the scheduler).
         [ "$HAVE_C" = 1 ] && run "c.$place" "${P[@]}" "$BASELINES" ring-pingpong "$C_RT_N" bell
@@ -427,6 +434,8 @@ echo "sizes: round trips $RT_N (C $C_RT_N), burst $BURST_N, echo $ECHO_N (C $C_E
 for place in pinned unpinned; do
     header "Sequential round trips, 64 B, $place ($([ $place = pinned ] && echo 'whole process tree on CPU 0' || echo 'scheduler decides')); baseline: C ping-pong, blocking read/write, same placement"
     trow "C ping-pong, 2 processes (baseline)" "c.$place" c_pingpong_socketpair_64B ns "" "" "" ""
+    trow "C ping-pong, epoll_wait + recv + send each side" "c.$place" c_pingpong_epoll_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns
+    trow "C ping-pong, io_uring: send + recv, one io_uring_enter each side" "c.$place" c_pingpong_uring_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns
     trow "C shared-memory rings, eventfd doorbells, 2 processes" "c.$place" c_ring_pingpong_bell_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns
     [ $place = unpinned ] && trow "C shared-memory rings, busy polling, 2 processes" "c.$place" c_ring_pingpong_poll_64B ns "C" "c.$place" c_pingpong_socketpair_64B ns
     for b in "${BACKENDS[@]}"; do
