@@ -475,6 +475,19 @@ final class AsyncLog {
             waiting.resume()
         }
     }
+
+    /// The async-sleep request: "hold" waits until another request completes; a number is
+    /// milliseconds to sleep. Runs on the handler's isolation (the main actor, or none).
+    nonisolated(nonsending) func serve(_ request: Worker.Request) async throws {
+        let text = String(decoding: request.data, as: UTF8.self)
+        if text == "hold" {
+            await withCheckedContinuation { held = $0 }
+        } else {
+            try await Task.sleep(for: .milliseconds(Int(text) ?? 0))
+        }
+        request.respond(complete(request.data))
+        if text != "hold" { releaseHeld() }
+    }
 }
 
 struct AsyncFailure: Error, CustomStringConvertible {
@@ -485,30 +498,7 @@ struct AsyncFailure: Error, CustomStringConvertible {
 /// runs on the worker's task executor.
 nonisolated func setUpNonisolated(_ worker: Worker) {
     let log = AsyncLog()
-    worker.onRequest { request in
-        // "hold" waits until another request completes; a number is milliseconds to sleep.
-        let text = String(decoding: request.data, as: UTF8.self)
-        if text == "hold" {
-            await withCheckedContinuation { log.held = $0 }
-        } else {
-            try await Task.sleep(for: .milliseconds(Int(text) ?? 0))
-        }
-        request.respond(log.complete(request.data))
-        if text != "hold" { log.releaseHeld() }
-    }
-}
-
-/// Burns about `ms` milliseconds of CPU.
-nonisolated func spin(milliseconds ms: Int) -> Int {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    let end = Int(now.tv_sec) * 1_000_000_000 + Int(now.tv_nsec) + ms * 1_000_000
-    var rounds = 0
-    repeat {
-        rounds += 1
-        clock_gettime(CLOCK_MONOTONIC, &now)
-    } while Int(now.tv_sec) * 1_000_000_000 + Int(now.tv_nsec) < end
-    return rounds
+    worker.onRequest { request in try await log.serve(request) }
 }
 
 @MainActor func setUpAsyncMode(_ mode: String) {
@@ -517,17 +507,7 @@ nonisolated func spin(milliseconds ms: Int) -> Int {
     case "async-nonisolated":
         setUpNonisolated(worker)
     case "async-sleep":
-        worker.onRequest { request in
-            // "hold" waits until another request completes; a number is milliseconds to sleep.
-            let text = String(decoding: request.data, as: UTF8.self)
-            if text == "hold" {
-                await withCheckedContinuation { log.held = $0 }
-            } else {
-                try await Task.sleep(for: .milliseconds(Int(text) ?? 0))
-            }
-            request.respond(log.complete(request.data))
-            if text != "hold" { log.releaseHeld() }
-        }
+        worker.onRequest { request in try await log.serve(request) }
     case "async-cancel":
         worker.onRequest { request in
             do {
